@@ -1,0 +1,36 @@
+# The two set-up commands (see README.md): `make run` and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+CONFIG ?= config.ini
+
+.PHONY: run test install install-test lint clean
+
+$(BIN)/dicom-adapter: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e .
+	touch $@
+
+$(VENV)/.test-deps: $(BIN)/dicom-adapter
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $@
+
+install: $(BIN)/dicom-adapter
+
+install-test: $(VENV)/.test-deps
+
+## Install and start the adapter in the foreground on config.ini.
+run: install
+	$(BIN)/dicom-adapter run --config $(CONFIG)
+
+## Install test dependencies, lint, and run the whole test suite.
+test: install-test
+	$(BIN)/ruff check .
+	$(BIN)/pytest
+
+lint: install-test
+	$(BIN)/ruff check .
+
+clean:
+	rm -rf $(VENV) var .pytest_cache

@@ -1,0 +1,367 @@
+"""config.ini -> frozen, validated dataclasses, parsed once.
+
+Every key has a parser and a default here, in one table per section kind, so
+an unknown key or section is an error rather than silently ignored, and every
+error names file, section and key (``config.ini [dicom] port: must be
+1-65535``).  Relative paths are relative to the config file's folder, so the
+shipped ``config.ini`` works from any working directory.
+"""
+
+from __future__ import annotations
+
+import configparser
+import ipaddress
+import os
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pydicom.uid import UID, AllTransferSyntaxes
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
+
+from errors import ConfigError
+from spool.names import validate_ae_folder, validate_ae_title
+
+CONFIG_ENV = "DICOM_ADAPTER_CONFIG"
+DUPLICATE_POLICIES = ("ignore", "replace", "keep")
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+
+@dataclass(frozen=True)
+class FreeSpaceRule:
+    """Refuse stores while free space is under any of these limits."""
+
+    percent: float = 0.0
+    bytes: int = 0
+
+    def required_bytes(self, total_bytes: int) -> int:
+        """Free bytes needed on a filesystem of ``total_bytes``."""
+        return max(self.bytes, int(total_bytes * self.percent / 100))
+
+
+@dataclass(frozen=True)
+class DicomConfig:
+    ae_title: str
+    host: str
+    port: int
+    max_associations: int
+    reject_unknown_sources: bool
+    verification: bool
+    transfer_syntaxes: tuple[str, ...]
+    acse_timeout: float
+    dimse_timeout: float
+    network_timeout: float
+    maximum_pdu_size: int
+
+
+@dataclass(frozen=True)
+class StorageConfig:
+    spool: Path
+    min_free: FreeSpaceRule
+
+
+@dataclass(frozen=True)
+class LedgerConfig:
+    url: str
+
+
+@dataclass(frozen=True)
+class WatcherConfig:
+    reconcile_interval: float
+    settle_seconds: float
+
+
+@dataclass(frozen=True)
+class LogConfig:
+    level: str
+
+
+@dataclass(frozen=True)
+class AeConfig:
+    ae_title: str
+    duplicates: str
+
+
+@dataclass(frozen=True)
+class SourceConfig:
+    name: str
+    ae_title: str
+    host: str | None
+
+
+@dataclass(frozen=True)
+class Config:
+    path: Path
+    dicom: DicomConfig
+    storage: StorageConfig
+    ledger: LedgerConfig
+    watcher: WatcherConfig
+    log: LogConfig
+    aes: dict[str, AeConfig] = field(default_factory=dict)
+    sources: tuple[SourceConfig, ...] = ()
+
+
+# -- value parsers: each takes the raw text and the config folder ----------
+
+Parser = Callable[[str, Path], Any]
+
+
+def _integer(low: int, high: int) -> Parser:
+    def parse(text: str, _: Path) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise ValueError(f"must be a whole number, not {text!r}") from None
+        if not low <= value <= high:
+            raise ValueError(f"must be {low}-{high}")
+        return value
+
+    return parse
+
+
+def _seconds(text: str, _: Path) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise ValueError(f"must be a number of seconds, not {text!r}") from None
+    if not 0 < value <= 86400:
+        raise ValueError("must be more than 0 and at most 86400 seconds")
+    return value
+
+
+def _boolean(text: str, _: Path) -> bool:
+    states = configparser.ConfigParser.BOOLEAN_STATES
+    if text.lower() not in states:
+        raise ValueError(f"must be true or false, not {text!r}")
+    return states[text.lower()]
+
+
+def _choice(options: tuple[str, ...], upper: bool = False) -> Parser:
+    def parse(text: str, _: Path) -> str:
+        value = text.upper() if upper else text.lower()
+        if value not in options:
+            raise ValueError(f"must be one of {', '.join(options)}, not {text!r}")
+        return value
+
+    return parse
+
+
+def _ae_title(text: str, _: Path) -> str:
+    ok, reason = validate_ae_folder(text)
+    if not ok:
+        raise ValueError(reason)
+    return text
+
+
+def _calling_ae_title(text: str, _: Path) -> str:
+    ok, reason = validate_ae_title(text)
+    if not ok:
+        raise ValueError(reason)
+    return text.strip()
+
+
+def _host(text: str, _: Path) -> str:
+    if not text:
+        raise ValueError("must not be empty")
+    return text
+
+
+def _source_host(text: str, _: Path) -> str:
+    """An IP address, a CIDR network or a hostname."""
+    try:
+        ipaddress.ip_network(text, strict=False)
+        return text
+    except ValueError:
+        pass
+    if not re.fullmatch(r"[A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?", text):
+        raise ValueError(f"must be an IP address, a CIDR network or a hostname, not {text!r}")
+    return text
+
+
+def _path(text: str, folder: Path) -> Path:
+    if not text:
+        raise ValueError("must not be empty")
+    return (folder / Path(text).expanduser()).resolve()
+
+
+_SIZE_UNITS = {
+    "": 1,
+    "b": 1,
+    "kb": 10**3,
+    "mb": 10**6,
+    "gb": 10**9,
+    "tb": 10**12,
+    "kib": 2**10,
+    "mib": 2**20,
+    "gib": 2**30,
+    "tib": 2**40,
+}
+
+
+def _free_space(text: str, _: Path) -> FreeSpaceRule:
+    """``5%``, ``2GiB``, ``0``, or both: ``5%, 1GiB``."""
+    percent, size = 0.0, 0
+    for part in (p.strip() for p in text.split(",")):
+        if match := re.fullmatch(r"(\d+(?:\.\d+)?)\s*%", part):
+            percent = float(match.group(1))
+            if percent >= 100:
+                raise ValueError("percentage must be under 100%")
+        elif (match := re.fullmatch(r"(\d+(?:\.\d+)?)\s*([A-Za-z]*)", part)) and (
+            match.group(2).lower() in _SIZE_UNITS
+        ):
+            size = int(float(match.group(1)) * _SIZE_UNITS[match.group(2).lower()])
+        else:
+            raise ValueError(f"must be a percentage (5%) or a size (2GiB), not {part!r}")
+    return FreeSpaceRule(percent=percent, bytes=size)
+
+
+def _ledger_url(text: str, folder: Path) -> str:
+    try:
+        url = make_url(text)
+    except ArgumentError:
+        raise ValueError(f"is not a database URL: {text!r}") from None
+    if url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:"):
+        database = Path(url.database)
+        if not database.is_absolute():
+            url = url.set(database=str((folder / database).resolve()))
+    return url.render_as_string(hide_password=False)
+
+
+def _transfer_syntaxes(text: str, _: Path) -> tuple[str, ...]:
+    if text.strip().lower() == "all":
+        return tuple(str(uid) for uid in AllTransferSyntaxes)
+    chosen = []
+    for item in (i.strip() for i in text.split(",") if i.strip()):
+        if item not in AllTransferSyntaxes:
+            raise ValueError(f"{item!r} is not a standard transfer syntax UID")
+        chosen.append(str(UID(item)))
+    if not chosen:
+        raise ValueError("must name at least one transfer syntax UID, or 'all'")
+    return tuple(chosen)
+
+
+# -- the schema: section -> key -> (parser, default or REQUIRED) -----------
+
+REQUIRED = object()
+
+SCHEMA: dict[str, dict[str, tuple[Parser, Any]]] = {
+    "dicom": {
+        "ae_title": (_ae_title, "DICOMADAPTER"),
+        "host": (_host, "0.0.0.0"),
+        "port": (_integer(1, 65535), "11112"),
+        "max_associations": (_integer(1, 1000), "16"),
+        "reject_unknown_sources": (_boolean, "false"),
+        "verification": (_boolean, "true"),
+        "transfer_syntaxes": (_transfer_syntaxes, "all"),
+        "acse_timeout": (_seconds, "30"),
+        "dimse_timeout": (_seconds, "30"),
+        "network_timeout": (_seconds, "60"),
+        "maximum_pdu_size": (_integer(4096, 2**24), "262144"),
+    },
+    "storage": {
+        "spool": (_path, "var/spool"),
+        "min_free": (_free_space, "5%, 1GiB"),
+    },
+    "ledger": {"url": (_ledger_url, "sqlite:///var/ledger.db")},
+    "watcher": {
+        "reconcile_interval": (_seconds, "60"),
+        "settle_seconds": (_seconds, "2"),
+    },
+    "log": {"level": (_choice(LOG_LEVELS, upper=True), "INFO")},
+    "ae": {"duplicates": (_choice(DUPLICATE_POLICIES), "replace")},
+    "source": {"ae_title": (_calling_ae_title, REQUIRED), "host": (_source_host, None)},
+}
+
+
+def default_config_path() -> Path:
+    """``$DICOM_ADAPTER_CONFIG``, else ``./config.ini``."""
+    return Path(os.environ.get(CONFIG_ENV) or "config.ini")
+
+
+def load_config(path: Path) -> Config:
+    """Read and validate ``path``.
+
+    Raises
+    ------
+    ConfigError
+        Naming file, section and key of the first problem found.
+    """
+    name = str(path)
+    parser = configparser.ConfigParser(
+        interpolation=None,
+        inline_comment_prefixes=(";", "#"),
+        strict=True,
+        default_section="\x00none",
+    )
+    try:
+        with open(path, encoding="utf-8") as handle:
+            parser.read_file(handle)
+    except FileNotFoundError:
+        raise ConfigError(name, None, None, "no such file") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(name, None, None, f"cannot be read: {exc}") from None
+    except configparser.Error as exc:
+        first_line = str(exc).splitlines()[0]
+        raise ConfigError(name, None, None, first_line) from None
+    folder = path.resolve().parent
+    sections = {
+        kind: _section(parser, name, kind, kind, folder)
+        for kind in ("dicom", "storage", "ledger", "watcher", "log")
+    }
+    aes, sources = {}, []
+    for section in parser.sections():
+        kind, _, label = section.partition(":")
+        if kind not in SCHEMA or (kind in ("ae", "source")) != bool(label):
+            raise ConfigError(name, section, None, "unknown section")
+        if kind == "ae":
+            _check(name, section, None, _ae_title, label, folder)
+            if label in aes:
+                raise ConfigError(name, section, None, "AE title defined twice")
+            aes[label] = AeConfig(ae_title=label, **_section(parser, name, section, kind, folder))
+        elif kind == "source":
+            sources.append(
+                SourceConfig(name=label, **_section(parser, name, section, kind, folder))
+            )
+    if not aes:
+        raise ConfigError(
+            name, None, None, "no [ae:NAME] section: the adapter would answer to no AE title"
+        )
+    return Config(
+        path=path.resolve(),
+        dicom=DicomConfig(**sections["dicom"]),
+        storage=StorageConfig(**sections["storage"]),
+        ledger=LedgerConfig(**sections["ledger"]),
+        watcher=WatcherConfig(**sections["watcher"]),
+        log=LogConfig(**sections["log"]),
+        aes=aes,
+        sources=tuple(sources),
+    )
+
+
+def _section(
+    parser: configparser.ConfigParser, name: str, section: str, kind: str, folder: Path
+) -> dict[str, Any]:
+    schema = SCHEMA[kind]
+    given = dict(parser.items(section)) if parser.has_section(section) else {}
+    for key in given:
+        if key not in schema:
+            raise ConfigError(name, section, key, "unknown key")
+    values = {}
+    for key, (parse, default) in schema.items():
+        if key in given:
+            values[key] = _check(name, section, key, parse, given[key].strip(), folder)
+        elif default is REQUIRED:
+            raise ConfigError(name, section, key, "is required")
+        else:
+            values[key] = None if default is None else parse(default, folder)
+    return values
+
+
+def _check(name: str, section: str, key: str | None, parse: Parser, text: str, folder: Path) -> Any:
+    try:
+        return parse(text, folder)
+    except ValueError as exc:
+        raise ConfigError(name, section, key, str(exc)) from None

@@ -1,0 +1,1 @@
+"""The SQLite ledger: one row per stored instance, every move an event."""

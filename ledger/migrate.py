@@ -1,0 +1,45 @@
+"""Bring a ledger database to the newest schema with Alembic.
+
+Upgrading from empty is the one tested path: there is no ``create_all`` and
+``stamp``, so a fresh ledger and an old one end up with the same schema.
+"""
+
+from pathlib import Path
+
+from alembic import command
+from alembic.config import Config as AlembicConfig
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import Engine
+
+MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
+
+
+def _alembic_config() -> AlembicConfig:
+    config = AlembicConfig()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    return config
+
+
+def upgrade(engine: Engine) -> tuple[str | None, str]:
+    """Apply all pending migrations; return (revision before, revision after)."""
+    config = _alembic_config()
+    with engine.connect() as connection:
+        before = MigrationContext.configure(connection).get_current_revision()
+        config.attributes["connection"] = connection
+        command.upgrade(config, "head")
+        connection.commit()
+    return before, head_revision()
+
+
+def head_revision() -> str:
+    """The newest revision the code knows."""
+    head = ScriptDirectory.from_config(_alembic_config()).get_current_head()
+    assert head is not None  # the versions folder ships with the code
+    return head
+
+
+def current_revision(engine: Engine) -> str | None:
+    """The revision the database is at, None when empty."""
+    with engine.connect() as connection:
+        return MigrationContext.configure(connection).get_current_revision()

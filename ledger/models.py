@@ -1,0 +1,91 @@
+"""SQLAlchemy 2 models of the ledger tables.
+
+Column names follow the DICOM keywords in snake case so an admin can query
+``instances`` in ``sqlite3`` without our code.  Times are ISO-8601 UTC text
+(``2026-11-27T21:49:40.123456Z``), which sorts and reads well in SQL.  The
+schema itself is owned by the Alembic migrations in ``migrations/``; these
+models must match them (``tests/test_migrations.py`` checks).
+"""
+
+from datetime import UTC, datetime
+
+from sqlalchemy import ForeignKey, Index, Integer, String, Text, text
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.types import TypeDecorator
+
+TIME_FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"
+
+
+class UtcText(TypeDecorator[datetime]):
+    """A UTC datetime stored as fixed-width ISO-8601 text."""
+
+    impl = String(27)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: object) -> str | None:
+        if value is None:
+            return None
+        return value.astimezone(UTC).strftime(TIME_FORMAT)
+
+    def process_result_value(self, value: str | None, dialect: object) -> datetime | None:
+        if value is None:
+            return None
+        return datetime.strptime(value, TIME_FORMAT).replace(tzinfo=UTC)
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Instance(Base):
+    """One stored (or quarantined) file."""
+
+    __tablename__ = "instances"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    state: Mapped[str] = mapped_column(String(16))
+    sop_instance_uid: Mapped[str | None] = mapped_column(String(64))
+    study_instance_uid: Mapped[str | None] = mapped_column(String(64))
+    series_instance_uid: Mapped[str | None] = mapped_column(String(64))
+    sop_class_uid: Mapped[str | None] = mapped_column(String(64))
+    transfer_syntax_uid: Mapped[str | None] = mapped_column(String(64))
+    patient_id: Mapped[str | None] = mapped_column(String(64))
+    calling_ae: Mapped[str | None] = mapped_column(String(16))
+    called_ae: Mapped[str | None] = mapped_column(String(16))
+    peer_address: Mapped[str | None] = mapped_column(String(64))
+    path: Mapped[str] = mapped_column(Text)
+    size: Mapped[int | None] = mapped_column(Integer)
+    sha256: Mapped[str | None] = mapped_column(String(64))
+    reason: Mapped[str | None] = mapped_column(Text)
+    received_at: Mapped[datetime] = mapped_column(UtcText)
+    updated_at: Mapped[datetime] = mapped_column(UtcText)
+    missing_since: Mapped[datetime | None] = mapped_column(UtcText)
+
+    __table_args__ = (
+        Index("ix_instances_state", "state"),
+        Index("ix_instances_sop", "called_ae", "sop_instance_uid"),
+        Index("ix_instances_study", "called_ae", "study_instance_uid"),
+        Index(
+            "ux_instances_live_path",
+            "path",
+            unique=True,
+            sqlite_where=text("state != 'reclaimed'"),
+        ),
+    )
+
+
+class Event(Base):
+    """One row per move or notable decision, appended in the same transaction."""
+
+    __tablename__ = "events"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    instance_id: Mapped[int] = mapped_column(ForeignKey("instances.id"), index=True)
+    from_state: Mapped[str | None] = mapped_column(String(16))
+    to_state: Mapped[str] = mapped_column(String(16))
+    at: Mapped[datetime] = mapped_column(UtcText)
+    reason: Mapped[str] = mapped_column(Text)

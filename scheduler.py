@@ -1,0 +1,41 @@
+"""APScheduler wiring only: periodic ticks that drive work from ledger state.
+
+Jobs live in memory (the ledger is the truth), each with a stable id,
+``coalesce`` and ``max_instances=1`` so a slow tick is skipped rather than
+stacked; ticks are idempotent, so a skipped run loses nothing.  APScheduler
+logs and swallows job exceptions; the listener makes each one a log line
+with the job id.
+"""
+
+import logging
+from collections.abc import Callable
+
+from apscheduler.events import EVENT_JOB_ERROR, EVENT_JOB_MAX_INSTANCES, JobExecutionEvent
+from apscheduler.schedulers.background import BackgroundScheduler
+
+log = logging.getLogger(__name__)
+
+
+def make_scheduler() -> BackgroundScheduler:
+    scheduler = BackgroundScheduler(
+        job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None},
+        timezone="UTC",
+    )
+    scheduler.add_listener(_report, EVENT_JOB_ERROR | EVENT_JOB_MAX_INSTANCES)
+    return scheduler
+
+
+def every(
+    scheduler: BackgroundScheduler, job_id: str, seconds: float, tick: Callable[[], object]
+) -> None:
+    """Run ``tick`` every ``seconds``."""
+    scheduler.add_job(tick, "interval", seconds=seconds, id=job_id, replace_existing=True)
+
+
+def _report(event: JobExecutionEvent) -> None:
+    if event.exception is not None:
+        log.error(
+            "job %s failed: %s: %s", event.job_id, type(event.exception).__name__, event.exception
+        )
+    else:
+        log.warning("job %s still running at its next run time: skipped", event.job_id)

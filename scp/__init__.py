@@ -1,0 +1,1 @@
+"""The DICOM SCP: association admission, C-ECHO and C-STORE into the spool."""

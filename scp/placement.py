@@ -1,0 +1,63 @@
+"""Read the few header elements that decide where an instance goes.
+
+The C-STORE handler must stay cheap, so it parses only up to Series Instance
+UID (0020,000E) and stops: the rest of the header, the checksum and the
+ledger row are intake's job, off the network path.
+"""
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from pydicom.filereader import read_partial
+from pydicom.tag import BaseTag
+
+_SERIES_INSTANCE_UID = 0x0020000E
+
+
+@dataclass(frozen=True)
+class Placement:
+    sop_instance_uid: str | None
+    study_instance_uid: str | None
+    series_instance_uid: str | None
+
+
+def _past_series_uid(tag: BaseTag, _vr: str | None, _length: int) -> bool:
+    return tag > _SERIES_INSTANCE_UID
+
+
+def read_placement(path: Path) -> Placement:
+    """The UIDs that place ``path`` in the spool; None where an element is absent.
+
+    Raises
+    ------
+    Exception
+        Whatever pydicom raises on a dataset it cannot parse.
+    """
+    with open(path, "rb") as handle:
+        ds = read_partial(handle, stop_when=_past_series_uid)
+    return Placement(
+        sop_instance_uid=_text(ds.get("SOPInstanceUID")),
+        study_instance_uid=_text(ds.get("StudyInstanceUID")),
+        series_instance_uid=_text(ds.get("SeriesInstanceUID")),
+    )
+
+
+def _text(value: object) -> str | None:
+    return None if value is None else str(value).strip("\x00 ")
+
+
+def dataset_offset(path: Path) -> int:
+    """Where the dataset starts in a file pynetdicom wrote: after preamble and group 2.
+
+    pynetdicom writes the File Meta Information Group Length (0002,0000)
+    first, explicit VR little endian, so the offset follows from it.
+    """
+    with open(path, "rb") as handle:
+        head = handle.read(144)
+    if (
+        len(head) < 144
+        or head[128:132] != b"DICM"
+        or head[132:140] != b"\x02\x00\x00\x00UL\x04\x00"
+    ):
+        raise ValueError("no file meta group length where pynetdicom writes it")
+    return 144 + int.from_bytes(head[140:144], "little")

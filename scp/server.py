@@ -1,0 +1,77 @@
+"""The listening SCP: one pynetdicom AE serving every configured called AE title.
+
+Presentation contexts: every Storage SOP class pynetdicom knows, each with
+the transfer syntaxes the configuration allows (default: all standard ones),
+plus Verification unless switched off.  Admission (called AE, sources, disk
+room) happens in EVT_REQUESTED; pynetdicom itself enforces
+``max_associations`` with a transient 2/3/2 rejection.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+from pynetdicom import AE, AllStoragePresentationContexts, evt
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+from pynetdicom.transport import ThreadedAssociationServer
+
+from scp.admission import AdmissionPolicy
+from scp.handlers import handle_conn_open, handle_echo, handle_requested, handle_store
+from spool.writer import SpoolWriter
+
+if TYPE_CHECKING:
+    from config import DicomConfig
+
+log = logging.getLogger(__name__)
+
+
+def build_ae(dicom: DicomConfig) -> AE:
+    """An AE configured from the ``[dicom]`` section."""
+    ae = AE(ae_title=dicom.ae_title)
+    ae.maximum_associations = dicom.max_associations
+    ae.acse_timeout = dicom.acse_timeout
+    ae.dimse_timeout = dicom.dimse_timeout
+    ae.network_timeout = dicom.network_timeout
+    ae.maximum_pdu_size = dicom.maximum_pdu_size
+    ae.require_called_aet = False  # several called AE titles: checked in EVT_REQUESTED
+    syntaxes = list(dicom.transfer_syntaxes)
+    for context in AllStoragePresentationContexts:
+        ae.add_supported_context(context.abstract_syntax, syntaxes)
+    if dicom.verification:
+        ae.add_supported_context(Verification, syntaxes)
+    return ae
+
+
+class StoreServer:
+    """Starts and stops the SCP; holds the admission policy handlers read."""
+
+    def __init__(self, dicom: DicomConfig, policy: AdmissionPolicy, writer: SpoolWriter) -> None:
+        self.dicom = dicom
+        self.policy = policy
+        self.writer = writer
+        self._server: ThreadedAssociationServer | None = None
+
+    @property
+    def port(self) -> int:
+        """The bound port (useful when configured as 0)."""
+        assert self._server is not None, "server not started"
+        return int(self._server.server_address[1])
+
+    def start(self) -> None:
+        ae = build_ae(self.dicom)
+        handlers = [
+            (evt.EVT_CONN_OPEN, handle_conn_open),
+            (evt.EVT_REQUESTED, handle_requested, [self]),
+            (evt.EVT_C_ECHO, handle_echo),
+            (evt.EVT_C_STORE, handle_store, [self.writer]),
+        ]
+        self._server = ae.start_server(
+            (self.dicom.host, self.dicom.port), block=False, evt_handlers=handlers
+        )
+        log.info("listening on %s:%d as %s", self.dicom.host, self.port, self.dicom.ae_title)
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server = None

@@ -1,0 +1,1 @@
+"""The spool: the only part of the adapter the DICOM SCP writes to."""

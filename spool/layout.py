@@ -1,0 +1,87 @@
+"""Where things live in the spool, and which paths count as instances.
+
+::
+
+    spool/
+      .tmp/                      temporary files; never acknowledged, cleaned at start
+      quarantine/                unreadable files, each with a ``.reason`` sidecar
+      <called AE>/<StudyInstanceUID>/<SeriesInstanceUID>/<SOPInstanceUID>.dcm
+      <called AE>/<anything>     hand-dropped files, any sub-path and name
+
+A second copy of an instance already on disk gets ``<SOPInstanceUID>~N.dcm``;
+intake then applies the AE's duplicates policy.
+"""
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from spool.names import RESERVED_FOLDERS, validate_ae_folder, validate_uid
+
+TMP = ".tmp"
+QUARANTINE = "quarantine"
+
+
+class UnsafeName(ValueError):
+    """A name from the network failed validation and must not become a path."""
+
+
+@dataclass(frozen=True)
+class SpoolLayout:
+    root: Path
+
+    @property
+    def tmp(self) -> Path:
+        return self.root / TMP
+
+    @property
+    def quarantine(self) -> Path:
+        return self.root / QUARANTINE
+
+    def ensure(self) -> None:
+        """Create the spool's fixed folders."""
+        for folder in (self.root, self.tmp, self.quarantine):
+            folder.mkdir(parents=True, exist_ok=True)
+
+    def series_folder(self, called_ae: str, study_uid: str, series_uid: str) -> Path:
+        """The folder of one series, after validating every component.
+
+        Raises
+        ------
+        UnsafeName
+            If any part is not a valid AE title or UID.
+        """
+        for ok, reason in (
+            validate_ae_folder(called_ae),
+            validate_uid(study_uid),
+            validate_uid(series_uid),
+        ):
+            if not ok:
+                raise UnsafeName(reason)
+        folder = self.root / called_ae / study_uid / series_uid
+        if folder.resolve().parent.parent.parent != self.root.resolve():
+            raise UnsafeName(f"{folder} would leave the spool")
+        return folder
+
+    @staticmethod
+    def instance_name(sop_instance_uid: str, copy: int = 0) -> str:
+        ok, reason = validate_uid(sop_instance_uid)
+        if not ok:
+            raise UnsafeName(reason)
+        return f"{sop_instance_uid}.dcm" if copy == 0 else f"{sop_instance_uid}~{copy}.dcm"
+
+    def called_ae_of(self, path: Path) -> str | None:
+        """The AE folder a spool file sits under, None if it is not under one."""
+        parts = path.relative_to(self.root).parts
+        if len(parts) < 2 or parts[0] in RESERVED_FOLDERS:
+            return None
+        return parts[0]
+
+    def is_candidate(self, path: Path) -> bool:
+        """True for a path intake should look at: in an AE folder, no dot part."""
+        try:
+            parts = path.relative_to(self.root).parts
+        except ValueError:
+            return False
+        if len(parts) < 2 or parts[0] in RESERVED_FOLDERS:
+            return False
+        return not any(part.startswith(".") for part in parts)

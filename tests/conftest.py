@@ -1,0 +1,206 @@
+"""Shared fixtures: real configs, real ports, a real adapter in-process or as a subprocess."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from adapter import Adapter
+from config import Config, load_config
+from ledger.db import make_engine
+from ledger.store import Ledger
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def require_tool(name: str) -> str:
+    """The tool's path; skip without it, but fail under CI=true (CI must install it)."""
+    path = shutil.which(name)
+    if path is None:
+        message = f"{name} is not installed (Debian package dcmtk)"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    return path
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_for(
+    predicate: Callable[[], object], timeout: float = 10.0, interval: float = 0.02
+) -> None:
+    """Poll ``predicate`` until true; fail the test after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout}s waiting for {predicate}")
+        time.sleep(interval)
+
+
+def port_open(port: int) -> bool:
+    with socket.socket() as sock:
+        sock.settimeout(0.2)
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+def write_config(
+    folder: Path,
+    port: int,
+    extra: str = "",
+    *,
+    dicom: str = "",
+    storage: str = "min_free = 0",
+    aes: str = "[ae:DICOMADAPTER]",
+) -> Path:
+    """A config for tests: loopback, a free port, spool and ledger under ``folder``."""
+    path = folder / "config.ini"
+    path.write_text(
+        textwrap.dedent(f"""\
+        [dicom]
+        host = 127.0.0.1
+        port = {port}
+        acse_timeout = 5
+        dimse_timeout = 10
+        network_timeout = 10
+        {dicom}
+        [storage]
+        spool = spool
+        {storage}
+        [ledger]
+        url = sqlite:///ledger.db
+        [watcher]
+        settle_seconds = 0.5
+        reconcile_interval = 3600
+        [log]
+        level = DEBUG
+        """)
+        + aes
+        + "\n"
+        + extra
+    )
+    return path
+
+
+@pytest.fixture
+def port() -> int:
+    return free_port()
+
+
+@pytest.fixture
+def config_path(tmp_path: Path, port: int) -> Path:
+    return write_config(tmp_path, port)
+
+
+class RunningAdapter:
+    """An in-process adapter; stopped by the fixture."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.adapter = Adapter(config)
+        self.ledger: Ledger = self.adapter.ledger
+        self.spool = config.storage.spool
+        self.port = config.dicom.port
+
+    def settle(self) -> None:
+        """Wait until every file the watcher saw so far is recorded."""
+        self.adapter.intake.wait_idle()
+
+    def rows(self, state: str | None = None) -> list:
+        return [r for r in self.ledger.instances() if state is None or r.state == state]
+
+
+@pytest.fixture
+def start_adapter() -> Iterator[Callable[[Path], RunningAdapter]]:
+    started: list[RunningAdapter] = []
+
+    def start(path: Path) -> RunningAdapter:
+        running = RunningAdapter(load_config(path))
+        running.adapter.start()
+        started.append(running)
+        return running
+
+    yield start
+    for running in started:
+        running.adapter.stop()
+
+
+@pytest.fixture
+def adapter(start_adapter: Callable[[Path], RunningAdapter], config_path: Path) -> RunningAdapter:
+    return start_adapter(config_path)
+
+
+class AdapterProcess:
+    """``dicom-adapter run`` as a real subprocess, for signals and crashes."""
+
+    def __init__(self, config: Path, port: int, log: Path) -> None:
+        self.config, self.port, self.log = config, port, log
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 30) -> None:
+        with open(self.log, "ab") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, str(ROOT / "adapter.py"), "run", "--config", str(self.config)],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=self.config.parent,
+            )
+        wait_for(lambda: port_open(self.port) or self.process.poll() is not None, timeout)
+        assert self.process.poll() is None, self.log.read_text()
+
+    def signal(self, number: int) -> int:
+        assert self.process is not None
+        self.process.send_signal(number)
+        return self.process.wait(timeout=60)
+
+    def kill(self) -> None:
+        self.signal(signal.SIGKILL)
+
+    def ledger(self) -> Ledger:
+        return Ledger(make_engine(load_config(self.config).ledger.url))
+
+
+@pytest.fixture
+def adapter_process(config_path: Path, port: int, tmp_path: Path) -> Iterator[AdapterProcess]:
+    process = AdapterProcess(config_path, port, tmp_path / "adapter.log")
+    yield process
+    if process.process is not None and process.process.poll() is None:
+        process.kill()
+
+
+@pytest.fixture(autouse=True)
+def _no_thread_leaks() -> Iterator[None]:
+    """Every test must stop the threads it started (watchdog's conftest does the same)."""
+    before = set(threading.enumerate())
+    yield
+    deadline = time.monotonic() + 5
+    while True:
+        leaked = [t for t in threading.enumerate() if t not in before and t.is_alive()]
+        if not leaked or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    assert not leaked, f"threads left running: {leaked}"
+
+
+@pytest.fixture(autouse=True)
+def _restore_tempdir() -> Iterator[None]:
+    """The adapter points tempfile at its spool; put it back for the next test."""
+    import tempfile
+
+    saved = tempfile.tempdir
+    yield
+    tempfile.tempdir = saved

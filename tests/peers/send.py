@@ -1,0 +1,265 @@
+"""A pynetdicom storage SCU that plays a real sending modality in tests.
+
+Files go out exactly as stored: each (SOP class, transfer syntax) pair found
+in the file meta is proposed as its own presentation context and the dataset
+bytes are streamed from disk, so what the receiver gets can be compared
+byte for byte with the file that was sent.
+
+Run as ``python -m tests.peers.send --host H --port P --called AE FILE_OR_DIR...``.
+"""
+
+import argparse
+import socket
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from pydicom.filereader import read_file_meta_info
+from pynetdicom import AE, _config
+from pynetdicom.association import Association
+from pynetdicom.sop_class import Verification
+
+# A-ASSOCIATE-RQ can carry at most 128 presentation contexts (odd IDs 1..255).
+MAX_CONTEXTS = 128
+
+
+class AssociationRejected(Exception):
+    """The peer answered A-ASSOCIATE-RJ.
+
+    Tests assert on the exact reject parameters (e.g. an unknown calling AE
+    should give result 1, source 1, reason 3), so they are kept as fields.
+
+    Parameters
+    ----------
+    result : int
+        1 = rejected-permanent, 2 = rejected-transient.
+    source : int
+        1 = service user, 2 = service provider (ACSE), 3 = service provider
+        (presentation).
+    reason : int
+        The reason/diagnostic, whose meaning depends on `source`.
+    """
+
+    def __init__(self, result: int, source: int, reason: int) -> None:
+        super().__init__(f"rejected result={result} source={source} reason={reason}")
+        self.result = result
+        self.source = source
+        self.reason = reason
+
+
+def send_files(
+    host: str,
+    port: int,
+    files: list[Path],
+    *,
+    called_ae: str,
+    calling_ae: str = "PYSCU",
+    timeout: float = 30,
+) -> list[tuple[Path, int | None]]:
+    """Send `files` over one association with C-STORE and report each status.
+
+    Only the file meta is read; the dataset is sent unchanged from disk, which
+    requires the peer to accept each file's own transfer syntax.
+
+    Parameters
+    ----------
+    host, port : str, int
+        The peer to connect to.
+    files : list of Path
+        DICOM Part 10 files, sent in this order.
+    called_ae, calling_ae : str
+        AE titles for the A-ASSOCIATE-RQ.
+    timeout : float
+        Seconds allowed for connecting, for ACSE and DIMSE responses and for
+        network inactivity.
+
+    Returns
+    -------
+    list of (Path, int or None)
+        Each file with the C-STORE response status, or None if the
+        association could not be established (other than by rejection), the
+        peer did not accept the file's presentation context, gave no response
+        or aborted.
+
+    Raises
+    ------
+    AssociationRejected
+        If the peer rejected the association.
+    ValueError
+        If the files need more than 128 presentation contexts.
+    """
+    contexts = sorted({_context_of(path) for path in files})
+    if len(contexts) > MAX_CONTEXTS:
+        raise ValueError(f"{len(contexts)} presentation contexts, at most 128 allowed")
+
+    ae = _make_ae(calling_ae, timeout)
+    for sop_class, transfer_syntax in contexts:
+        ae.add_requested_context(sop_class, transfer_syntax)
+    assoc = _associate(ae, host, port, called_ae)
+
+    results: list[tuple[Path, int | None]] = []
+    with _stream_from_disk():
+        for path in files:
+            results.append((path, _store(assoc, path)))
+    if assoc.is_established:
+        assoc.release()
+    return results
+
+
+def echo(
+    host: str,
+    port: int,
+    *,
+    called_ae: str,
+    calling_ae: str = "PYSCU",
+    timeout: float = 10,
+) -> int | None:
+    """Send one C-ECHO and return its status.
+
+    Parameters
+    ----------
+    host, port : str, int
+        The peer to connect to.
+    called_ae, calling_ae : str
+        AE titles for the A-ASSOCIATE-RQ.
+    timeout : float
+        As for :func:`send_files`.
+
+    Returns
+    -------
+    int or None
+        The C-ECHO status, or None if there was no association or response.
+
+    Raises
+    ------
+    AssociationRejected
+        If the peer rejected the association.
+    """
+    ae = _make_ae(calling_ae, timeout)
+    ae.add_requested_context(Verification)
+    assoc = _associate(ae, host, port, called_ae)
+    if not assoc.is_established:
+        return None
+    status = assoc.send_c_echo().get("Status")
+    if assoc.is_established:
+        assoc.release()
+    return status
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Send files and directories (recursively); see the module docstring.
+
+    Parameters
+    ----------
+    argv : list of str, optional
+        Arguments without the program name; defaults to ``sys.argv[1:]``.
+
+    Returns
+    -------
+    int
+        0 if every file got status 0x0000, 2 if the association was rejected,
+        1 otherwise.
+    """
+    parser = argparse.ArgumentParser(prog="python -m tests.peers.send")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--called", required=True, help="called AE title")
+    parser.add_argument("--calling", default="PYSCU", help="calling AE title")
+    parser.add_argument("--timeout", type=float, default=30)
+    parser.add_argument("paths", nargs="+", type=Path, metavar="FILE_OR_DIR")
+    args = parser.parse_args(argv)
+
+    files = [file for path in args.paths for file in _expand(path)]
+    try:
+        results = send_files(
+            args.host,
+            args.port,
+            files,
+            called_ae=args.called,
+            calling_ae=args.calling,
+            timeout=args.timeout,
+        )
+    except AssociationRejected as exc:
+        print(exc)
+        return 2
+    for path, status in results:
+        print(f"{'none' if status is None else f'0x{status:04X}'} {path}")
+    return 0 if all(status == 0 for _, status in results) else 1
+
+
+def _context_of(path: Path) -> tuple[str, str]:
+    """Return the (SOP class, transfer syntax) pair from the file meta only."""
+    meta = read_file_meta_info(path)
+    return str(meta.MediaStorageSOPClassUID), str(meta.TransferSyntaxUID)
+
+
+def _make_ae(calling_ae: str, timeout: float) -> AE:
+    """Return an AE with every pynetdicom timeout set to `timeout`."""
+    ae = AE(ae_title=calling_ae)
+    ae.connection_timeout = timeout
+    ae.acse_timeout = timeout
+    ae.dimse_timeout = timeout
+    ae.network_timeout = timeout
+    return ae
+
+
+def _associate(ae: AE, host: str, port: int, called_ae: str) -> Association:
+    """Associate, raise on rejection, and turn off Nagle on the socket.
+
+    pynetdicom writes a C-STORE as several small PDUs (command, then data);
+    with Nagle on, the small trailing write waits for the peer's delayed ACK
+    (about 40 ms per message on Linux loopback). pynetdicom has no socket
+    option hook, so TCP_NODELAY is set on the connected socket it wraps:
+    ``Association.dul.socket`` is the ``AssociationSocket`` and its
+    ``.socket`` attribute the ``socket.socket``.
+    """
+    assoc = ae.associate(host, port, ae_title=called_ae)
+    if assoc.is_rejected:
+        # The A-ASSOCIATE-RJ primitive is kept as the acceptor's primitive.
+        reject = assoc.acceptor.primitive
+        raise AssociationRejected(
+            int(reject.result), int(reject.result_source), int(reject.diagnostic)
+        )
+    if assoc.is_established:
+        assoc.dul.socket.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return assoc
+
+
+@contextmanager
+def _stream_from_disk() -> Iterator[None]:
+    """Make ``send_c_store(path)`` send the file's dataset bytes unchanged.
+
+    With ``STORE_SEND_CHUNKED_DATASET`` pynetdicom skips decoding and sends
+    the bytes after the file meta in PDU-sized reads, and insists on a
+    context with exactly the file's transfer syntax. The flag is
+    process-wide, so it is restored afterwards.
+    """
+    previous = _config.STORE_SEND_CHUNKED_DATASET
+    _config.STORE_SEND_CHUNKED_DATASET = True
+    try:
+        yield
+    finally:
+        _config.STORE_SEND_CHUNKED_DATASET = previous
+
+
+def _store(assoc: Association, path: Path) -> int | None:
+    """Return the C-STORE status for `path`, None if it could not be sent."""
+    if not assoc.is_established:
+        return None
+    try:
+        response = assoc.send_c_store(path)
+    except ValueError:  # no accepted presentation context for this file
+        return None
+    return response.get("Status")
+
+
+def _expand(path: Path) -> list[Path]:
+    """Return `path`, or the files below it in sorted order if a directory."""
+    if path.is_dir():
+        return sorted(file for file in path.rglob("*") if file.is_file())
+    return [path]
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,153 @@
+"""config.ini parsing: the shipped default, defaults, and errors that name file, section and key."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from config import load_config
+from errors import ConfigError
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "config.ini"
+    path.write_text(text)
+    return path
+
+
+def test_shipped_config_is_the_documented_default() -> None:
+    config = load_config(ROOT / "config.ini")
+    assert config.dicom.ae_title == "DICOMADAPTER"
+    assert config.dicom.port == 11112
+    assert config.dicom.max_associations == 16
+    assert config.dicom.reject_unknown_sources is False
+    assert config.dicom.verification is True
+    assert config.storage.spool == ROOT / "var" / "spool"
+    assert config.storage.min_free.percent == 5
+    assert config.storage.min_free.bytes == 2**30
+    assert config.ledger.url == f"sqlite:///{ROOT / 'var' / 'ledger.db'}"
+    assert list(config.aes) == ["DICOMADAPTER"]
+    assert config.aes["DICOMADAPTER"].duplicates == "replace"
+
+
+def test_issue_example_parses_with_percent_and_sources(tmp_path: Path) -> None:
+    config = load_config(
+        write(
+            tmp_path,
+            """
+[dicom]
+ae_title = DICOMADAPTER        ; the adapter's own AE title
+host = 0.0.0.0
+port = 11112
+max_associations = 16
+reject_unknown_sources = false
+verification = true            ; answer C-ECHO
+[storage]
+spool = var/spool              ; relative to the config file's folder
+min_free = 5%                  ; refuse stores below this
+[ledger]
+url = sqlite:///var/ledger.db
+[ae:DICOMADAPTER]
+duplicates = replace
+[source:CT01]
+ae_title = CT01
+host = 10.0.0.0/24
+""",
+        )
+    )
+    assert config.storage.min_free.percent == 5 and config.storage.min_free.bytes == 0
+    assert config.storage.spool == tmp_path / "var" / "spool"
+    assert config.sources[0].ae_title == "CT01" and config.sources[0].host == "10.0.0.0/24"
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("min_free = 2GiB", (0, 2 * 2**30)),
+        ("min_free = 500MB", (0, 500 * 10**6)),
+        ("min_free = 0", (0, 0)),
+        ("min_free = 10%, 1GiB", (10, 2**30)),
+    ],
+)
+def test_min_free_forms(tmp_path: Path, text: str, expected: tuple[float, int]) -> None:
+    config = load_config(write(tmp_path, f"[storage]\n{text}\n[ae:A]\n"))
+    assert (config.storage.min_free.percent, config.storage.min_free.bytes) == expected
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("[dicom]\nport = 70000\n[ae:A]\n", "[dicom] port: must be 1-65535"),
+        ("[dicom]\nport = abc\n[ae:A]\n", "[dicom] port: must be a whole number, not 'abc'"),
+        ("[dicom]\nprot = 104\n[ae:A]\n", "[dicom] prot: unknown key"),
+        ("[dicom]\n[ae:A]\n[exports]\n", "[exports]: unknown section"),
+        (
+            "[ae:A]\nduplicates = sometimes\n",
+            "[ae:A] duplicates: must be one of ignore, replace, keep",
+        ),
+        ("[ae:A/../x]\n", "[ae:A/../x]: AE title 'A/../x' may only use"),
+        ("[ae:quarantine]\n", "[ae:quarantine]: AE title 'quarantine' is reserved"),
+        ("[ae:WAYTOOLONGAETITLE1]\n", "longer than 16 characters"),
+        ("[storage]\nmin_free = lots\n[ae:A]\n", "[storage] min_free: must be a percentage"),
+        ("[source:X]\nhost = 10.0.0.1\n[ae:A]\n", "[source:X] ae_title: is required"),
+        ("[source:X]\nae_title = X\nhost = bad host!\n[ae:A]\n", "[source:X] host: must be an IP"),
+        ("[dicom]\nverification = maybe\n[ae:A]\n", "[dicom] verification: must be true or false"),
+        ("[dicom]\ntransfer_syntaxes = 1.2.3\n[ae:A]\n", "is not a standard transfer syntax UID"),
+        ("[dicom]\n", "no [ae:NAME] section"),
+        (
+            "[dicom]\nport = 1\nport = 2\n[ae:A]\n",
+            "option 'port' in section 'dicom' already exists",
+        ),
+    ],
+)
+def test_errors_name_file_section_and_key(tmp_path: Path, text: str, message: str) -> None:
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    assert str(caught.value).startswith(str(path))
+    assert message in str(caught.value)
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="no such file"):
+        load_config(tmp_path / "nope.ini")
+
+
+def test_cli_broken_config_exits_2_with_one_line(tmp_path: Path) -> None:
+    path = write(tmp_path, "[dicom]\nport = 0\n[ae:A]\n")
+    for command in (["run"], ["status"], ["db", "upgrade"]):
+        result = subprocess.run(
+            [sys.executable, str(ROOT / "adapter.py"), *command, "--config", str(path)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert result.returncode == 2, result
+        assert result.stderr == f"Error: {path} [dicom] port: must be 1-65535\n"
+        assert result.stdout == ""
+
+
+def test_config_defaults_to_environment_then_cwd(tmp_path: Path) -> None:
+    env_config = write(tmp_path, "[dicom]\nport = 0\n[ae:A]\n")
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "adapter.py"), "status"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={"DICOM_ADAPTER_CONFIG": str(env_config), "PATH": "/usr/bin:/bin"},
+        cwd=tmp_path,
+    )
+    assert result.returncode == 2 and str(env_config) in result.stderr
+    (tmp_path / "cwd").mkdir()
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "adapter.py"), "status"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={"PATH": "/usr/bin:/bin"},
+        cwd=tmp_path / "cwd",
+    )
+    assert result.returncode == 2 and result.stderr == "Error: config.ini: no such file\n"

@@ -1,0 +1,39 @@
+"""The lifecycle table, checked against a hand-written reference (like pynetdicom's test_fsm)."""
+
+import itertools
+
+import pytest
+
+from errors import IllegalTransition
+from ledger.states import TRANSITIONS, State, check_move
+
+# Written out by hand from the issue, apart from the table it checks.
+ALLOWED = {
+    (None, "received"),
+    (None, "rejected"),
+    ("received", "claimed"),
+    ("claimed", "submitted"),
+    ("submitted", "reclaimable"),
+    ("reclaimable", "reclaimed"),
+}
+ALL_PAIRS = list(itertools.product([None, *State], State))
+
+
+@pytest.mark.parametrize("current, target", ALL_PAIRS)
+def test_every_pair(current: State | None, target: State) -> None:
+    if (current and str(current), str(target)) in ALLOWED:
+        check_move(current, target)
+    else:
+        with pytest.raises(IllegalTransition, match=f"to '{target}'"):
+            check_move(current, target)
+
+
+def test_table_covers_every_state() -> None:
+    assert set(TRANSITIONS) == {None, *State}
+
+
+def test_message_names_the_states() -> None:
+    with pytest.raises(
+        IllegalTransition, match="cannot move an instance in state 'submitted' to 'claimed'"
+    ):
+        check_move(State.SUBMITTED, State.CLAIMED)

@@ -1,0 +1,1 @@
+"""Watching the spool: the doorbell, intake into the ledger, and reconcile."""

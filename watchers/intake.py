@@ -1,0 +1,182 @@
+"""Intake: turn spool files into ledger rows, batched, off the network path.
+
+One worker thread drains the doorbell queue in batches and records each
+batch in one transaction.  Per file it decides: new instance (``received``),
+a duplicate under the AE's ``duplicates`` policy (each choice an event), or
+not an instance at all (quarantine, ``rejected``).  Intake is idempotent: a
+path already owned by a row is skipped, so the watcher and reconcile may
+both report the same file.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import stat
+import threading
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict
+from pathlib import Path
+
+from ledger.records import InstanceRecord, NewInstance
+from ledger.states import State
+from ledger.store import Ledger, LedgerTransaction
+from spool.layout import SpoolLayout
+from spool.names import validate_ae_title
+from spool.quarantine import quarantine
+from watchers.inspect import Header, NotAnInstance, read_header
+
+log = logging.getLogger(__name__)
+
+BATCH_MAX = 500
+DEFAULT_DUPLICATES = "replace"
+
+
+class Intake:
+    """Records files into the ledger; one call per batch."""
+
+    def __init__(self, layout: SpoolLayout, ledger: Ledger, duplicates: Mapping[str, str]) -> None:
+        self.layout = layout
+        self.ledger = ledger
+        self.duplicates = duplicates  # called AE -> ignore | replace | keep
+
+    def process(self, paths: Iterable[Path]) -> int:
+        """Record ``paths``; return how many rows were written."""
+        inspected = [(path, self._inspect(path)) for path in dict.fromkeys(paths)]
+        inspected = [(path, result) for path, result in inspected if result is not None]
+        if not inspected:
+            return 0
+        written = 0
+        with self.ledger.transaction() as tx:
+            for path, result in inspected:
+                if tx.is_recorded(str(path)):
+                    continue
+                if isinstance(result, str):
+                    self._reject(tx, path, result)
+                else:
+                    self._record(tx, path, result)
+                written += 1
+        log.debug("intake recorded %d of %d files", written, len(inspected))
+        return written
+
+    def _inspect(self, path: Path) -> Header | str | None:
+        """A Header, a rejection reason, or None to skip (gone, not ours)."""
+        if not self.layout.is_candidate(path):
+            return None
+        try:
+            info = os.lstat(path)
+        except FileNotFoundError:
+            return None
+        if not stat.S_ISREG(info.st_mode):
+            return "not a regular file (symlinks, FIFOs and devices are not followed)"
+        called_ae = self.layout.called_ae_of(path)
+        ok, reason = validate_ae_title(called_ae)
+        if not ok:
+            return f"folder is not an AE title: {reason}"
+        try:
+            return read_header(path)
+        except NotAnInstance as exc:
+            return str(exc)
+        except FileNotFoundError:
+            return None
+
+    def _reject(self, tx: LedgerTransaction, path: Path, reason: str) -> None:
+        try:
+            target = quarantine(self.layout, path, reason)
+        except FileNotFoundError:
+            return
+        tx.add_rejected(str(target), self.layout.called_ae_of(path), reason)
+        log.warning("quarantined %s as %s: %s", path, target.name, reason)
+
+    def _record(self, tx: LedgerTransaction, path: Path, header: Header) -> None:
+        called_ae = self.layout.called_ae_of(path)
+        assert called_ae is not None  # checked by _inspect
+        new = NewInstance(path=str(path), called_ae=called_ae, **asdict(header))
+        copies = [
+            c for c in tx.live_copies(called_ae, header.sop_instance_uid) if c.path != new.path
+        ]
+        if not copies:
+            tx.add(new, "received")
+            return
+        policy = self.duplicates.get(called_ae, DEFAULT_DUPLICATES)
+        self._duplicate(tx, new, copies, policy)
+
+    def _duplicate(
+        self, tx: LedgerTransaction, new: NewInstance, copies: list[InstanceRecord], policy: str
+    ) -> None:
+        """Apply ``[ae:] duplicates``; every outcome leaves an event row."""
+        first = copies[0]
+        ids = ", ".join(str(c.id) for c in copies)
+        if policy == "keep":
+            tx.add(new, f"duplicate of instance {ids}: kept as a new row (duplicates=keep)")
+            return
+        same = next((c for c in copies if c.sha256 == new.sha256), None)
+        if same is not None:
+            Path(new.path).unlink(missing_ok=True)
+            tx.note(same.id, f"identical copy {new.path} discarded (duplicates={policy})")
+            return
+        if policy == "ignore":
+            Path(new.path).unlink(missing_ok=True)
+            tx.note(first.id, f"different copy {new.path} discarded (duplicates=ignore)")
+            return
+        waiting = [c for c in copies if c.state == State.RECEIVED]
+        if not waiting:
+            tx.add(
+                new,
+                f"duplicate of instance {ids} already '{first.state}': "
+                "stored as a new row (duplicates=replace)",
+            )
+            return
+        target = waiting[-1]
+        os.replace(new.path, target.path)
+        tx.replace_content(
+            target.id,
+            NewInstance(**{**asdict(new), "path": target.path}),
+            f"replaced by a newer copy, sha256 was {target.sha256} (duplicates=replace)",
+        )
+        log.info("duplicate replaced id=%d sop=%s", target.id, new.sop_instance_uid)
+
+
+class IntakeWorker:
+    """The thread that feeds :class:`Intake` from a queue, in batches."""
+
+    def __init__(self, intake: Intake) -> None:
+        self.intake = intake
+        self._queue: queue.Queue[Path | None] = queue.Queue()
+        self._thread = threading.Thread(target=self._run, name="intake", daemon=True)
+
+    def submit(self, paths: Iterable[Path]) -> None:
+        for path in paths:
+            self._queue.put(path)
+
+    def wait_idle(self) -> None:
+        """Block until everything submitted so far is recorded."""
+        self._queue.join()
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Finish what is queued, then end the thread."""
+        self._queue.put(None)
+        self._thread.join()
+
+    def _run(self) -> None:
+        while True:
+            batch = [self._queue.get()]
+            while len(batch) < BATCH_MAX:
+                try:
+                    batch.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            stop = None in batch
+            try:
+                self.intake.process(p for p in batch if p is not None)
+            except Exception:
+                log.exception("intake failed for a batch of %d; reconcile will retry", len(batch))
+            finally:
+                for _ in batch:
+                    self._queue.task_done()
+            if stop:
+                return

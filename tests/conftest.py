@@ -120,6 +120,14 @@ class RunningAdapter:
         """Wait until every file the watcher saw so far is recorded."""
         self.adapter.intake.wait_idle()
 
+    def wait_rows(self, count: int, state: str | None = None, timeout: float = 20) -> list:
+        """Wait until the ledger holds ``count`` rows (in ``state``); return them."""
+        wait_for(lambda: len(self.rows(state)) >= count, timeout)
+        self.settle()
+        rows = self.rows(state)
+        assert len(rows) == count
+        return rows
+
     def rows(self, state: str | None = None) -> list:
         return [r for r in self.ledger.instances() if state is None or r.state == state]
 

@@ -1,0 +1,49 @@
+"""Run DCMTK's storescu/echoscu as real peers (with TCP_NODELAY=1, see DEVELOPERS.md)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+from tests.conftest import require_tool
+
+
+def dcmtk(tool: str, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """Run a DCMTK tool to completion; output captured as text."""
+    executable = require_tool(tool)
+    return subprocess.run(
+        [executable, *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, "TCP_NODELAY": "1"},
+    )
+
+
+def storescu(
+    port: int,
+    files: list[Path],
+    *,
+    called: str = "DICOMADAPTER",
+    calling: str = "STORESCU",
+    extra: tuple[str, ...] = (),
+) -> subprocess.CompletedProcess[str]:
+    return dcmtk(
+        "storescu",
+        "-v",
+        "-aet",
+        calling,
+        "-aec",
+        called,
+        *extra,
+        "127.0.0.1",
+        str(port),
+        *map(str, files),
+    )
+
+
+def echoscu(
+    port: int, *, called: str = "DICOMADAPTER", calling: str = "ECHOSCU"
+) -> subprocess.CompletedProcess[str]:
+    return dcmtk("echoscu", "-aet", calling, "-aec", called, "127.0.0.1", str(port))

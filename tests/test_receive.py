@@ -1,0 +1,180 @@
+"""The SCP end to end against real peers: DCMTK and a pynetdicom client over 127.0.0.1."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pydicom
+import pytest
+
+from config import FreeSpaceRule
+from tests.conftest import RunningAdapter, write_config
+from tests.dcmtk import echoscu, storescu
+from tests.dicom import dataset_bytes, make_instance, make_mixed_set, make_study
+from tests.peers.send import AssociationRejected, echo, send_files
+
+
+def spool_files(adapter: RunningAdapter) -> list[Path]:
+    return sorted(p for p in adapter.spool.rglob("*") if p.is_file())
+
+
+def test_echo(adapter: RunningAdapter) -> None:
+    result = echoscu(adapter.port)
+    assert result.returncode == 0, result.stderr
+
+
+def test_storescu_study_lands_in_spool_and_ledger(adapter: RunningAdapter, tmp_path: Path) -> None:
+    sent = make_study(tmp_path / "study", 10)
+    result = storescu(adapter.port, sent)
+    assert result.returncode == 0, result.stderr
+    rows = adapter.wait_rows(10, "received")
+    by_sop = {row.sop_instance_uid: row for row in rows}
+    for original in sent:
+        ds = pydicom.dcmread(original, stop_before_pixels=True)
+        row = by_sop[ds.SOPInstanceUID]
+        expected = (
+            adapter.spool
+            / "DICOMADAPTER"
+            / ds.StudyInstanceUID
+            / ds.SeriesInstanceUID
+            / f"{ds.SOPInstanceUID}.dcm"
+        )
+        assert Path(row.path) == expected
+        assert dataset_bytes(expected) == dataset_bytes(original)
+        assert (row.calling_ae, row.called_ae) == ("STORESCU", "DICOMADAPTER")
+        assert row.peer_address.startswith("127.0.0.1:")
+        assert row.study_instance_uid == ds.StudyInstanceUID
+        assert row.series_instance_uid == ds.SeriesInstanceUID
+        assert row.sop_class_uid == ds.SOPClassUID
+        assert row.patient_id == ds.PatientID
+        assert row.size == expected.stat().st_size and len(row.sha256) == 64
+        meta = pydicom.dcmread(expected, stop_before_pixels=True).file_meta
+        assert meta.SourceApplicationEntityTitle == "STORESCU"
+        assert meta.ReceivingApplicationEntityTitle == "DICOMADAPTER"
+    assert not list(adapter.spool.joinpath(".tmp").iterdir())
+    assert adapter.ledger.event_count() == 10
+
+
+def test_mixed_transfer_syntaxes_stored_byte_identical(
+    adapter: RunningAdapter, tmp_path: Path
+) -> None:
+    sent = make_mixed_set(tmp_path / "mixed")
+    results = send_files("127.0.0.1", adapter.port, sent, called_ae="DICOMADAPTER")
+    assert [status for _, status in results] == [0x0000] * len(sent)
+    rows = {row.sop_instance_uid: row for row in adapter.wait_rows(len(sent), "received")}
+    for original in sent:
+        ds = pydicom.dcmread(original, stop_before_pixels=True)
+        row = rows[ds.SOPInstanceUID]
+        assert row.transfer_syntax_uid == ds.file_meta.TransferSyntaxUID
+        assert Path(row.path).read_bytes().endswith(dataset_bytes(original))
+
+
+def test_unknown_called_ae_is_rejected(
+    adapter: RunningAdapter, caplog: pytest.LogCaptureFixture
+) -> None:
+    result = echoscu(adapter.port, called="NOTME")
+    assert result.returncode != 0
+    assert "Called AE Title Not Recognized" in result.stdout + result.stderr
+    with pytest.raises(AssociationRejected) as caught:
+        echo("127.0.0.1", adapter.port, called_ae="NOTME")
+    assert (caught.value.result, caught.value.source, caught.value.reason) == (1, 1, 7)
+    assert "called AE 'NOTME' is not configured" in caplog.text
+
+
+def test_known_sources_only(start_adapter, tmp_path: Path, port: int) -> None:
+    config = write_config(
+        tmp_path,
+        port,
+        dicom="reject_unknown_sources = true",
+        extra="[source:CT01]\nae_title = CT01\nhost = 127.0.0.0/8\n"
+        "[source:FAR]\nae_title = FAR\nhost = 10.1.2.0/24\n"
+        "[source:ANY]\nae_title = ANYHOST\n",
+    )
+    running = start_adapter(config)
+    assert echo("127.0.0.1", running.port, called_ae="DICOMADAPTER", calling_ae="CT01") == 0
+    assert echo("127.0.0.1", running.port, called_ae="DICOMADAPTER", calling_ae="ANYHOST") == 0
+    for calling in ("OTHER", "FAR"):
+        with pytest.raises(AssociationRejected) as caught:
+            echo("127.0.0.1", running.port, called_ae="DICOMADAPTER", calling_ae=calling)
+        assert (caught.value.result, caught.value.source, caught.value.reason) == (1, 1, 3)
+    result = echoscu(running.port, calling="OTHER")
+    assert "Calling AE Title Not Recognized" in result.stdout + result.stderr
+
+
+def test_verification_can_be_switched_off(start_adapter, tmp_path: Path, port: int) -> None:
+    running = start_adapter(write_config(tmp_path, port, dicom="verification = false"))
+    result = echoscu(running.port)
+    assert result.returncode != 0
+    assert "No Acceptable Presentation Contexts" in result.stdout + result.stderr
+
+
+def test_max_associations_rejects_beyond_limit(start_adapter, tmp_path: Path, port: int) -> None:
+    from pynetdicom import AE
+    from pynetdicom.sop_class import Verification
+
+    running = start_adapter(write_config(tmp_path, port, dicom="max_associations = 2"))
+    ae = AE(ae_title="HOLDER")
+    ae.add_requested_context(Verification)
+    held = [ae.associate("127.0.0.1", running.port, ae_title="DICOMADAPTER") for _ in range(2)]
+    try:
+        assert all(assoc.is_established for assoc in held)
+        with pytest.raises(AssociationRejected) as caught:
+            echo("127.0.0.1", running.port, called_ae="DICOMADAPTER")
+        assert (caught.value.result, caught.value.source, caught.value.reason) == (2, 3, 2)
+    finally:
+        for assoc in held:
+            assoc.release()
+    assert echo("127.0.0.1", running.port, called_ae="DICOMADAPTER") == 0
+
+
+UNSAFE = ["../../../../tmp/evil", "1.2.3/../../x", "1.2.abc", "1" * 70]
+# pynetdicom as a sender will not put a UID over 64 characters in a command set.
+UNSAFE_CASES = [
+    (field, bad)
+    for field in ("study_uid", "series_uid", "sop_instance_uid")
+    for bad in UNSAFE
+    if not (field == "sop_instance_uid" and len(bad) > 64)
+]
+
+
+@pytest.mark.filterwarnings("ignore:.*VR UI:UserWarning")  # the test writes bad UIDs
+@pytest.mark.parametrize("field, bad", UNSAFE_CASES)
+def test_unsafe_uids_refused_and_nothing_written(
+    adapter: RunningAdapter, tmp_path: Path, field: str, bad: str
+) -> None:
+    path = make_instance(tmp_path / "bad.dcm", **{field: bad})
+    [(_, status)] = send_files("127.0.0.1", adapter.port, [path], called_ae="DICOMADAPTER")
+    assert status == 0xC210
+    assert spool_files(adapter) == []
+    assert not (tmp_path / "tmp" / "evil").exists()
+    adapter.settle()
+    assert adapter.rows() == []
+
+
+def test_low_disk_answers_a700_and_recovers(
+    adapter: RunningAdapter, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from pynetdicom import AE
+
+    files = make_study(tmp_path / "s", 3)
+    ae = AE(ae_title="PYSCU")
+    ds = pydicom.dcmread(files[0])
+    ae.add_requested_context(ds.SOPClassUID, ds.file_meta.TransferSyntaxUID)
+    assoc = ae.associate("127.0.0.1", adapter.port, ae_title="DICOMADAPTER")
+    assert assoc.is_established
+    writer = adapter.adapter.writer
+    try:
+        assert assoc.send_c_store(files[0]).Status == 0x0000
+        writer.min_free = FreeSpaceRule(percent=99.999)
+        assert assoc.send_c_store(files[1]).Status == 0xA700
+        # A new association while the disk is short: transient 2/3/2.
+        with pytest.raises(AssociationRejected) as caught:
+            echo("127.0.0.1", adapter.port, called_ae="DICOMADAPTER")
+        assert (caught.value.result, caught.value.source, caught.value.reason) == (2, 3, 2)
+        writer.min_free = FreeSpaceRule()
+        assert assoc.send_c_store(files[1]).Status == 0x0000
+    finally:
+        assoc.release()
+    adapter.wait_rows(2, "received")
+    assert len(spool_files(adapter)) == 2
+    assert "C-STORE refused 0xA700" in caplog.text

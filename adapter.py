@@ -65,7 +65,7 @@ class Adapter:
         self.stopped = threading.Event()
 
     def start(self) -> None:
-        self.layout.ensure()
+        self.layout.ensure(self.config.aes)
         # Large instances stream to a pynetdicom temporary file: keep it on the
         # spool's filesystem so the copy into place never crosses devices.
         pynetdicom_config.STORE_RECV_CHUNKED_DATASET = True

@@ -59,6 +59,7 @@ class Instance(Base):
     peer_address: Mapped[str | None] = mapped_column(String(64))
     path: Mapped[str] = mapped_column(Text)
     size: Mapped[int | None] = mapped_column(Integer)
+    # SHA-256 of the dataset bytes after the file meta: what the peer sent.
     sha256: Mapped[str | None] = mapped_column(String(64))
     reason: Mapped[str | None] = mapped_column(Text)
     received_at: Mapped[datetime] = mapped_column(UtcText)

@@ -14,9 +14,10 @@ from pathlib import Path
 from pynetdicom import events as evt
 
 from scp.admission import AdmissionPolicy
-from scp.placement import dataset_offset, read_placement
+from scp.placement import read_placement
 from spool.layout import UnsafeName
 from spool.names import validate_uid
+from spool.part10 import dataset_offset
 from spool.writer import Received, SpoolFull, SpoolWriter
 
 log = logging.getLogger(__name__)

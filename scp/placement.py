@@ -44,20 +44,3 @@ def read_placement(path: Path) -> Placement:
 
 def _text(value: object) -> str | None:
     return None if value is None else str(value).strip("\x00 ")
-
-
-def dataset_offset(path: Path) -> int:
-    """Where the dataset starts in a file pynetdicom wrote: after preamble and group 2.
-
-    pynetdicom writes the File Meta Information Group Length (0002,0000)
-    first, explicit VR little endian, so the offset follows from it.
-    """
-    with open(path, "rb") as handle:
-        head = handle.read(144)
-    if (
-        len(head) < 144
-        or head[128:132] != b"DICM"
-        or head[132:140] != b"\x02\x00\x00\x00UL\x04\x00"
-    ):
-        raise ValueError("no file meta group length where pynetdicom writes it")
-    return 144 + int.from_bytes(head[140:144], "little")

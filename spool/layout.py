@@ -12,6 +12,7 @@ A second copy of an instance already on disk gets ``<SOPInstanceUID>~N.dcm``;
 intake then applies the AE's duplicates policy.
 """
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,10 +38,15 @@ class SpoolLayout:
     def quarantine(self) -> Path:
         return self.root / QUARANTINE
 
-    def ensure(self) -> None:
-        """Create the spool's fixed folders."""
+    def ensure(self, called_aes: Iterable[str] = ()) -> None:
+        """Create the spool's fixed folders and one drop folder per called AE."""
         for folder in (self.root, self.tmp, self.quarantine):
             folder.mkdir(parents=True, exist_ok=True)
+        for called_ae in called_aes:
+            ok, reason = validate_ae_folder(called_ae)
+            if not ok:
+                raise UnsafeName(reason)
+            (self.root / called_ae).mkdir(exist_ok=True)
 
     def series_folder(self, called_ae: str, study_uid: str, series_uid: str) -> Path:
         """The folder of one series, after validating every component.

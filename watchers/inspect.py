@@ -5,15 +5,26 @@ an empty dataset for text or PNG files when forced, and such files belong in
 quarantine, not the ledger.  The checksum streams the file.
 """
 
+import errno
+import fcntl
 import hashlib
+import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 from pydicom import dcmread
+from pydicom.dataset import FileDataset
+from pydicom.uid import DeflatedExplicitVRLittleEndian
 
 from spool.names import validate_uid
+from spool.part10 import dataset_offset
 
 _HASH_CHUNK = 2**20
+_PIXEL_DATA = 0x7FE00010
+_UNDEFINED_LENGTH = 0xFFFFFFFF
+_SEQUENCE_DELIMITER = b"\xfe\xff\xdd\xe0\x00\x00\x00\x00"
+_DELIMITER_SEARCH = 64 * 1024
 
 
 @dataclass(frozen=True)
@@ -36,13 +47,19 @@ class NotAnInstance(ValueError):
     """The file is not a DICOM instance the adapter can keep."""
 
 
-def sha256_of(path: Path) -> tuple[int, str]:
-    """(size, hex digest), reading in chunks."""
-    digest, size = hashlib.sha256(), 0
+def dataset_sha256(path: Path) -> tuple[int, str]:
+    """(file size, hex SHA-256 of the dataset bytes after the file meta), streaming.
+
+    The digest covers what the peer sent, not our file meta (which names the
+    peer's port and so differs between two sends of the same instance): two
+    copies with the same digest are the same instance, byte for byte.
+    """
+    digest = hashlib.sha256()
     with open(path, "rb") as handle:
+        handle.seek(dataset_offset(path))
         while chunk := handle.read(_HASH_CHUNK):
             digest.update(chunk)
-            size += len(chunk)
+        size = handle.tell()
     return size, digest.hexdigest()
 
 
@@ -55,7 +72,10 @@ def read_header(path: Path) -> Header:
         With a one-line reason, for anything that is not a usable instance.
     """
     try:
-        ds = dcmread(path, stop_before_pixels=True)
+        with open(path, "rb") as handle:
+            ds = dcmread(handle, stop_before_pixels=True)
+            _check_complete(handle, ds, os.fstat(handle.fileno()).st_size)
+        size, digest = dataset_sha256(path)
         meta = ds.file_meta
         values = {
             keyword: _text(ds.get(keyword))
@@ -67,13 +87,14 @@ def read_header(path: Path) -> Header:
                 "PatientID",
             )
         }
+    except NotAnInstance:
+        raise
     except Exception as exc:  # pydicom raises many types on bad input
         raise NotAnInstance(f"not readable as DICOM: {type(exc).__name__}: {exc}") from None
     for keyword in ("SOPInstanceUID", "StudyInstanceUID"):
         ok, reason = validate_uid(values[keyword])
         if not ok:
             raise NotAnInstance(f"{keyword}: {reason}")
-    size, digest = sha256_of(path)
     address = _text(meta.get("SendingPresentationAddress"))
     return Header(
         size=size,
@@ -94,3 +115,61 @@ def _text(value: object) -> str | None:
         return None
     text = str(value).strip("\x00 ")
     return text or None
+
+
+def _check_complete(handle: BinaryIO, ds: FileDataset, size: int) -> None:
+    """Refuse a file whose Pixel Data ends past the end of the file.
+
+    pydicom reads truncated files without complaint (RELIABILITY.md), so a
+    half-copied file would pass as an instance.  ``dcmread`` with
+    ``stop_before_pixels`` leaves ``handle`` at the Pixel Data element, if
+    any: a defined length must fit in the file; an encapsulated value must be
+    closed by its Sequence Delimitation Item near the end.  Deflated datasets
+    are not checked here (the position is in the inflated stream).
+    """
+    if ds.file_meta.get("TransferSyntaxUID") == DeflatedExplicitVRLittleEndian:
+        return
+    start = handle.tell()
+    implicit, little = ds.original_encoding
+    header = handle.read(8 if implicit else 12)
+    order = "little" if little else "big"
+    if len(header) < 8:
+        return  # no Pixel Data element: the header parse covered the dataset
+    tag = (int.from_bytes(header[0:2], order) << 16) | int.from_bytes(header[2:4], order)
+    if tag != _PIXEL_DATA:
+        return
+    if len(header) < (8 if implicit else 12):
+        raise NotAnInstance("truncated: the file ends inside the Pixel Data element header")
+    length = int.from_bytes(header[4:8] if implicit else header[8:12], order)
+    if length != _UNDEFINED_LENGTH:
+        if start + len(header) + length > size:
+            raise NotAnInstance(
+                f"truncated: Pixel Data needs {length} bytes, the file has "
+                f"{size - start - len(header)}"
+            )
+        return
+    handle.seek(max(start, size - _DELIMITER_SEARCH))
+    if _SEQUENCE_DELIMITER not in handle.read():
+        raise NotAnInstance("truncated: encapsulated Pixel Data has no sequence delimiter")
+
+
+def is_open_for_writing(path: Path) -> bool:
+    """True if some process has ``path`` open for writing (Linux read lease).
+
+    A read lease is refused with EAGAIN while any writer has the file open,
+    which tells a stalled hand copy from a finished one better than a quiet
+    size.  Where a lease cannot be taken (another owner without CAP_LEASE, a
+    filesystem without leases), the answer is False and the settle time rules.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:
+        return False
+    try:
+        fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_RDLCK)
+        fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_UNLCK)
+        return False
+    except OSError as exc:
+        return exc.errno == errno.EAGAIN
+    finally:
+        os.close(fd)

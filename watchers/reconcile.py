@@ -19,6 +19,7 @@ from pathlib import Path
 
 from ledger.store import Ledger
 from spool.layout import SpoolLayout
+from watchers.inspect import is_open_for_writing
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +67,7 @@ class Reconciler:
         return report
 
     def _spool_files(self, settled_before: float) -> Iterable[Path]:
-        """Candidate files not modified since ``settled_before`` (a hand copy may be running)."""
+        """Candidate files quiet since ``settled_before`` and open for writing by nobody."""
         for top in os.scandir(self.layout.root):
             if not top.is_dir(follow_symlinks=False):
                 continue
@@ -77,10 +78,11 @@ class Reconciler:
                     if not self.layout.is_candidate(path):
                         continue
                     try:
-                        if os.lstat(path).st_mtime <= settled_before:
-                            yield path
+                        settled = os.lstat(path).st_mtime <= settled_before
                     except FileNotFoundError:
                         continue
+                    if settled and not is_open_for_writing(path):
+                        yield path
 
     def _check_rows(self) -> tuple[int, int]:
         changes = []

@@ -5,8 +5,9 @@ finishes).  A rename into place (``on_moved``, how the SCP publishes) or a
 close after writing (``on_closed``, a hand copy) rings at once.  A bare
 ``on_created`` (a file moved in from outside the spool, or a directory tree
 copied in) rings once the file's size and mtime have held still for
-``settle_seconds``.  Events are dropped silently on inotify overflow
-(watchdog#654), so reconcile rescans at start and periodically.
+``settle_seconds`` and no process has it open for writing.  Events are
+dropped silently on inotify overflow (watchdog#654), so reconcile rescans at
+start and periodically.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from watchdog.events import (
 from watchdog.observers import Observer
 
 from spool.layout import SpoolLayout
+from watchers.inspect import is_open_for_writing
 
 log = logging.getLogger(__name__)
 
@@ -110,7 +112,7 @@ class SpoolWatcher:
                 current = (info.st_size, info.st_mtime_ns)
                 if current != last:
                     self._pending[path] = (current, now)
-                elif now - since >= self.settle_seconds:
+                elif now - since >= self.settle_seconds and not is_open_for_writing(path):
                     del self._pending[path]
                     ready.append(path)
         return ready

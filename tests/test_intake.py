@@ -1,0 +1,202 @@
+"""Files reaching the spool by hand or by the SCP: intake, quarantine and duplicates."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+
+from ledger.states import State
+from tests.conftest import RunningAdapter, wait_for, write_config
+from tests.dicom import make_instance
+from tests.peers.send import send_files
+
+AE = "DICOMADAPTER"
+
+
+def quarantined(adapter: RunningAdapter) -> list[Path]:
+    return sorted(p for p in (adapter.spool / "quarantine").iterdir() if p.suffix != ".reason")
+
+
+def events_of(adapter: RunningAdapter, instance_id: int) -> list[tuple]:
+    with adapter.ledger.engine.connect() as connection:
+        return list(
+            connection.exec_driver_sql(
+                "SELECT from_state, to_state, reason FROM events WHERE instance_id = ? ORDER BY id",
+                (instance_id,),
+            )
+        )
+
+
+def test_hand_copy_is_recorded_under_any_name(adapter: RunningAdapter, tmp_path: Path) -> None:
+    original = make_instance(tmp_path / "outside" / "a.dcm")
+    target = adapter.spool / AE / "dropped" / "deep" / "scan-0001.bin"
+    target.parent.mkdir(parents=True)
+    shutil.copyfile(original, target)
+    [row] = adapter.wait_rows(1, "received")
+    assert row.path == str(target) and row.called_ae == AE
+    assert row.size == original.stat().st_size
+    assert target.read_bytes() == original.read_bytes()
+
+
+def test_file_moved_in_from_outside_is_recorded_once_settled(
+    adapter: RunningAdapter, tmp_path: Path
+) -> None:
+    original = make_instance(tmp_path / "outside" / "b.dcm")
+    target = adapter.spool / AE / "b.dcm"
+    os.rename(original, target)
+    [row] = adapter.wait_rows(1, "received")
+    assert row.path == str(target)
+
+
+def test_slow_hand_copy_is_never_taken_half_written(
+    adapter: RunningAdapter, tmp_path: Path
+) -> None:
+    data = make_instance(tmp_path / "c.dcm", rows=128, columns=128).read_bytes()
+    target = adapter.spool / AE / "slow.dcm"
+    with open(target, "wb") as handle:
+        handle.write(data[: len(data) // 2])
+        handle.flush()
+        time.sleep(4 * adapter.config.watcher.settle_seconds)  # a stalled copy
+        adapter.adapter.reconciler.tick()  # a periodic scan meanwhile
+        adapter.settle()
+        assert adapter.rows() == []
+        assert quarantined(adapter) == []
+        handle.write(data[len(data) // 2 :])
+    [row] = adapter.wait_rows(1, "received")
+    assert row.size == len(data)
+
+
+@pytest.mark.parametrize(
+    "content, reason",
+    [
+        (b"hello, this is not DICOM\n", "not readable as DICOM"),
+        (b"", "not readable as DICOM"),
+        (b"\x89PNG\r\n\x1a\n" + b"\x00" * 64, "not readable as DICOM"),
+    ],
+)
+def test_non_dicom_is_quarantined_not_deleted(
+    adapter: RunningAdapter, content: bytes, reason: str
+) -> None:
+    target = adapter.spool / AE / "notes.txt"
+    target.write_bytes(content)
+    [row] = adapter.wait_rows(1, "rejected")
+    assert reason in row.reason
+    assert not target.exists()
+    [kept] = quarantined(adapter)
+    assert kept.read_bytes() == content and row.path == str(kept)
+    assert kept.name.endswith("-notes.txt")
+    sidecar = kept.with_name(kept.name + ".reason").read_text()
+    assert str(target) in sidecar and reason in sidecar
+    assert events_of(adapter, row.id) == [(None, "rejected", row.reason)]
+
+
+def test_truncated_dicom_is_quarantined(adapter: RunningAdapter, tmp_path: Path) -> None:
+    data = make_instance(tmp_path / "d.dcm", rows=64, columns=64).read_bytes()
+    partial = tmp_path / "partial.dcm"
+    partial.write_bytes(data[: len(data) - 1000])
+    os.rename(partial, adapter.spool / AE / "partial.dcm")
+    [row] = adapter.wait_rows(1, "rejected")
+    assert row.reason.startswith("truncated: Pixel Data needs")
+
+
+def test_symlink_is_quarantined_and_its_target_untouched(
+    adapter: RunningAdapter, tmp_path: Path
+) -> None:
+    secret = tmp_path / "secret.dcm"
+    make_instance(secret)
+    before = secret.read_bytes()
+    (adapter.spool / AE / "link.dcm").symlink_to(secret)
+    adapter.adapter.reconciler.tick(time.time() + 60)
+    [row] = adapter.wait_rows(1, "rejected")
+    assert "not a regular file" in row.reason
+    assert secret.read_bytes() == before
+
+
+def test_files_outside_an_ae_folder_are_left_alone(adapter: RunningAdapter, tmp_path: Path) -> None:
+    stray = adapter.spool / "stray.dcm"
+    shutil.copyfile(make_instance(tmp_path / "e.dcm"), stray)
+    adapter.adapter.reconciler.tick(time.time() + 60)
+    adapter.settle()
+    assert adapter.rows() == [] and stray.exists()
+
+
+# -- duplicates ---------------------------------------------------------------
+
+
+def send(adapter: RunningAdapter, path: Path) -> int | None:
+    [(_, status)] = send_files("127.0.0.1", adapter.port, [path], called_ae=AE)
+    return status
+
+
+def two_versions(tmp_path: Path) -> tuple[Path, Path]:
+    uids = {"study_uid": "1.2.3.4", "series_uid": "1.2.3.4.5", "sop_instance_uid": "1.2.3.4.5.6"}
+    return (
+        make_instance(tmp_path / "v1.dcm", patient_id="FIRST", **uids),
+        make_instance(tmp_path / "v2.dcm", patient_id="SECOND", **uids),
+    )
+
+
+def sop_files(adapter: RunningAdapter) -> list[Path]:
+    return sorted((adapter.spool / AE / "1.2.3.4" / "1.2.3.4.5").iterdir())
+
+
+def test_duplicate_replace_while_received(adapter: RunningAdapter, tmp_path: Path) -> None:
+    first, second = two_versions(tmp_path)
+    assert send(adapter, first) == 0
+    [row] = adapter.wait_rows(1)
+    assert send(adapter, second) == 0
+    wait_for(lambda: adapter.ledger.get(row.id).patient_id == "SECOND")
+    [row] = adapter.wait_rows(1)
+    assert sop_files(adapter) == [Path(row.path)]
+    assert Path(row.path).name == "1.2.3.4.5.6.dcm"
+    reasons = [reason for _, _, reason in events_of(adapter, row.id)]
+    assert reasons[0] == "received" and "replaced by a newer copy" in reasons[1]
+
+
+def test_identical_resend_is_idempotent(adapter: RunningAdapter, tmp_path: Path) -> None:
+    first, _ = two_versions(tmp_path)
+    assert send(adapter, first) == 0
+    [row] = adapter.wait_rows(1)
+    assert send(adapter, first) == 0
+    wait_for(lambda: len(events_of(adapter, row.id)) == 2)
+    assert "identical copy" in events_of(adapter, row.id)[1][2]
+    assert sop_files(adapter) == [Path(row.path)]
+
+
+def test_duplicate_replace_after_claim_stores_a_new_row(
+    adapter: RunningAdapter, tmp_path: Path
+) -> None:
+    first, second = two_versions(tmp_path)
+    assert send(adapter, first) == 0
+    [row] = adapter.wait_rows(1)
+    with adapter.ledger.transaction() as tx:
+        tx.move(row.id, State.CLAIMED, "test: a job took it")
+    assert send(adapter, second) == 0
+    rows = adapter.wait_rows(2)
+    assert [r.state for r in rows] == ["claimed", "received"]
+    assert Path(rows[0].path).read_bytes() != Path(rows[1].path).read_bytes()
+    assert "already 'claimed': stored as a new row" in events_of(adapter, rows[1].id)[0][2]
+
+
+@pytest.mark.parametrize("policy", ["ignore", "keep"])
+def test_duplicate_policies(start_adapter, tmp_path: Path, port: int, policy: str) -> None:
+    running = start_adapter(write_config(tmp_path, port, aes=f"[ae:{AE}]\nduplicates = {policy}"))
+    first, second = two_versions(tmp_path)
+    assert send(running, first) == 0
+    running.wait_rows(1)
+    assert send(running, second) == 0
+    if policy == "ignore":
+        wait_for(lambda: len(events_of(running, running.rows()[0].id)) == 2)
+        [row] = running.rows()
+        assert row.patient_id == "FIRST"
+        assert "discarded (duplicates=ignore)" in events_of(running, row.id)[1][2]
+        assert sop_files(running) == [Path(row.path)]
+    else:
+        rows = running.wait_rows(2)
+        assert [r.patient_id for r in rows] == ["FIRST", "SECOND"]
+        assert [Path(r.path).name for r in rows] == ["1.2.3.4.5.6.dcm", "1.2.3.4.5.6~1.dcm"]
+        assert "kept as a new row (duplicates=keep)" in events_of(running, rows[1].id)[0][2]

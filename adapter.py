@@ -87,10 +87,18 @@ class Adapter:
         self.server.start()
 
     def stop(self) -> None:
-        """Stop accepting, then wind down the rest in reverse order."""
+        """Stop accepting, then wind down the rest in reverse order.
+
+        Safe to call after a partial start and more than once.
+        """
         self.server.stop()
-        self.scheduler.shutdown(wait=True)
+        if self.scheduler.running:
+            self.scheduler.shutdown(wait=True)
         self.watcher.stop()
+        if self.intake.running:
+            # Events still in flight when the watcher stopped: a last scan
+            # records every file the SCP acknowledged before we exit.
+            self.reconciler.tick(shutdown=True)
         self.intake.stop()
         self.engine.dispose()
         self.stopped.set()

@@ -47,11 +47,18 @@ class Reconciler:
         self.settle_seconds = settle_seconds
         self.stale_tmp_seconds = stale_tmp_seconds
 
-    def tick(self, now: float | None = None, *, startup: bool = False) -> ReconcileReport:
-        """One full pass; ``now`` is wall-clock seconds (``time.time()``)."""
+    def tick(
+        self, now: float | None = None, *, startup: bool = False, shutdown: bool = False
+    ) -> ReconcileReport:
+        """One full pass; ``now`` is wall-clock seconds (``time.time()``).
+
+        ``startup``: nothing in ``.tmp/`` can belong to a live transfer.
+        ``shutdown``: the SCP has stopped, so a file nobody has open for
+        writing is complete however recent.
+        """
         now = time.time() if now is None else now
         removed = self._clean_tmp(None if startup else now - self.stale_tmp_seconds)
-        on_disk = set(self._spool_files(now - self.settle_seconds))
+        on_disk = set(self._spool_files(now if shutdown else now - self.settle_seconds))
         recorded = self.ledger.recorded_paths()
         orphans = sorted(path for path in on_disk if str(path) not in recorded)
         if orphans:

@@ -89,9 +89,11 @@ class SpoolWatcher:
 
     def stop(self) -> None:
         self._stopping.set()
-        self._observer.stop()
-        self._observer.join()
-        self._settler.join()
+        if self._observer.is_alive():
+            self._observer.stop()
+            self._observer.join()
+        if self._settler.is_alive():
+            self._settler.join()
 
     def _settle_loop(self) -> None:
         while not self._stopping.wait(SETTLE_POLL_SECONDS):

@@ -1,0 +1,100 @@
+"""The dicom-adapter command as a user runs it: real subprocesses, exact output."""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT, AdapterProcess
+from tests.dcmtk import storescu
+from tests.dicom import make_study
+
+
+def cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, str(ROOT / "adapter.py"), *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=cwd,
+    )
+
+
+def test_db_upgrade_then_status_on_an_empty_ledger(config_path: Path) -> None:
+    first = cli("db", "upgrade", "--config", str(config_path))
+    assert (
+        first.returncode == 0 and first.stdout == "ledger upgraded from empty to 0001 (head 0001)\n"
+    )
+    again = cli("db", "upgrade", "--config", str(config_path))
+    assert again.stdout == "ledger already at 0001\n"
+    status = cli("status", "--config", str(config_path))
+    assert status.returncode == 0
+    ledger = config_path.parent / "ledger.db"
+    assert status.stdout == (
+        f"Ledger: sqlite:///{ledger} (revision 0001)\n"
+        f"Spool:  {config_path.parent / 'spool'}\n\n"
+        "Instances by state:\n"
+        "  received            0\n  claimed             0\n  submitted           0\n"
+        "  reclaimable         0\n  reclaimed           0\n  rejected            0\n\n"
+        "Recent studies:\n  (none)\n"
+    )
+
+
+def test_status_before_any_schema_says_what_to_do(config_path: Path) -> None:
+    result = cli("status", "--config", str(config_path))
+    assert result.returncode == 1
+    assert result.stderr.startswith("Error: ledger sqlite:///")
+    assert result.stderr.endswith("has no schema yet: run 'dicom-adapter db upgrade'\n")
+
+
+def test_run_receive_status_and_sigterm(adapter_process: AdapterProcess, tmp_path: Path) -> None:
+    adapter_process.start()
+    sent = make_study(tmp_path / "study", 4)
+    assert storescu(adapter_process.port, sent).returncode == 0
+    assert adapter_process.signal(signal.SIGTERM) == 0
+    result = cli("status", "--json", "--config", str(adapter_process.config))
+    report = json.loads(result.stdout)
+    assert report["counts"]["received"] == 4 and report["revision"] == "0001"
+    [study] = report["studies"]
+    assert study["called_ae"] == "DICOMADAPTER" and study["instances"] == 4
+    assert study["received"] == 4 and study["bytes"] > 0
+    text = cli("status", "--config", str(adapter_process.config)).stdout
+    assert f"DICOMADAPTER     {study['study_instance_uid']}" in text
+    assert "4 instances,      4 received" in text
+
+
+def test_sigint_exits_130(adapter_process: AdapterProcess) -> None:
+    adapter_process.start()
+    assert adapter_process.signal(signal.SIGINT) == 130
+
+
+def test_port_in_use_is_one_error_line(config_path: Path, port: int) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", port))
+        taken.listen()
+        result = cli("run", "--config", str(config_path))
+    assert result.returncode == 1
+    assert result.stderr.splitlines()[-1] == (
+        "Error: cannot start: [Errno 98] Address already in use"
+    )
+
+
+@pytest.mark.parametrize("command", [[], ["run"], ["status"], ["db"], ["db", "upgrade"]])
+def test_every_command_has_help_with_an_example(command: list[str]) -> None:
+    result = cli(*command, "--help")
+    assert result.returncode == 0
+    assert "Usage: adapter.py" in result.stdout
+    if command != ["db"]:
+        assert "Example:" in result.stdout
+
+
+def test_console_script_is_the_same_command() -> None:
+    script = Path(sys.executable).parent / "dicom-adapter"
+    result = subprocess.run([str(script), "--help"], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0 and "Usage: dicom-adapter" in result.stdout

@@ -1,0 +1,51 @@
+"""The README's promises are checked: set-up commands, CI, every command and key documented."""
+
+import re
+from pathlib import Path
+
+import click
+import pytest
+
+from cli import main
+from config import SCHEMA
+
+ROOT = Path(__file__).resolve().parent.parent
+README = (ROOT / "README.md").read_text()
+
+
+def commands(group: click.Group, prefix: str = "dicom-adapter") -> list[str]:
+    found = []
+    for name, command in group.commands.items():
+        if isinstance(command, click.Group):
+            found += commands(command, f"{prefix} {name}")
+        else:
+            found.append(f"{prefix} {name}")
+    return found
+
+
+def test_readme_opens_with_the_two_setup_commands() -> None:
+    first_block = re.search(r"```sh\n(.*?)```", README, re.S).group(1)
+    assert [line.split("#")[0].strip() for line in first_block.splitlines()] == [
+        "make run",
+        "make test",
+    ]
+
+
+def test_ci_runs_the_readme_test_command() -> None:
+    script = (ROOT / ".ci" / "run").read_text().splitlines()
+    assert "make test" in [line.strip() for line in script]
+    assert script.index("apt-get update") < next(
+        i for i, line in enumerate(script) if line.startswith("apt-get install")
+    )
+
+
+@pytest.mark.parametrize("command", commands(main))
+def test_every_command_is_in_the_readme(command: str) -> None:
+    assert f"`{command}" in README
+
+
+@pytest.mark.parametrize("section, key", [(s, k) for s, keys in SCHEMA.items() for k in keys])
+def test_every_config_key_is_documented(section: str, key: str) -> None:
+    assert re.search(rf"`{key}`", README), f"[{section}] {key} missing from README"
+    shipped = (ROOT / "config.ini").read_text()
+    assert re.search(rf"^;?{key} = ", shipped, re.M), f"[{section}] {key} missing from config.ini"

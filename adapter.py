@@ -9,7 +9,6 @@ is the same as the ``dicom-adapter`` command.
 from __future__ import annotations
 
 import logging
-import tempfile
 import threading
 
 from pynetdicom import _config as pynetdicom_config
@@ -66,10 +65,9 @@ class Adapter:
 
     def start(self) -> None:
         self.layout.ensure(self.config.aes)
-        # Large instances stream to a pynetdicom temporary file: keep it on the
-        # spool's filesystem so the copy into place never crosses devices.
+        # Stream every C-STORE dataset to a file (scp/receiving.py says where),
+        # so a 1 GB instance never sits in memory.
         pynetdicom_config.STORE_RECV_CHUNKED_DATASET = True
-        tempfile.tempdir = str(self.layout.tmp)
         before, after = upgrade(self.engine)
         if before != after:
             log.info("ledger migrated from %s to %s", before or "empty", after)

@@ -1,24 +1,25 @@
 """pynetdicom event handlers: admission, C-ECHO, C-STORE.
 
 The C-STORE handler knows the spool, never the ledger: it places the
-instance, hands it to :class:`spool.writer.SpoolWriter`, and answers with a
-status from PS3.4 Annex B only after the file is durable.  It never raises:
-with chunked receive, pynetdicom skips removing its temporary file when a
-handler raises, so unexpected errors are logged here and answered 0xC211.
+instance that streamed into its incoming file, has
+:class:`spool.writer.SpoolWriter` publish it, and answers with a status from
+PS3.4 Annex B only after the file is durable.  It never raises: with chunked
+receive, pynetdicom skips removing its temporary file when a handler raises,
+so unexpected errors are logged here and answered 0xC211.
 """
 
 import logging
 import socket
-from pathlib import Path
 
 from pynetdicom import events as evt
 
-from scp.admission import AdmissionPolicy
+from scp.admission import REJECT_LOCAL_LIMIT, AdmissionPolicy
 from scp.placement import read_placement
+from scp.receiving import Receiving, provenance_of
+from spool.incoming import IncomingFile
 from spool.layout import UnsafeName
 from spool.names import validate_uid
-from spool.part10 import dataset_offset
-from spool.writer import Received, SpoolFull, SpoolWriter
+from spool.writer import SpoolFull
 
 log = logging.getLogger(__name__)
 
@@ -31,29 +32,21 @@ CANNOT_UNDERSTAND = 0xC210
 PROCESSING_FAILURE = 0xC211
 
 
-def called_ae_of(assoc: object) -> str:
-    return str(assoc.requestor.primitive.called_ae_title).strip()  # type: ignore[attr-defined]
-
-
-def calling_ae_of(assoc: object) -> str:
-    return str(assoc.requestor.primitive.calling_ae_title).strip()  # type: ignore[attr-defined]
-
-
-def handle_requested(event: evt.Event, policy_source: object) -> None:
+def handle_requested(event: evt.Event, server: object) -> None:
     """EVT_REQUESTED: accept or reject the association before negotiation."""
     assoc = event.assoc
-    policy: AdmissionPolicy = policy_source.policy  # type: ignore[attr-defined]
-    called, calling, peer = called_ae_of(assoc), calling_ae_of(assoc), assoc.requestor.address
-    rejection, reason = policy.decide(called, calling, peer)
-    if rejection is None and not policy_source.writer.has_room():  # type: ignore[attr-defined]
-        rejection, reason = (0x02, 0x03, 0x02), "spool free space under min_free"
+    policy: AdmissionPolicy = server.policy  # type: ignore[attr-defined]
+    peer = provenance_of(assoc)
+    rejection, reason = policy.decide(peer.called_ae, peer.calling_ae, assoc.requestor.address)
+    if rejection is None and not server.writer.has_room():  # type: ignore[attr-defined]
+        rejection, reason = REJECT_LOCAL_LIMIT, "spool free space under min_free"
     if rejection is not None:
         log.warning(
             "association rejected %d/%d/%d peer=%s calling=%r called=%r: %s",
             *rejection,
-            peer,
-            calling,
-            called,
+            peer.peer_address,
+            peer.calling_ae,
+            peer.called_ae,
             reason,
         )
         assoc.acse.send_reject(*rejection)
@@ -61,7 +54,7 @@ def handle_requested(event: evt.Event, policy_source: object) -> None:
         # sent the A-ASSOCIATE-RJ, or the socket closes before it leaves.
         assoc.kill()
         return
-    assoc.acceptor.ae_title = called  # echo the called AE title in the A-ASSOCIATE-AC
+    assoc.acceptor.ae_title = peer.called_ae  # echo the called AE title in the A-ASSOCIATE-AC
 
 
 def handle_conn_open(event: evt.Event) -> None:
@@ -76,55 +69,57 @@ def handle_echo(event: evt.Event) -> int:
     return SUCCESS
 
 
-def handle_store(event: evt.Event, writer: SpoolWriter) -> int:
+def handle_store(event: evt.Event, receiving: Receiving) -> int:
     """EVT_C_STORE: make the instance durable in the spool, then answer."""
-    request = event.request
+    sop_instance_uid = str(event.request.AffectedSOPInstanceUID)
+    incoming = receiving.take(event.dataset_path)
     try:
-        return _store(event, writer)
+        if incoming is None:
+            raise RuntimeError(f"no incoming file for {event.dataset_path}")
+        return _store(event, receiving, incoming, sop_instance_uid)
     except Exception:
-        log.exception(
-            "C-STORE failed unexpectedly sop=%s: answering 0xC211", request.AffectedSOPInstanceUID
-        )
+        log.exception("C-STORE failed unexpectedly sop=%r: answering 0xC211", sop_instance_uid)
+        if incoming is not None and not incoming.published:
+            incoming.path.unlink(missing_ok=True)
         return PROCESSING_FAILURE
 
 
-def _store(event: evt.Event, writer: SpoolWriter) -> int:
-    request, assoc = event.request, event.assoc
-    source: Path = event.dataset_path
-    sop_instance_uid = str(request.AffectedSOPInstanceUID)
+def _store(
+    event: evt.Event, receiving: Receiving, incoming: IncomingFile, sop_instance_uid: str
+) -> int:
+    if incoming.failed is not None:
+        incoming.path.unlink(missing_ok=True)
+        if incoming.out_of_space:
+            return _refuse(OUT_OF_RESOURCES, sop_instance_uid, f"spool full: {incoming.failed}")
+        raise incoming.failed
     try:
-        placement = read_placement(source)
-        offset = dataset_offset(source)
+        placement = read_placement(incoming.path)
     except Exception as exc:  # pydicom raises many kinds on bad input
+        incoming.path.unlink(missing_ok=True)
         return _refuse(CANNOT_UNDERSTAND, sop_instance_uid, f"unreadable dataset: {exc}")
+    problem = None
     if placement.sop_instance_uid != sop_instance_uid:
-        return _refuse(
-            CANNOT_UNDERSTAND,
-            sop_instance_uid,
-            f"dataset SOP Instance UID {placement.sop_instance_uid!r} differs from the request's",
+        problem = (
+            f"dataset SOP Instance UID {placement.sop_instance_uid!r} differs from the request's"
         )
     for name, uid in (
-        ("SOP Class UID", str(request.AffectedSOPClassUID)),
+        ("SOP Class UID", str(event.request.AffectedSOPClassUID)),
         ("Study Instance UID", placement.study_instance_uid),
         ("Series Instance UID", placement.series_instance_uid),
     ):
         ok, reason = validate_uid(uid)
         if not ok:
-            return _refuse(CANNOT_UNDERSTAND, sop_instance_uid, f"{name}: {reason}")
-    item = Received(
-        source=source,
-        dataset_offset=offset,
-        called_ae=called_ae_of(assoc),
-        calling_ae=calling_ae_of(assoc),
-        peer_address=f"{assoc.requestor.address}:{assoc.requestor.port}",
-        sop_class_uid=str(request.AffectedSOPClassUID),
-        sop_instance_uid=sop_instance_uid,
-        transfer_syntax_uid=str(event.context.transfer_syntax),
-        study_instance_uid=placement.study_instance_uid,  # type: ignore[arg-type]
-        series_instance_uid=placement.series_instance_uid,  # type: ignore[arg-type]
-    )
+            problem = problem or f"{name}: {reason}"
+    if problem is not None:
+        incoming.path.unlink(missing_ok=True)
+        return _refuse(CANNOT_UNDERSTAND, sop_instance_uid, problem)
     try:
-        path = writer.accept(item)
+        path = receiving.writer.publish(
+            incoming,
+            placement.study_instance_uid,
+            placement.series_instance_uid,  # type: ignore[arg-type]
+            sop_instance_uid,
+        )
     except SpoolFull as exc:
         return _refuse(OUT_OF_RESOURCES, sop_instance_uid, f"spool full: {exc.strerror or exc}")
     except UnsafeName as exc:

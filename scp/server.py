@@ -18,6 +18,7 @@ from pynetdicom.transport import ThreadedAssociationServer
 
 from scp.admission import AdmissionPolicy
 from scp.handlers import handle_conn_open, handle_echo, handle_requested, handle_store
+from scp.receiving import Receiving
 from spool.writer import SpoolWriter
 
 if TYPE_CHECKING:
@@ -50,6 +51,7 @@ class StoreServer:
         self.dicom = dicom
         self.policy = policy
         self.writer = writer
+        self.receiving = Receiving(writer)
         self._server: ThreadedAssociationServer | None = None
 
     @property
@@ -60,18 +62,24 @@ class StoreServer:
 
     def start(self) -> None:
         ae = build_ae(self.dicom)
+        self.receiving.install()
         handlers = [
             (evt.EVT_CONN_OPEN, handle_conn_open),
             (evt.EVT_REQUESTED, handle_requested, [self]),
             (evt.EVT_C_ECHO, handle_echo),
-            (evt.EVT_C_STORE, handle_store, [self.writer]),
+            (evt.EVT_C_STORE, handle_store, [self.receiving]),
         ]
-        self._server = ae.start_server(
-            (self.dicom.host, self.dicom.port), block=False, evt_handlers=handlers
-        )
+        try:
+            self._server = ae.start_server(
+                (self.dicom.host, self.dicom.port), block=False, evt_handlers=handlers
+            )
+        except BaseException:
+            self.receiving.uninstall()
+            raise
         log.info("listening on %s:%d as %s", self.dicom.host, self.port, self.dicom.ae_title)
 
     def stop(self) -> None:
         if self._server is not None:
             self._server.shutdown()
             self._server = None
+        self.receiving.uninstall()

@@ -202,13 +202,3 @@ def _no_thread_leaks() -> Iterator[None]:
             break
         time.sleep(0.05)
     assert not leaked, f"threads left running: {leaked}"
-
-
-@pytest.fixture(autouse=True)
-def _restore_tempdir() -> Iterator[None]:
-    """The adapter points tempfile at its spool; put it back for the next test."""
-    import tempfile
-
-    saved = tempfile.tempdir
-    yield
-    tempfile.tempdir = saved

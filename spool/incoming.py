@@ -1,0 +1,153 @@
+"""The temporary file a C-STORE dataset streams into, in ``spool/.tmp/``.
+
+pynetdicom's chunked receive writes a Part 10 file: preamble, ``DICM``, a
+file meta group of its own, then the dataset fragments as they arrive.  This
+file object takes those writes and swaps pynetdicom's file meta for ours on
+the fly, one that records where the instance came from, so the dataset bytes
+are written once, straight to their file, never held in memory and never
+copied.  A write that finds the disk full (ENOSPC, EDQUOT) is not raised
+into pynetdicom (which would drop the association without an answer): the
+file records the failure, gives its space back and swallows the rest of the
+message, so the C-STORE handler can answer 0xA700.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import uuid
+from dataclasses import dataclass
+from io import BytesIO
+from pathlib import Path
+
+from pydicom import dcmread
+from pydicom.dataset import FileMetaDataset
+from pydicom.filewriter import write_file_meta_info
+
+from spool.part10 import PREAMBLE
+
+# A UID of our own under the 2.25 (UUID) root, PS3.5 Annex B.2.
+IMPLEMENTATION_CLASS_UID = "2.25.163359237101938412089463516829934576211"
+IMPLEMENTATION_VERSION_NAME = "DICOMADAPTER_1"
+_FULL = {errno.ENOSPC, errno.EDQUOT}
+_META_START = PREAMBLE + 4  # after preamble and "DICM"
+_GROUP_LENGTH_END = _META_START + 12
+
+
+@dataclass(frozen=True)
+class Provenance:
+    """Where an instance came from (PS3.10 7.1 Source/Sending/Receiving AE, address)."""
+
+    calling_ae: str
+    called_ae: str
+    peer_address: str  # "ip:port"
+
+
+class IncomingFile:
+    """Write-only, unbuffered file with the Part 10 header replaced by ours.
+
+    Offers what pynetdicom uses of a ``NamedTemporaryFile``: ``name``,
+    ``write``, ``file.flush`` and ``close``.
+    """
+
+    def __init__(self, folder: Path, provenance: Provenance, *, room: bool = True) -> None:
+        self.provenance = provenance
+        self.name = str(folder / f"{uuid.uuid4().hex}.part")
+        self.file = self  # pynetdicom calls ``.file.flush()``
+        self.failed: OSError | None = None
+        self.published = False
+        self._header: bytearray | None = bytearray()
+        self._fd: int | None = None
+        if not room:
+            self.failed = OSError(errno.ENOSPC, "free space under min_free")
+        try:
+            self._fd = os.open(self.name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
+        except OSError as exc:
+            self._fail(exc)
+
+    @property
+    def path(self) -> Path:
+        return Path(self.name)
+
+    @property
+    def out_of_space(self) -> bool:
+        return self.failed is not None and self.failed.errno in _FULL
+
+    def write(self, data: bytes) -> int:
+        if self.failed is None:
+            try:
+                self._accept(data)
+            except OSError as exc:
+                self._fail(exc)
+        return len(data)
+
+    def flush(self) -> None:
+        """Writes are unbuffered: nothing to flush."""
+
+    def sync(self) -> None:
+        """fsync what was written; the caller renames the file into place next."""
+        if self._fd is not None:
+            os.fsync(self._fd)
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    def __del__(self) -> None:
+        """An aborted transfer's file goes when pynetdicom drops it."""
+        self.close()
+        if not self.published:
+            Path(self.name).unlink(missing_ok=True)
+
+    def _accept(self, data: bytes) -> None:
+        if self._header is None:
+            self._write(data)
+            return
+        self._header += data
+        if len(self._header) < _GROUP_LENGTH_END:
+            return
+        meta_end = _GROUP_LENGTH_END + int.from_bytes(
+            self._header[_GROUP_LENGTH_END - 4 : _GROUP_LENGTH_END], "little"
+        )
+        if len(self._header) < meta_end:
+            return
+        theirs, rest = bytes(self._header[:meta_end]), bytes(self._header[meta_end:])
+        self._header = None
+        self._write(file_header(dcmread(BytesIO(theirs)).file_meta, self.provenance) + rest)
+
+    def _write(self, data: bytes) -> None:
+        if self._fd is None:
+            raise OSError(errno.EBADF, "file is closed")
+        view = memoryview(data)
+        while view:
+            view = view[os.write(self._fd, view) :]
+
+    def _fail(self, exc: OSError) -> None:
+        """Remember why, and give the disk space back at once."""
+        self.failed = exc
+        if self._fd is not None:
+            os.ftruncate(self._fd, 0)
+
+
+def file_header(theirs: FileMetaDataset, provenance: Provenance) -> bytes:
+    """Preamble, ``DICM`` and our file meta for the dataset pynetdicom described.
+
+    PS3.10 7.1: Source/Sending AE is the calling AE, Receiving AE the called
+    AE; the peer's address goes in Sending Presentation Address.
+    """
+    meta = FileMetaDataset()
+    meta.FileMetaInformationVersion = b"\x00\x01"
+    meta.MediaStorageSOPClassUID = theirs.MediaStorageSOPClassUID
+    meta.MediaStorageSOPInstanceUID = theirs.MediaStorageSOPInstanceUID
+    meta.TransferSyntaxUID = theirs.TransferSyntaxUID
+    meta.ImplementationClassUID = IMPLEMENTATION_CLASS_UID
+    meta.ImplementationVersionName = IMPLEMENTATION_VERSION_NAME
+    meta.SourceApplicationEntityTitle = provenance.calling_ae
+    meta.SendingApplicationEntityTitle = provenance.calling_ae
+    meta.ReceivingApplicationEntityTitle = provenance.called_ae
+    meta.SendingPresentationAddress = f"dicom://{provenance.peer_address}"
+    buffer = BytesIO()
+    buffer.write(b"\x00" * PREAMBLE + b"DICM")
+    write_file_meta_info(buffer, meta, enforce_standard=True)
+    return buffer.getvalue()

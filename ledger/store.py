@@ -2,119 +2,174 @@
 
 Each write happens in one ``BEGIN IMMEDIATE`` transaction that also appends
 the matching ``events`` rows, so the history can never disagree with the
-state.  Moves are checked against :data:`ledger.states.TRANSITIONS`.
+state.  Moves are checked against :data:`ledger.states.TRANSITIONS`.  Intake
+records whole batches with a few set-based statements (SQLAlchemy Core, one
+``executemany`` per table), so the ledger keeps up with the SCP.
 """
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, fields
 from datetime import datetime
+from typing import Any
 
-from sqlalchemy import Engine, func, select, text
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy import Connection, Engine, func, insert, select, text, update
 
 from ledger.models import Event, Instance, utcnow
 from ledger.records import InstanceRecord, NewInstance
 from ledger.states import ON_DISK, State, check_move
 
 log = logging.getLogger(__name__)
+INSTANCES = Instance.__table__
+EVENTS = Event.__table__
 _RECORD_FIELDS = [f.name for f in fields(InstanceRecord)]
 _LIVE = [str(state) for state in ON_DISK]
+_CHUNK = 500  # bound parameters per IN (...) list
 
 
-def to_record(row: Instance) -> InstanceRecord:
-    return InstanceRecord(**{name: getattr(row, name) for name in _RECORD_FIELDS})
+def to_record(row: Any) -> InstanceRecord:
+    mapping = row._mapping
+    return InstanceRecord(**{name: mapping[name] for name in _RECORD_FIELDS})
+
+
+def _chunks(values: Collection[str]) -> Iterator[list[str]]:
+    items = list(values)
+    for start in range(0, len(items), _CHUNK):
+        yield items[start : start + _CHUNK]
 
 
 class LedgerTransaction:
     """The writes intake and reconcile make, inside one transaction."""
 
-    def __init__(self, session: Session, now: datetime) -> None:
-        self._session = session
+    def __init__(self, connection: Connection, now: datetime) -> None:
+        self._connection = connection
         self.now = now
 
-    def is_recorded(self, path: str) -> bool:
-        """True if a row that still owns ``path`` exists."""
-        query = select(Instance.id).where(Instance.path == path, Instance.state != State.RECLAIMED)
-        return self._session.scalar(query.limit(1)) is not None
+    def recorded(self, paths: Collection[str]) -> set[str]:
+        """Those of ``paths`` a row still owns."""
+        found: set[str] = set()
+        for chunk in _chunks(paths):
+            query = select(INSTANCES.c.path).where(
+                INSTANCES.c.path.in_(chunk), INSTANCES.c.state != State.RECLAIMED
+            )
+            found.update(self._connection.scalars(query))
+        return found
 
-    def live_copies(self, called_ae: str, sop_instance_uid: str) -> list[InstanceRecord]:
-        """Rows of the same SOP instance for the same AE whose file is kept."""
-        query = select(Instance).where(
-            Instance.called_ae == called_ae,
-            Instance.sop_instance_uid == sop_instance_uid,
-            Instance.state.in_(_LIVE),
+    def live_copies(
+        self, called_ae: str, sop_instance_uids: Collection[str]
+    ) -> dict[str, list[InstanceRecord]]:
+        """Rows per SOP Instance UID, for one AE, whose file is kept; oldest first."""
+        copies: dict[str, list[InstanceRecord]] = {}
+        for chunk in _chunks(sop_instance_uids):
+            query = (
+                select(INSTANCES)
+                .where(
+                    INSTANCES.c.called_ae == called_ae,
+                    INSTANCES.c.sop_instance_uid.in_(chunk),
+                    INSTANCES.c.state.in_(_LIVE),
+                )
+                .order_by(INSTANCES.c.id)
+            )
+            for row in self._connection.execute(query):
+                copies.setdefault(row.sop_instance_uid, []).append(to_record(row))
+        return copies
+
+    def add_many(self, items: list[tuple[NewInstance, str]]) -> list[int]:
+        """Insert ``received`` rows (with their events) for new files."""
+        if not items:
+            return []
+        check_move(None, State.RECEIVED)
+        rows = [
+            {
+                **asdict(new),
+                "state": State.RECEIVED,
+                "received_at": self.now,
+                "updated_at": self.now,
+            }
+            for new, _ in items
+        ]
+        ids = self._insert(rows)
+        self._events(
+            [
+                (id_, reason, None, State.RECEIVED)
+                for id_, (_, reason) in zip(ids, items, strict=True)
+            ]
         )
-        return [to_record(row) for row in self._session.scalars(query.order_by(Instance.id))]
+        return ids
 
     def add(self, new: NewInstance, reason: str) -> int:
-        """Insert a ``received`` row for a new file."""
-        row = Instance(
-            **asdict(new), state=State.RECEIVED, received_at=self.now, updated_at=self.now
-        )
-        return self._insert(row, reason)
+        return self.add_many([(new, reason)])[0]
 
     def add_rejected(self, path: str, called_ae: str | None, reason: str) -> int:
         """Insert a ``rejected`` row for a quarantined file."""
-        row = Instance(
-            path=path,
-            called_ae=called_ae,
-            state=State.REJECTED,
-            reason=reason,
-            received_at=self.now,
-            updated_at=self.now,
+        check_move(None, State.REJECTED)
+        [id_] = self._insert(
+            [
+                {
+                    "path": path,
+                    "called_ae": called_ae,
+                    "state": State.REJECTED,
+                    "reason": reason,
+                    "received_at": self.now,
+                    "updated_at": self.now,
+                }
+            ]
         )
-        return self._insert(row, reason)
+        self._events([(id_, reason, None, State.REJECTED)])
+        return id_
 
     def replace_content(self, instance_id: int, new: NewInstance, reason: str) -> None:
         """A newer copy of a still-``received`` instance took the old one's place."""
-        row = self._session.get_one(Instance, instance_id)
-        for name, value in asdict(new).items():
-            setattr(row, name, value)
-        row.received_at = row.updated_at = self.now
-        row.missing_since = None
-        self._event(row, reason, row.state, row.state)
+        state = self._state(instance_id)
+        self._update(instance_id, **asdict(new), received_at=self.now, missing_since=None)
+        self._events([(instance_id, reason, state, state)])
 
     def note(self, instance_id: int, reason: str) -> None:
         """Record a decision about an instance that does not change its state."""
-        row = self._session.get_one(Instance, instance_id)
-        self._event(row, reason, row.state, row.state)
+        state = self._state(instance_id)
+        self._events([(instance_id, reason, state, state)])
 
-    def move(self, instance_id: int, target: State, reason: str) -> InstanceRecord:
+    def move(self, instance_id: int, target: State, reason: str) -> None:
         """Move one instance to ``target``; raise IllegalTransition if not allowed."""
-        row = self._session.get_one(Instance, instance_id)
-        current = State(row.state)
+        current = State(self._state(instance_id))
         check_move(current, target)
-        row.state = target
-        row.updated_at = self.now
-        self._event(row, reason, current, target)
-        log.info("%s -> %s id=%d sop=%s", current, target, row.id, row.sop_instance_uid)
-        return to_record(row)
+        self._update(instance_id, state=target)
+        self._events([(instance_id, reason, current, target)])
+        log.info("%s -> %s id=%d", current, target, instance_id)
 
     def set_missing(self, instance_id: int, missing: bool) -> None:
         """Flag (or clear) a row whose file vanished from the spool."""
-        row = self._session.get_one(Instance, instance_id)
-        row.missing_since = self.now if missing else None
+        state = self._state(instance_id)
+        self._update(instance_id, missing_since=self.now if missing else None)
         reason = "file missing from spool" if missing else "file found again"
-        self._event(row, reason, row.state, row.state)
+        self._events([(instance_id, reason, state, state)])
 
-    def _insert(self, row: Instance, reason: str) -> int:
-        check_move(None, State(row.state))
-        self._session.add(row)
-        self._session.flush()
-        self._event(row, reason, None, row.state)
-        return row.id
+    def _state(self, instance_id: int) -> str:
+        query = select(INSTANCES.c.state).where(INSTANCES.c.id == instance_id)
+        return self._connection.execute(query).scalar_one()
 
-    def _event(self, row: Instance, reason: str, from_state: str | None, to_state: str) -> None:
-        self._session.add(
-            Event(
-                instance_id=row.id,
-                from_state=from_state,
-                to_state=to_state,
-                at=self.now,
-                reason=reason,
-            )
+    def _insert(self, rows: list[dict[str, Any]]) -> list[int]:
+        statement = insert(INSTANCES).returning(INSTANCES.c.id, sort_by_parameter_order=True)
+        return list(self._connection.scalars(statement, rows))
+
+    def _update(self, instance_id: int, **values: Any) -> None:
+        statement = update(INSTANCES).where(INSTANCES.c.id == instance_id)
+        self._connection.execute(statement.values(**values, updated_at=self.now))
+
+    def _events(self, rows: list[tuple[int, str, str | None, str]]) -> None:
+        self._connection.execute(
+            insert(EVENTS),
+            [
+                {
+                    "instance_id": id_,
+                    "reason": reason,
+                    "from_state": source,
+                    "to_state": target,
+                    "at": self.now,
+                }
+                for id_, reason, source, target in rows
+            ],
         )
 
 
@@ -123,56 +178,51 @@ class Ledger:
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
-        self._sessions = sessionmaker(engine, expire_on_commit=False)
 
     @contextmanager
     def transaction(self, now: datetime | None = None) -> Iterator[LedgerTransaction]:
         """One write transaction; commits on success, rolls back on error."""
-        with self._sessions() as session:
-            session.connection(execution_options={"sqlite_begin": "IMMEDIATE"})
-            yield LedgerTransaction(session, now or utcnow())
-            session.commit()
+        with self.engine.connect() as connection:
+            connection = connection.execution_options(sqlite_begin="IMMEDIATE")
+            with connection.begin():
+                yield LedgerTransaction(connection, now or utcnow())
+
+    def _read(self, query: Any, parameters: dict[str, Any] | None = None) -> list[Any]:
+        with self.engine.connect() as connection:
+            return list(connection.execute(query, parameters or {}))
 
     def get(self, instance_id: int) -> InstanceRecord:
-        with self._sessions() as session:
-            return to_record(session.get_one(Instance, instance_id))
+        [row] = self._read(select(INSTANCES).where(INSTANCES.c.id == instance_id))
+        return to_record(row)
 
     def instances(self, *, state: State | None = None) -> list[InstanceRecord]:
-        query = select(Instance).order_by(Instance.id)
+        query = select(INSTANCES).order_by(INSTANCES.c.id)
         if state is not None:
-            query = query.where(Instance.state == state)
-        with self._sessions() as session:
-            return [to_record(row) for row in session.scalars(query)]
+            query = query.where(INSTANCES.c.state == state)
+        return [to_record(row) for row in self._read(query)]
 
     def live_files(self) -> dict[str, tuple[int, bool]]:
         """path -> (id, flagged missing) for every row whose file should be on disk."""
-        query = select(Instance.path, Instance.id, Instance.missing_since).where(
-            Instance.state.in_(_LIVE)
+        query = select(INSTANCES.c.path, INSTANCES.c.id, INSTANCES.c.missing_since).where(
+            INSTANCES.c.state.in_(_LIVE)
         )
-        with self._sessions() as session:
-            return {
-                path: (id_, missing is not None) for path, id_, missing in session.execute(query)
-            }
+        return {path: (id_, missing is not None) for path, id_, missing in self._read(query)}
 
     def recorded_paths(self) -> set[str]:
         """Every path a row still owns (live or quarantined)."""
-        query = select(Instance.path).where(Instance.state != State.RECLAIMED)
-        with self._sessions() as session:
-            return set(session.scalars(query))
+        query = select(INSTANCES.c.path).where(INSTANCES.c.state != State.RECLAIMED)
+        return {path for (path,) in self._read(query)}
 
     def counts_by_state(self) -> dict[str, int]:
-        query = select(Instance.state, func.count()).group_by(Instance.state)
-        with self._sessions() as session:
-            counts = {str(state): 0 for state in State}
-            counts.update({state: count for state, count in session.execute(query)})
-            return counts
+        query = select(INSTANCES.c.state, func.count()).group_by(INSTANCES.c.state)
+        counts = {str(state): 0 for state in State}
+        counts.update({state: count for state, count in self._read(query)})
+        return counts
 
     def recent_studies(self, limit: int = 10) -> list[dict[str, object]]:
         """Rows of the ``studies`` view, most recently received first."""
         query = text("SELECT * FROM studies ORDER BY last_received_at DESC LIMIT :limit")
-        with self._sessions() as session:
-            return [dict(row._mapping) for row in session.execute(query, {"limit": limit})]
+        return [dict(row._mapping) for row in self._read(query, {"limit": limit})]
 
     def event_count(self) -> int:
-        with self._sessions() as session:
-            return session.scalar(select(func.count()).select_from(Event)) or 0
+        return self._read(select(func.count()).select_from(EVENTS))[0][0]

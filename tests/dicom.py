@@ -93,8 +93,21 @@ _PADDING_WINDOW = 1024 * 1024
 _PADDING_TAG = {True: b"\xfc\xff\xfc\xff", False: b"\xff\xfc\xff\xfc"}
 
 # Explicit VR elements with these VRs have a 4-byte length after 2 reserved bytes.
-_LONG_VRS = {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN"}
-_LONG_VRS |= {b"UR", b"UT", b"UV"}
+_LONG_VRS = {
+    b"OB",
+    b"OD",
+    b"OF",
+    b"OL",
+    b"OV",
+    b"OW",
+    b"SQ",
+    b"SV",
+    b"UC",
+    b"UN",
+    b"UR",
+    b"UT",
+    b"UV",
+}
 
 
 def make_instance(
@@ -321,6 +334,12 @@ def dataset_bytes(path: Path) -> bytes:
     -------
     bytes
         The dataset bytes.
+
+    Raises
+    ------
+    ValueError
+        If the file has no preamble and 'DICM', does not start its meta group
+        with (0002,0000), or has no Transfer Syntax UID.
     """
     start, end = _dataset_span(path)
     with path.open("rb") as fp:

@@ -15,6 +15,7 @@ import os
 import queue
 import stat
 import threading
+import time
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict
 from pathlib import Path
@@ -30,6 +31,9 @@ from watchers.inspect import Header, NotAnInstance, read_header
 log = logging.getLogger(__name__)
 
 BATCH_MAX = 500
+# How long a batch gathers arrivals: fewer, larger ledger commits (each one
+# an fsync) leave the disk and the GIL to the SCP under load.
+BATCH_WINDOW_SECONDS = 0.1
 DEFAULT_DUPLICATES = "replace"
 
 
@@ -42,23 +46,60 @@ class Intake:
         self.duplicates = duplicates  # called AE -> ignore | replace | keep
 
     def process(self, paths: Iterable[Path]) -> int:
-        """Record ``paths``; return how many rows were written."""
+        """Record ``paths``; return how many rows were written or changed."""
         inspected = [(path, self._inspect(path)) for path in dict.fromkeys(paths)]
         inspected = [(path, result) for path, result in inspected if result is not None]
         if not inspected:
             return 0
-        written = 0
         with self.ledger.transaction() as tx:
-            for path, result in inspected:
-                if tx.is_recorded(str(path)):
-                    continue
-                if isinstance(result, str):
-                    self._reject(tx, path, result)
-                else:
-                    self._record(tx, path, result)
-                written += 1
-        log.debug("intake recorded %d of %d files", written, len(inspected))
-        return written
+            known = tx.recorded([str(path) for path, _ in inspected])
+            fresh = [(path, result) for path, result in inspected if str(path) not in known]
+            self._record_batch(tx, fresh)
+        log.debug("intake recorded %d of %d files", len(fresh), len(inspected))
+        return len(fresh)
+
+    def _record_batch(self, tx: LedgerTransaction, fresh: list[tuple[Path, Header | str]]) -> None:
+        """New rows go in one insert; duplicates and rejections one by one."""
+        headers = [(path, r) for path, r in fresh if not isinstance(r, str)]
+        copies = self._copies(tx, [self._new(path, header) for path, header in headers])
+        pending: list[tuple[NewInstance, str]] = []
+        touched: set[tuple[str, str]] = set()  # keys this batch already changed
+        for path, result in fresh:
+            if isinstance(result, str):
+                self._reject(tx, path, result)
+                continue
+            new = self._new(path, result)
+            key = (new.called_ae, new.sop_instance_uid)
+            if key in touched:  # a second copy in the same batch: look again
+                tx.add_many(pending)
+                pending = []
+                copies[key] = tx.live_copies(key[0], [key[1]]).get(key[1], [])
+            touched.add(key)
+            if copies.get(key):
+                policy = self.duplicates.get(new.called_ae, DEFAULT_DUPLICATES)
+                self._duplicate(tx, new, copies[key], policy)
+            else:
+                pending.append((new, "received"))
+        tx.add_many(pending)
+
+    def _new(self, path: Path, header: Header) -> NewInstance:
+        called_ae = self.layout.called_ae_of(path)
+        assert called_ae is not None  # checked by _inspect
+        return NewInstance(path=str(path), called_ae=called_ae, **asdict(header))
+
+    @staticmethod
+    def _copies(
+        tx: LedgerTransaction, news: list[NewInstance]
+    ) -> dict[tuple[str, str], list[InstanceRecord]]:
+        """Rows already kept for the batch's (AE, SOP Instance UID) pairs."""
+        wanted: dict[str, set[str]] = {}
+        for new in news:
+            wanted.setdefault(new.called_ae, set()).add(new.sop_instance_uid)
+        return {
+            (called_ae, sop): rows
+            for called_ae, sops in wanted.items()
+            for sop, rows in tx.live_copies(called_ae, sops).items()
+        }
 
     def _inspect(self, path: Path) -> Header | str | None:
         """A Header, a rejection reason, or None to skip (gone, not ours)."""
@@ -88,19 +129,6 @@ class Intake:
             return
         tx.add_rejected(str(target), self.layout.called_ae_of(path), reason)
         log.warning("quarantined %s as %s: %s", path, target.name, reason)
-
-    def _record(self, tx: LedgerTransaction, path: Path, header: Header) -> None:
-        called_ae = self.layout.called_ae_of(path)
-        assert called_ae is not None  # checked by _inspect
-        new = NewInstance(path=str(path), called_ae=called_ae, **asdict(header))
-        copies = [
-            c for c in tx.live_copies(called_ae, header.sop_instance_uid) if c.path != new.path
-        ]
-        if not copies:
-            tx.add(new, "received")
-            return
-        policy = self.duplicates.get(called_ae, DEFAULT_DUPLICATES)
-        self._duplicate(tx, new, copies, policy)
 
     def _duplicate(
         self, tx: LedgerTransaction, new: NewInstance, copies: list[InstanceRecord], policy: str
@@ -170,9 +198,10 @@ class IntakeWorker:
     def _run(self) -> None:
         while True:
             batch = [self._queue.get()]
-            while len(batch) < BATCH_MAX:
+            window_ends = time.monotonic() + BATCH_WINDOW_SECONDS
+            while len(batch) < BATCH_MAX and batch[-1] is not None:
                 try:
-                    batch.append(self._queue.get_nowait())
+                    batch.append(self._queue.get(timeout=max(0.0, window_ends - time.monotonic())))
                 except queue.Empty:
                     break
             stop = None in batch

@@ -35,6 +35,15 @@ from watchers.inspect import is_open_for_writing
 log = logging.getLogger(__name__)
 
 SETTLE_POLL_SECONDS = 0.25
+# Only what rings the doorbell: watchdog then asks inotify for nothing else,
+# so the SCP's writes and intake's reads raise no events at all.
+DOORBELL_EVENTS = [
+    FileMovedEvent,
+    FileClosedEvent,
+    FileCreatedEvent,
+    DirCreatedEvent,
+    DirMovedEvent,
+]
 
 
 class _Doorbell(FileSystemEventHandler):
@@ -83,7 +92,9 @@ class SpoolWatcher:
                 self._pending.setdefault(path, ((-1, -1), time.monotonic()))
 
     def start(self) -> None:
-        self._observer.schedule(_Doorbell(self), str(self.layout.root), recursive=True)
+        self._observer.schedule(
+            _Doorbell(self), str(self.layout.root), recursive=True, event_filter=DOORBELL_EVENTS
+        )
         self._observer.start()
         self._settler.start()
 

@@ -9,6 +9,7 @@ Run as ``python -m tests.peers.send --host H --port P --called AE FILE_OR_DIR...
 """
 
 import argparse
+import queue
 import socket
 import sys
 from collections.abc import Iterator
@@ -22,6 +23,9 @@ from pynetdicom.sop_class import Verification
 
 # A-ASSOCIATE-RQ can carry at most 128 presentation contexts (odd IDs 1..255).
 MAX_CONTEXTS = 128
+
+# P-DATA PDUs allowed to wait for the socket; see _BoundedSendQueue.
+_SEND_BACKLOG = 64
 
 
 class AssociationRejected(Exception):
@@ -205,14 +209,20 @@ def _make_ae(calling_ae: str, timeout: float) -> AE:
 
 
 def _associate(ae: AE, host: str, port: int, called_ae: str) -> Association:
-    """Associate, raise on rejection, and turn off Nagle on the socket.
+    """Associate, raise on rejection, and tune the connection for sending.
 
-    pynetdicom writes a C-STORE as several small PDUs (command, then data);
-    with Nagle on, the small trailing write waits for the peer's delayed ACK
-    (about 40 ms per message on Linux loopback). pynetdicom has no socket
-    option hook, so TCP_NODELAY is set on the connected socket it wraps:
-    ``Association.dul.socket`` is the ``AssociationSocket`` and its
-    ``.socket`` attribute the ``socket.socket``.
+    Three changes to pynetdicom's defaults, all on the established
+    association (pynetdicom has no hook for them):
+
+    * TCP_NODELAY: pynetdicom writes a C-STORE as several PDUs (command, then
+      data); with Nagle on, the small trailing write waits for the peer's
+      delayed ACK, about 40 ms per C-STORE on Linux loopback.
+      ``Association.dul.socket`` is pynetdicom's ``AssociationSocket`` and its
+      ``.socket`` attribute the connected ``socket.socket``.
+    * A socket timeout: pynetdicom clears it after connecting, so a peer that
+      stops reading would block its sending thread forever; with the AE's
+      network timeout a stalled send fails and the association is dropped.
+    * A bounded send queue, see :class:`_BoundedSendQueue`.
     """
     assoc = ae.associate(host, port, ae_title=called_ae)
     if assoc.is_rejected:
@@ -222,8 +232,41 @@ def _associate(ae: AE, host: str, port: int, called_ae: str) -> Association:
             int(reject.result), int(reject.result_source), int(reject.diagnostic)
         )
     if assoc.is_established:
-        assoc.dul.socket.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock = assoc.dul.socket.socket
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.settimeout(ae.network_timeout)
+        # Nothing is queued once established, so swapping the queue is safe.
+        assoc.dul.to_provider_queue = _BoundedSendQueue(assoc, _SEND_BACKLOG)
     return assoc
+
+
+class _BoundedSendQueue(queue.Queue):
+    """pynetdicom's DUL send queue, bounded so file reads wait for the socket.
+
+    ``send_c_store(path)`` reads the file PDU by PDU into
+    ``Association.dul.to_provider_queue``, which is unbounded, so it gets
+    ahead of the socket and a large file ends up largely in memory. Bounding
+    the queue makes the sender wait instead. Only the sending thread puts
+    into the queue after association; if the DUL stops draining it (abort,
+    lost connection) items are dropped rather than blocking forever, and the
+    C-STORE then ends without a response.
+    """
+
+    def __init__(self, assoc: Association, maxsize: int) -> None:
+        super().__init__(maxsize)
+        self._assoc = assoc
+
+    def put(self, item: object, block: bool = True, timeout: float | None = None) -> None:
+        """Wait for room while the DUL is alive, else drop `item` at once.
+
+        pynetdicom never passes `block` or `timeout`, so they are ignored.
+        """
+        while self._assoc.is_established and self._assoc.dul.is_alive():
+            try:
+                super().put(item, timeout=0.1)
+                return
+            except queue.Full:
+                continue
 
 
 @contextmanager

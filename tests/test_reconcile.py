@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 from config import load_config
-from tests.conftest import RunningAdapter
+from tests.conftest import RunningAdapter, write_config
 from tests.dicom import make_study
 from tests.peers.send import send_files
 
@@ -81,3 +81,20 @@ def test_periodic_reconcile_catches_lost_events(adapter: RunningAdapter, tmp_pat
     assert report.adopted == 3 and len(adapter.rows("received")) == 3
     # A second pass finds nothing new: reconcile is idempotent.
     assert adapter.adapter.reconciler.tick(time.time() + 60).adopted == 0
+
+
+def test_scheduler_runs_reconcile_periodically(start_adapter, tmp_path: Path, port: int) -> None:
+    config = tmp_path / "config.ini"
+    write_config(tmp_path, port)
+    config.write_text(
+        config.read_text().replace("reconcile_interval = 3600", "reconcile_interval = 0.5")
+    )
+    running = start_adapter(config)
+    running.adapter.watcher.stop()  # only the scheduled reconcile can find the file now
+    [original] = make_study(tmp_path / "s", 1)
+    target = running.spool / AE / "late.dcm"
+    shutil.copyfile(original, target)
+    old = time.time() - 3600
+    os.utime(target, (old, old))
+    [row] = running.wait_rows(1, "received", timeout=10)
+    assert row.path == str(target)

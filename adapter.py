@@ -9,7 +9,6 @@ is the same as the ``dicom-adapter`` command.
 from __future__ import annotations
 
 import logging
-import threading
 
 from pynetdicom import _config as pynetdicom_config
 
@@ -61,7 +60,6 @@ class Adapter:
         self.writer = SpoolWriter(self.layout, config.storage.min_free)
         self.server = StoreServer(config.dicom, admission_policy(config), self.writer)
         self.scheduler = schedule.make_scheduler()
-        self.stopped = threading.Event()
 
     def start(self) -> None:
         self.layout.ensure(self.config.aes)
@@ -99,7 +97,6 @@ class Adapter:
             self.reconciler.tick(shutdown=True)
         self.intake.stop()
         self.engine.dispose()
-        self.stopped.set()
 
 
 if __name__ == "__main__":

@@ -63,23 +63,20 @@ def run(config_path: Path | None) -> None:
     """
     config = _load(config_path)
     configure_logging(config.log.level)
+    # Block SIGTERM/SIGINT before any thread exists, so every thread inherits
+    # the mask and the main thread takes them with sigwait: a signal that
+    # arrives while starting up is handled once started, never lost.
+    stop_signals = {signal.SIGTERM, signal.SIGINT}
+    signal.pthread_sigmask(signal.SIG_BLOCK, stop_signals)
     adapter = Adapter(config)
-    received: list[int] = []
-
-    def on_signal(number: int, _frame: object) -> None:
-        received.append(number)
-        adapter.stopped.set()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
     try:
         adapter.start()
     except OSError as exc:
         adapter.stop()
         raise click.ClickException(f"cannot start: {exc}") from None
-    adapter.stopped.wait()
+    received = signal.sigwait(stop_signals)
     adapter.stop()
-    sys.exit(130 if received == [signal.SIGINT] else 0)
+    sys.exit(130 if received == signal.SIGINT else 0)
 
 
 @main.command()

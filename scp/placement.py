@@ -11,6 +11,8 @@ from pathlib import Path
 from pydicom.filereader import read_partial
 from pydicom.tag import BaseTag
 
+from spool.part10 import element_text
+
 _SERIES_INSTANCE_UID = 0x0020000E
 
 
@@ -36,11 +38,7 @@ def read_placement(path: Path) -> Placement:
     with open(path, "rb") as handle:
         ds = read_partial(handle, stop_when=_past_series_uid)
     return Placement(
-        sop_instance_uid=_text(ds.get("SOPInstanceUID")),
-        study_instance_uid=_text(ds.get("StudyInstanceUID")),
-        series_instance_uid=_text(ds.get("SeriesInstanceUID")),
+        sop_instance_uid=element_text(ds.get("SOPInstanceUID")),
+        study_instance_uid=element_text(ds.get("StudyInstanceUID")),
+        series_instance_uid=element_text(ds.get("SeriesInstanceUID")),
     )
-
-
-def _text(value: object) -> str | None:
-    return None if value is None else str(value).strip("\x00 ")

@@ -1,4 +1,4 @@
-"""Find where the dataset starts in a DICOM Part 10 file, from the raw bytes.
+"""Reading the raw structure of DICOM Part 10 files, without pydicom's decoding.
 
 The File Meta Information (group 0002) is always explicit VR little endian
 (PS3.10 7.1).  Walking its elements, rather than trusting the group length,
@@ -6,7 +6,7 @@ also copes with files whose writer left the group length out.  Everything
 after it is the dataset exactly as the sender encoded it.
 """
 
-from pathlib import Path
+from typing import BinaryIO
 
 PREAMBLE = 128
 _LONG_LENGTH_VRS = {
@@ -24,29 +24,39 @@ _LONG_LENGTH_VRS = {
     b"UT",
     b"UV",
 }
+_FIRST_READ = 4096
 _MAX_META = 64 * 1024
 
 
-def dataset_offset(path: Path) -> int:
-    """Byte offset of the dataset in ``path``.
+def dataset_offset(handle: BinaryIO) -> int:
+    """Byte offset of the dataset in the file open as ``handle`` (read from its start).
 
     Raises
     ------
     ValueError
-        No ``DICM`` prefix, or a file meta group that runs past 64 KiB or the file.
+        No ``DICM`` prefix, or a file meta group longer than 64 KiB or the file.
     """
-    with open(path, "rb") as handle:
-        head = handle.read(PREAMBLE + 4 + _MAX_META)
+    handle.seek(0)
+    head = handle.read(PREAMBLE + 4 + _FIRST_READ)
     if head[PREAMBLE : PREAMBLE + 4] != b"DICM":
         raise ValueError("no DICM prefix after the 128-byte preamble")
     offset = PREAMBLE + 4
-    while len(head) >= offset + 8 and head[offset : offset + 2] == b"\x02\x00":
-        vr = head[offset + 4 : offset + 6]
-        if vr in _LONG_LENGTH_VRS:
-            length = int.from_bytes(head[offset + 8 : offset + 12], "little")
-            offset += 12 + length
+    while True:
+        if len(head) < offset + 12 and len(head) == PREAMBLE + 4 + _FIRST_READ:
+            head += handle.read(_MAX_META)
+        if len(head) < offset + 8 or head[offset : offset + 2] != b"\x02\x00":
+            return offset
+        if head[offset + 4 : offset + 6] in _LONG_LENGTH_VRS:
+            offset += 12 + int.from_bytes(head[offset + 8 : offset + 12], "little")
         else:
             offset += 8 + int.from_bytes(head[offset + 6 : offset + 8], "little")
-        if offset > len(head):
-            raise ValueError("file meta group runs past the end of what was read")
-    return offset
+        if offset > PREAMBLE + 4 + _MAX_META:
+            raise ValueError("file meta group longer than 64 KiB")
+
+
+def element_text(value: object) -> str | None:
+    """A header value as text without DICOM padding; None when absent or empty."""
+    if value is None:
+        return None
+    text = str(value).strip("\x00 ")
+    return text or None

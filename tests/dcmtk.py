@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 from pathlib import Path
+from typing import Any
 
 from tests.conftest import require_tool
 
@@ -47,3 +48,24 @@ def echoscu(
     port: int, *, called: str = "DICOMADAPTER", calling: str = "ECHOSCU"
 ) -> subprocess.CompletedProcess[str]:
     return dcmtk("echoscu", "-aet", calling, "-aec", called, "127.0.0.1", str(port))
+
+
+def storescu_popen(
+    port: int,
+    files: list[Path],
+    *,
+    called: str = "DICOMADAPTER",
+    calling: str = "STORESCU",
+    extra: tuple[str, ...] = (),
+    stdout: Any = subprocess.DEVNULL,
+    stderr: Any = subprocess.PIPE,
+) -> subprocess.Popen[bytes]:
+    """Start ``storescu -v`` in the background (its log lines go to ``stderr``)."""
+    executable = require_tool("storescu")
+    return subprocess.Popen(
+        [executable, "-v", "-aet", calling, "-aec", called, *extra, "127.0.0.1", str(port)]
+        + [str(path) for path in files],
+        stdout=stdout,
+        stderr=stderr,
+        env={**os.environ, "TCP_NODELAY": "1"},
+    )

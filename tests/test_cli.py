@@ -98,3 +98,28 @@ def test_console_script_is_the_same_command() -> None:
     script = Path(sys.executable).parent / "dicom-adapter"
     result = subprocess.run([str(script), "--help"], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0 and "Usage: dicom-adapter" in result.stdout
+
+
+@pytest.mark.parametrize("when", ["while starting", "as the port opens"])
+def test_sigterm_during_startup_is_not_lost(
+    config_path: Path, port: int, tmp_path: Path, when: str
+) -> None:
+    """A stop right after a start (systemd may do that) ends the service cleanly."""
+    from tests.conftest import port_open, wait_for
+
+    log = tmp_path / "adapter.log"
+    with open(log, "wb") as output:
+        process = subprocess.Popen(
+            [sys.executable, str(ROOT / "adapter.py"), "run", "--config", str(config_path)],
+            stdout=output,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        if when == "as the port opens":
+            wait_for(lambda: port_open(port), timeout=30, interval=0.001)
+        else:  # the adapter has begun starting: the ledger migration is logged first
+            wait_for(lambda: "ledger migrated" in log.read_text(), timeout=30, interval=0.001)
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=30) == 0, log.read_text()
+    finally:
+        process.kill()

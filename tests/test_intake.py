@@ -152,7 +152,8 @@ def test_duplicate_replace_while_received(adapter: RunningAdapter, tmp_path: Pat
     wait_for(lambda: adapter.ledger.get(row.id).patient_id == "SECOND")
     [row] = adapter.wait_rows(1)
     assert sop_files(adapter) == [Path(row.path)]
-    assert Path(row.path).name == "1.2.3.4.5.6.dcm"
+    assert Path(row.path).name == "1.2.3.4.5.6~1.dcm"  # the newer copy's own file
+    assert not list((adapter.spool / ".tmp").iterdir())
     reasons = [reason for _, _, reason in events_of(adapter, row.id)]
     assert reasons[0] == "received" and "replaced by a newer copy" in reasons[1]
 
@@ -200,3 +201,34 @@ def test_duplicate_policies(start_adapter, tmp_path: Path, port: int, policy: st
         assert [r.patient_id for r in rows] == ["FIRST", "SECOND"]
         assert [Path(r.path).name for r in rows] == ["1.2.3.4.5.6.dcm", "1.2.3.4.5.6~1.dcm"]
         assert "kept as a new row (duplicates=keep)" in events_of(running, rows[1].id)[0][2]
+
+
+def test_crash_before_a_replace_commits_never_leaves_a_stale_row(
+    adapter: RunningAdapter, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The process dies between deciding a replace and committing it."""
+    from ledger.store import LedgerTransaction
+    from watchers.inspect import dataset_sha256
+
+    first, second = two_versions(tmp_path)
+    assert send(adapter, first) == 0
+    [row] = adapter.wait_rows(1)
+
+    def power_cut(*_args: object) -> None:
+        raise RuntimeError("power cut before commit")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(LedgerTransaction, "replace_content", power_cut)
+        assert send(adapter, second) == 0
+        wait_for(lambda: len(list(sop_files(adapter))) == 1 and "~1" in sop_files(adapter)[0].name)
+        adapter.settle()
+    # Rolled back: the row still names the old copy, which is out of reach in .tmp/.
+    assert adapter.ledger.get(row.id).patient_id == "FIRST"
+    adapter.adapter.reconciler.tick(startup=True)  # what the restart does
+    adapter.settle()
+    [row] = adapter.rows()
+    assert row.patient_id == "SECOND"
+    with open(row.path, "rb") as handle:
+        assert dataset_sha256(handle)[1] == row.sha256
+    assert sop_files(adapter) == [Path(row.path)]
+    assert not list((adapter.spool / ".tmp").iterdir())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import pydicom
@@ -47,7 +48,8 @@ def test_storescu_study_lands_in_spool_and_ledger(adapter: RunningAdapter, tmp_p
         assert row.series_instance_uid == ds.SeriesInstanceUID
         assert row.sop_class_uid == ds.SOPClassUID
         assert row.patient_id == ds.PatientID
-        assert row.size == expected.stat().st_size and len(row.sha256) == 64
+        assert row.size == expected.stat().st_size
+        assert row.sha256 == hashlib.sha256(dataset_bytes(original)).hexdigest()
         meta = pydicom.dcmread(expected, stop_before_pixels=True).file_meta
         assert meta.SourceApplicationEntityTitle == "STORESCU"
         assert meta.ReceivingApplicationEntityTitle == "DICOMADAPTER"

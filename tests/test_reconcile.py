@@ -98,3 +98,16 @@ def test_scheduler_runs_reconcile_periodically(start_adapter, tmp_path: Path, po
     os.utime(target, (old, old))
     [row] = running.wait_rows(1, "received", timeout=10)
     assert row.path == str(target)
+
+
+def test_restart_adopts_files_written_just_before(
+    start_adapter, config_path: Path, tmp_path: Path
+) -> None:
+    """At start the SCP is not running: a file nobody has open is complete, however new."""
+    spool = load_config(config_path).storage.spool
+    [original] = make_study(tmp_path / "s", 1)
+    target = spool / AE / "fresh.dcm"
+    target.parent.mkdir(parents=True)
+    shutil.copyfile(original, target)
+    running = start_adapter(config_path)
+    assert [row.path for row in running.rows("received")] == [str(target)]

@@ -18,7 +18,7 @@ from pydicom.dataset import FileDataset
 from pydicom.uid import DeflatedExplicitVRLittleEndian
 
 from spool.names import validate_uid
-from spool.part10 import dataset_offset
+from spool.part10 import dataset_offset, element_text
 
 _HASH_CHUNK = 2**20
 _PIXEL_DATA = 0x7FE00010
@@ -47,7 +47,7 @@ class NotAnInstance(ValueError):
     """The file is not a DICOM instance the adapter can keep."""
 
 
-def dataset_sha256(path: Path) -> tuple[int, str]:
+def dataset_sha256(handle: BinaryIO) -> tuple[int, str]:
     """(file size, hex SHA-256 of the dataset bytes after the file meta), streaming.
 
     The digest covers what the peer sent, not our file meta (which names the
@@ -55,12 +55,10 @@ def dataset_sha256(path: Path) -> tuple[int, str]:
     copies with the same digest are the same instance, byte for byte.
     """
     digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        handle.seek(dataset_offset(path))
-        while chunk := handle.read(_HASH_CHUNK):
-            digest.update(chunk)
-        size = handle.tell()
-    return size, digest.hexdigest()
+    handle.seek(dataset_offset(handle))
+    while chunk := handle.read(_HASH_CHUNK):
+        digest.update(chunk)
+    return handle.tell(), digest.hexdigest()
 
 
 def read_header(path: Path) -> Header:
@@ -75,10 +73,10 @@ def read_header(path: Path) -> Header:
         with open(path, "rb") as handle:
             ds = dcmread(handle, stop_before_pixels=True)
             _check_complete(handle, ds, os.fstat(handle.fileno()).st_size)
-        size, digest = dataset_sha256(path)
+            size, digest = dataset_sha256(handle)
         meta = ds.file_meta
         values = {
-            keyword: _text(ds.get(keyword))
+            keyword: element_text(ds.get(keyword))
             for keyword in (
                 "SOPInstanceUID",
                 "StudyInstanceUID",
@@ -95,26 +93,19 @@ def read_header(path: Path) -> Header:
         ok, reason = validate_uid(values[keyword])
         if not ok:
             raise NotAnInstance(f"{keyword}: {reason}")
-    address = _text(meta.get("SendingPresentationAddress"))
+    address = element_text(meta.get("SendingPresentationAddress"))
     return Header(
         size=size,
         sha256=digest,
         sop_instance_uid=values["SOPInstanceUID"],  # type: ignore[arg-type]
         study_instance_uid=values["StudyInstanceUID"],  # type: ignore[arg-type]
         series_instance_uid=values["SeriesInstanceUID"],
-        sop_class_uid=values["SOPClassUID"] or _text(meta.get("MediaStorageSOPClassUID")),
-        transfer_syntax_uid=_text(meta.get("TransferSyntaxUID")),
+        sop_class_uid=values["SOPClassUID"] or element_text(meta.get("MediaStorageSOPClassUID")),
+        transfer_syntax_uid=element_text(meta.get("TransferSyntaxUID")),
         patient_id=values["PatientID"],
-        calling_ae=_text(meta.get("SourceApplicationEntityTitle")),
+        calling_ae=element_text(meta.get("SourceApplicationEntityTitle")),
         peer_address=address.removeprefix("dicom://") if address else None,
     )
-
-
-def _text(value: object) -> str | None:
-    if value is None:
-        return None
-    text = str(value).strip("\x00 ")
-    return text or None
 
 
 def _check_complete(handle: BinaryIO, ds: FileDataset, size: int) -> None:

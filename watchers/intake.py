@@ -16,6 +16,7 @@ import queue
 import stat
 import threading
 import time
+import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict
 from pathlib import Path
@@ -51,14 +52,21 @@ class Intake:
         inspected = [(path, result) for path, result in inspected if result is not None]
         if not inspected:
             return 0
+        discard: list[Path] = []
         with self.ledger.transaction() as tx:
             known = tx.recorded([str(path) for path, _ in inspected])
             fresh = [(path, result) for path, result in inspected if str(path) not in known]
-            self._record_batch(tx, fresh)
+            self._record_batch(tx, fresh, discard)
+        # Only once the decisions are committed: a crash before this point
+        # leaves the files for the next pass to decide again.
+        for path in discard:
+            path.unlink(missing_ok=True)
         log.debug("intake recorded %d of %d files", len(fresh), len(inspected))
         return len(fresh)
 
-    def _record_batch(self, tx: LedgerTransaction, fresh: list[tuple[Path, Header | str]]) -> None:
+    def _record_batch(
+        self, tx: LedgerTransaction, fresh: list[tuple[Path, Header | str]], discard: list[Path]
+    ) -> None:
         """New rows go in one insert; duplicates and rejections one by one."""
         headers = [(path, r) for path, r in fresh if not isinstance(r, str)]
         copies = self._copies(tx, [self._new(path, header) for path, header in headers])
@@ -77,7 +85,7 @@ class Intake:
             touched.add(key)
             if copies.get(key):
                 policy = self.duplicates.get(new.called_ae, DEFAULT_DUPLICATES)
-                self._duplicate(tx, new, copies[key], policy)
+                self._duplicate(tx, new, copies[key], policy, discard)
             else:
                 pending.append((new, "received"))
         tx.add_many(pending)
@@ -131,9 +139,19 @@ class Intake:
         log.warning("quarantined %s as %s: %s", path, target.name, reason)
 
     def _duplicate(
-        self, tx: LedgerTransaction, new: NewInstance, copies: list[InstanceRecord], policy: str
+        self,
+        tx: LedgerTransaction,
+        new: NewInstance,
+        copies: list[InstanceRecord],
+        policy: str,
+        discard: list[Path],
     ) -> None:
-        """Apply ``[ae:] duplicates``; every outcome leaves an event row."""
+        """Apply ``[ae:] duplicates``; every outcome leaves an event row.
+
+        Files to delete go on ``discard`` (deleted after commit).  A replaced
+        copy is first renamed into ``.tmp/``, which no scan ever adopts, so
+        whether or not the transaction commits, no stale copy can come back.
+        """
         first = copies[0]
         ids = ", ".join(str(c.id) for c in copies)
         if policy == "keep":
@@ -141,11 +159,11 @@ class Intake:
             return
         same = next((c for c in copies if c.sha256 == new.sha256), None)
         if same is not None:
-            Path(new.path).unlink(missing_ok=True)
+            discard.append(Path(new.path))
             tx.note(same.id, f"identical copy {new.path} discarded (duplicates={policy})")
             return
         if policy == "ignore":
-            Path(new.path).unlink(missing_ok=True)
+            discard.append(Path(new.path))
             tx.note(first.id, f"different copy {new.path} discarded (duplicates=ignore)")
             return
         waiting = [c for c in copies if c.state == State.RECEIVED]
@@ -157,11 +175,16 @@ class Intake:
             )
             return
         target = waiting[-1]
-        os.replace(new.path, target.path)
+        replaced = self.layout.tmp / f"replaced-{uuid.uuid4().hex}.dcm"
+        try:
+            os.rename(target.path, replaced)
+            discard.append(replaced)
+        except FileNotFoundError:
+            pass  # the old copy had already vanished
         tx.replace_content(
             target.id,
-            NewInstance(**{**asdict(new), "path": target.path}),
-            f"replaced by a newer copy, sha256 was {target.sha256} (duplicates=replace)",
+            new,
+            f"replaced by a newer copy {new.path}, sha256 was {target.sha256} (duplicates=replace)",
         )
         log.info("duplicate replaced id=%d sop=%s", target.id, new.sop_instance_uid)
 

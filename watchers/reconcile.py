@@ -53,12 +53,13 @@ class Reconciler:
         """One full pass; ``now`` is wall-clock seconds (``time.time()``).
 
         ``startup``: nothing in ``.tmp/`` can belong to a live transfer.
-        ``shutdown``: the SCP has stopped, so a file nobody has open for
-        writing is complete however recent.
+        ``startup`` and ``shutdown``: the SCP is not running, so a file nobody
+        has open for writing is complete however recent.
         """
         now = time.time() if now is None else now
         removed = self._clean_tmp(None if startup else now - self.stale_tmp_seconds)
-        on_disk = set(self._spool_files(now if shutdown else now - self.settle_seconds))
+        scp_idle = startup or shutdown
+        on_disk = set(self._spool_files(now if scp_idle else now - self.settle_seconds))
         recorded = self.ledger.recorded_paths()
         orphans = sorted(path for path in on_disk if str(path) not in recorded)
         if orphans:

@@ -16,6 +16,7 @@ import logging
 import os
 import threading
 import time
+import warnings
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
@@ -92,6 +93,12 @@ class SpoolWatcher:
                 self._pending.setdefault(path, ((-1, -1), time.monotonic()))
 
     def start(self) -> None:
+        # watchdog 7 re-adds a watch for each directory created under a
+        # recursive watch and warns with a multi-kilobyte line each time;
+        # events are unaffected.
+        warnings.filterwarnings(
+            "ignore", "Callback with id .* already exists for watch", RuntimeWarning
+        )
         self._observer.schedule(
             _Doorbell(self), str(self.layout.root), recursive=True, event_filter=DOORBELL_EVENTS
         )

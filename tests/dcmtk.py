@@ -22,26 +22,20 @@ def dcmtk(tool: str, *args: str, timeout: float = 120) -> subprocess.CompletedPr
     )
 
 
-def storescu(
+def storescu_args(
     port: int,
     files: list[Path],
     *,
     called: str = "DICOMADAPTER",
     calling: str = "STORESCU",
     extra: tuple[str, ...] = (),
-) -> subprocess.CompletedProcess[str]:
-    return dcmtk(
-        "storescu",
-        "-v",
-        "-aet",
-        calling,
-        "-aec",
-        called,
-        *extra,
-        "127.0.0.1",
-        str(port),
-        *map(str, files),
-    )
+) -> list[str]:
+    """``storescu -v`` arguments: verbose, so each file's response is in its log."""
+    return ["-v", "-aet", calling, "-aec", called, *extra, "127.0.0.1", str(port), *map(str, files)]
+
+
+def storescu(port: int, files: list[Path], **options: Any) -> subprocess.CompletedProcess[str]:
+    return dcmtk("storescu", *storescu_args(port, files, **options))
 
 
 def echoscu(
@@ -54,17 +48,13 @@ def storescu_popen(
     port: int,
     files: list[Path],
     *,
-    called: str = "DICOMADAPTER",
-    calling: str = "STORESCU",
-    extra: tuple[str, ...] = (),
     stdout: Any = subprocess.DEVNULL,
     stderr: Any = subprocess.PIPE,
+    **options: Any,
 ) -> subprocess.Popen[bytes]:
     """Start ``storescu -v`` in the background (its log lines go to ``stderr``)."""
-    executable = require_tool("storescu")
     return subprocess.Popen(
-        [executable, "-v", "-aet", calling, "-aec", called, *extra, "127.0.0.1", str(port)]
-        + [str(path) for path in files],
+        [require_tool("storescu"), *storescu_args(port, files, **options)],
         stdout=stdout,
         stderr=stderr,
         env={**os.environ, "TCP_NODELAY": "1"},

@@ -1,8 +1,9 @@
 """Composition root: builds every part from the config and runs them in order.
 
 Start: ledger at head, intake, watcher, reconcile (crash recovery, before any
-association), scheduler, SCP last, so nothing is acknowledged before the
-adapter knows where everything stood.  Stop in reverse.  ``python adapter.py``
+association), jobs interrupted by a restart requeued, scheduler (grouping,
+dispatch, reclaim, reconcile), SCP last, so nothing is acknowledged before
+the adapter knows where everything stood.  Stop in reverse.  ``python adapter.py``
 is the same as the ``dicom-adapter`` command.
 """
 
@@ -13,10 +14,19 @@ import logging
 from pynetdicom import _config as pynetdicom_config
 
 import scheduler as schedule
-from config import Config
+from config import AeConfig, Config
 from ledger.db import make_engine
 from ledger.migrate import upgrade
+from ledger.processing import Processing
 from ledger.store import Ledger
+from processors.base import Submitter
+from processors.command import CommandSubmitter
+from processors.dispatcher import Dispatcher, DispatchRules
+from processors.folder import FolderSubmitter
+from processors.grouper import Grouper, GroupRules
+from processors.notifier import Notifier
+from processors.reclaimer import Reclaimer
+from processors.webhook import WebhookSubmitter
 from scp.admission import AdmissionPolicy, Source
 from scp.server import StoreServer
 from spool.layout import SpoolLayout
@@ -36,6 +46,24 @@ def admission_policy(config: Config) -> AdmissionPolicy:
     )
 
 
+def submitter_for(ae: AeConfig) -> Submitter:
+    """The submitter an ``[ae:]`` section's ``processor`` names."""
+    if ae.processor == "command":
+        assert ae.command is not None  # config checks it
+        return CommandSubmitter(ae.command, ae.command_timeout)
+    if ae.processor == "folder":
+        assert ae.output is not None
+        return FolderSubmitter(ae.output)
+    assert ae.processor == "webhook" and ae.url is not None
+    return WebhookSubmitter(ae.url, ae.webhook_timeout)
+
+
+def group_tick_seconds(config: Config) -> float:
+    """Check groups a few times per shortest quiet period, between 0.1 and 1 s."""
+    timeouts = [ae.timeout for ae in config.aes.values() if ae.processor != "none"]
+    return min(1.0, max(0.1, min(timeouts, default=4.0) / 4))
+
+
 class Adapter:
     """The running service."""
 
@@ -44,8 +72,39 @@ class Adapter:
         self.layout = SpoolLayout(config.storage.spool)
         self.engine = make_engine(config.ledger.url)
         self.ledger = Ledger(self.engine)
+        self.processing = Processing(self.ledger)
+        processed = {name: ae for name, ae in config.aes.items() if ae.processor != "none"}
+        self.groupers = {
+            name: Grouper(
+                GroupRules(
+                    name,
+                    ae.processor,
+                    ae.timeout,
+                    ae.max_wait,
+                    ae.ignored_sop_classes,
+                    ae.allowed_sop_classes,
+                ),
+                self.processing,
+            )
+            for name, ae in processed.items()
+        }
+        self.dispatcher = Dispatcher(
+            self.processing,
+            self.layout.jobs,
+            {
+                name: DispatchRules(submitter_for(ae), ae.group_by, ae.retries, ae.retry_delay)
+                for name, ae in processed.items()
+            },
+        )
+        self.reclaimer = Reclaimer(
+            self.processing, self.layout, {name: ae.retention for name, ae in processed.items()}
+        )
         intake = Intake(
-            self.layout, self.ledger, {name: ae.duplicates for name, ae in config.aes.items()}
+            self.layout,
+            self.ledger,
+            {name: ae.duplicates for name, ae in config.aes.items()},
+            group_by={name: ae.group_by for name, ae in config.aes.items()},
+            notify=Notifier(self.groupers),
         )
         self.intake = IntakeWorker(intake)
         self.watcher = SpoolWatcher(self.layout, self.intake.submit, config.watcher.settle_seconds)
@@ -73,6 +132,17 @@ class Adapter:
         self.watcher.start()
         self.reconciler.tick(startup=True)
         self.intake.wait_idle()
+        requeued, released = self.processing.recover()
+        if requeued or released:
+            log.info(
+                "after restart: %d running jobs requeued, %d claims released", requeued, released
+            )
+        tick = group_tick_seconds(self.config)
+        schedule.every(self.scheduler, "group", tick, self._group_tick)
+        schedule.every(self.scheduler, "dispatch", tick, self.dispatcher.tick)
+        schedule.every(
+            self.scheduler, "reclaim", self.config.storage.reclaim_interval, self.reclaimer.tick
+        )
         schedule.every(
             self.scheduler,
             "reconcile",
@@ -81,6 +151,10 @@ class Adapter:
         )
         self.scheduler.start()
         self.server.start()
+
+    def _group_tick(self) -> None:
+        for grouper in self.groupers.values():
+            grouper.tick()
 
     def stop(self) -> None:
         """Stop accepting, then wind down the rest in reverse order.

@@ -13,20 +13,25 @@ import configparser
 import ipaddress
 import os
 import re
+import shlex
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pydicom.datadict import tag_for_keyword
 from pydicom.uid import UID, AllTransferSyntaxes
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
 from errors import ConfigError
-from spool.names import validate_ae_folder, validate_ae_title
+from spool.names import validate_ae_folder, validate_ae_title, validate_uid
 
 CONFIG_ENV = "DICOM_ADAPTER_CONFIG"
 DUPLICATE_POLICIES = ("ignore", "replace", "keep")
+PROCESSORS = ("none", "command", "folder", "webhook")
+# The key each processor cannot work without.
+PROCESSOR_NEEDS = {"command": "command", "folder": "output", "webhook": "url"}
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
 
@@ -61,6 +66,7 @@ class DicomConfig:
 class StorageConfig:
     spool: Path
     min_free: FreeSpaceRule
+    reclaim_interval: float
 
 
 @dataclass(frozen=True)
@@ -81,8 +87,24 @@ class LogConfig:
 
 @dataclass(frozen=True)
 class AeConfig:
+    """One ``[ae:NAME]``: a called AE title and what happens to what it receives."""
+
     ae_title: str
     duplicates: str
+    processor: str
+    group_by: int  # a DICOM tag, e.g. 0x0020000D
+    timeout: float
+    max_wait: float
+    ignored_sop_classes: frozenset[str]
+    allowed_sop_classes: frozenset[str]
+    command: str | None
+    command_timeout: float
+    output: Path | None
+    url: str | None
+    webhook_timeout: float
+    retries: int
+    retry_delay: float
+    retention: float
 
 
 @dataclass(frozen=True)
@@ -130,6 +152,68 @@ def _seconds(text: str, _: Path) -> float:
     if not 0 < value <= 86400:
         raise ValueError("must be more than 0 and at most 86400 seconds")
     return value
+
+
+def _retention(text: str, folder: Path) -> float:
+    """Seconds, where 0 (none) is allowed."""
+    return 0.0 if text.strip() in ("0", "0.0") else _seconds(text, folder)
+
+
+def _tag(text: str, _: Path) -> int:
+    """``0020,000D``, ``(0020,000D)``, ``0020000D`` or a keyword (``StudyInstanceUID``)."""
+    compact = text.strip("() ").replace(",", "")
+    if re.fullmatch(r"[0-9A-Fa-f]{8}", compact):
+        return int(compact, 16)
+    tag = tag_for_keyword(text.strip())
+    if tag is None:
+        raise ValueError(f"must be a tag like 0020,000D or a DICOM keyword, not {text!r}")
+    return tag
+
+
+def _uid_list(text: str, _: Path) -> frozenset[str]:
+    uids = frozenset(item.strip() for item in text.split(",") if item.strip())
+    for uid in uids:
+        ok, reason = validate_uid(uid)
+        if not ok:
+            raise ValueError(reason)
+    return uids
+
+
+COMMAND_PLACEHOLDERS = (
+    "job_id",
+    "job_dir",
+    "manifest",
+    "study_instance_uid",
+    "group_key",
+    "called_ae",
+    "idempotency_key",
+)
+
+
+def _command(text: str, _: Path) -> str:
+    """A command line (no shell) whose ``{placeholders}`` are all known."""
+    try:
+        arguments = shlex.split(text)
+    except ValueError as exc:
+        raise ValueError(f"cannot be split into arguments: {exc}") from None
+    if not arguments:
+        raise ValueError("must not be empty")
+    known = dict.fromkeys(COMMAND_PLACEHOLDERS, "")
+    for argument in arguments:
+        try:
+            argument.format_map(known)
+        except (KeyError, ValueError, IndexError) as exc:
+            raise ValueError(
+                f"{argument!r} has an unknown placeholder {exc}; "
+                f"known: {', '.join('{' + p + '}' for p in COMMAND_PLACEHOLDERS)}"
+            ) from None
+    return text
+
+
+def _url(text: str, _: Path) -> str:
+    if not re.fullmatch(r"https?://[^\s]+", text):
+        raise ValueError(f"must be an http:// or https:// URL, not {text!r}")
+    return text
 
 
 def _boolean(text: str, _: Path) -> bool:
@@ -264,6 +348,7 @@ SCHEMA: dict[str, dict[str, tuple[Parser, Any]]] = {
     "storage": {
         "spool": (_path, "var/spool"),
         "min_free": (_free_space, "5%, 1GiB"),
+        "reclaim_interval": (_seconds, "30"),
     },
     "ledger": {"url": (_ledger_url, "sqlite:///var/ledger.db")},
     "watcher": {
@@ -271,7 +356,23 @@ SCHEMA: dict[str, dict[str, tuple[Parser, Any]]] = {
         "settle_seconds": (_seconds, "2"),
     },
     "log": {"level": (_choice(LOG_LEVELS, upper=True), "INFO")},
-    "ae": {"duplicates": (_choice(DUPLICATE_POLICIES), "replace")},
+    "ae": {
+        "duplicates": (_choice(DUPLICATE_POLICIES), "replace"),
+        "processor": (_choice(PROCESSORS), "none"),
+        "group_by": (_tag, "0020,000D"),
+        "timeout": (_seconds, "5"),
+        "max_wait": (_seconds, "3600"),
+        "ignored_sop_classes": (_uid_list, ""),
+        "allowed_sop_classes": (_uid_list, ""),
+        "command": (_command, None),
+        "command_timeout": (_seconds, "600"),
+        "output": (_path, None),
+        "url": (_url, None),
+        "webhook_timeout": (_seconds, "30"),
+        "retries": (_integer(0, 100), "3"),
+        "retry_delay": (_seconds, "10"),
+        "retention": (_retention, "0"),
+    },
     "source": {"ae_title": (_calling_ae_title, REQUIRED), "host": (_source_host, None)},
 }
 
@@ -320,7 +421,9 @@ def load_config(path: Path) -> Config:
             _check(name, section, None, _ae_title, label, folder)
             if label in aes:
                 raise ConfigError(name, section, None, "AE title defined twice")
-            aes[label] = AeConfig(ae_title=label, **_section(parser, name, section, kind, folder))
+            values = _section(parser, name, section, kind, folder)
+            _check_processor(name, section, values)
+            aes[label] = AeConfig(ae_title=label, **values)
         elif kind == "source":
             sources.append(
                 SourceConfig(name=label, **_section(parser, name, section, kind, folder))
@@ -358,6 +461,22 @@ def _section(
         else:
             values[key] = None if default is None else parse(default, folder)
     return values
+
+
+def _check_processor(name: str, section: str, values: dict[str, Any]) -> None:
+    """Keys that only make sense together."""
+    needed = PROCESSOR_NEEDS.get(values["processor"])
+    if needed and values[needed] is None:
+        raise ConfigError(
+            name, section, needed, f"is required with processor = {values['processor']}"
+        )
+    if values["ignored_sop_classes"] and values["allowed_sop_classes"]:
+        raise ConfigError(
+            name,
+            section,
+            "allowed_sop_classes",
+            "give ignored_sop_classes or allowed_sop_classes, not both",
+        )
 
 
 def _check(name: str, section: str, key: str | None, parse: Parser, text: str, folder: Path) -> Any:

@@ -65,9 +65,14 @@ class Instance(Base):
     received_at: Mapped[datetime] = mapped_column(UtcText)
     updated_at: Mapped[datetime] = mapped_column(UtcText)
     missing_since: Mapped[datetime | None] = mapped_column(UtcText)
+    # The value of the AE's group_by tag: which group (study, series...) it joins.
+    group_key: Mapped[str | None] = mapped_column(Text)
+    job_id: Mapped[int | None] = mapped_column(Integer)  # jobs.id (no FK: see 0002)
 
     __table_args__ = (
         Index("ix_instances_state", "state"),
+        Index("ix_instances_group", "called_ae", "state", "group_key"),
+        Index("ix_instances_job_id", "job_id"),
         Index("ix_instances_sop", "called_ae", "sop_instance_uid"),
         Index("ix_instances_study", "called_ae", "study_instance_uid"),
         Index(
@@ -86,6 +91,42 @@ class Event(Base):
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     instance_id: Mapped[int] = mapped_column(ForeignKey("instances.id"), index=True)
+    from_state: Mapped[str | None] = mapped_column(String(16))
+    to_state: Mapped[str] = mapped_column(String(16))
+    at: Mapped[datetime] = mapped_column(UtcText)
+    reason: Mapped[str] = mapped_column(Text)
+
+
+class Job(Base):
+    """One submission of one group of instances to a processor."""
+
+    __tablename__ = "jobs"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    processor: Mapped[str] = mapped_column(String(16))
+    called_ae: Mapped[str] = mapped_column(String(16))
+    group_key: Mapped[str] = mapped_column(Text)
+    instance_count: Mapped[int] = mapped_column(Integer)
+    state: Mapped[str] = mapped_column(String(16), index=True)
+    attempts: Mapped[int] = mapped_column(Integer)
+    next_attempt_at: Mapped[datetime | None] = mapped_column(UtcText)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    # Stays the same across retries and restarts: a receiver can de-duplicate on it.
+    idempotency_key: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(UtcText)
+    updated_at: Mapped[datetime] = mapped_column(UtcText)
+    finished_at: Mapped[datetime | None] = mapped_column(UtcText)
+
+    __table_args__ = (Index("ux_jobs_idempotency_key", "idempotency_key", unique=True),)
+
+
+class JobEvent(Base):
+    """One row per job state change, appended in the same transaction."""
+
+    __tablename__ = "job_events"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id"), index=True)
     from_state: Mapped[str | None] = mapped_column(String(16))
     to_state: Mapped[str] = mapped_column(String(16))
     at: Mapped[datetime] = mapped_column(UtcText)

@@ -25,6 +25,7 @@ class NewInstance:
     patient_id: str | None
     calling_ae: str | None
     peer_address: str | None
+    group_key: str | None
 
 
 @dataclass(frozen=True)
@@ -49,3 +50,35 @@ class InstanceRecord:
     received_at: datetime
     updated_at: datetime
     missing_since: datetime | None
+    group_key: str | None
+    job_id: int | None
+
+
+@dataclass(frozen=True)
+class JobRecord:
+    """A frozen copy of one ``jobs`` row."""
+
+    id: int
+    processor: str
+    called_ae: str
+    group_key: str
+    instance_count: int
+    state: str
+    attempts: int
+    next_attempt_at: datetime | None
+    last_error: str | None
+    idempotency_key: str
+    created_at: datetime
+    updated_at: datetime
+    finished_at: datetime | None
+
+
+@dataclass(frozen=True)
+class GroupState:
+    """The ``received`` instances of one AE sharing a group key: a group not yet claimed."""
+
+    called_ae: str
+    group_key: str
+    instances: int
+    first_received_at: datetime
+    last_received_at: datetime

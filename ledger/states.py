@@ -22,8 +22,10 @@ class State(StrEnum):
 # None is "not yet in the ledger": a row is born received or rejected.
 TRANSITIONS: dict[State | None, frozenset[State]] = {
     None: frozenset({State.RECEIVED, State.REJECTED}),
-    State.RECEIVED: frozenset({State.CLAIMED}),
-    State.CLAIMED: frozenset({State.SUBMITTED}),
+    # received -> reclaimable: a processor declined it (an ignored SOP class).
+    State.RECEIVED: frozenset({State.CLAIMED, State.RECLAIMABLE}),
+    # claimed -> received: the claim is released, its job never started.
+    State.CLAIMED: frozenset({State.SUBMITTED, State.RECEIVED}),
     State.SUBMITTED: frozenset({State.RECLAIMABLE}),
     State.RECLAIMABLE: frozenset({State.RECLAIMED}),
     State.RECLAIMED: frozenset(),
@@ -38,4 +40,29 @@ def check_move(current: State | None, target: State) -> None:
     """Raise :class:`IllegalTransition` unless ``current -> target`` is allowed."""
     if target not in TRANSITIONS[current]:
         origin = "a new instance" if current is None else f"an instance in state '{current}'"
+        raise IllegalTransition(f"cannot move {origin} to '{target}'")
+
+
+class JobState(StrEnum):
+    PENDING = "pending"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+
+
+JOB_TRANSITIONS: dict[JobState | None, frozenset[JobState]] = {
+    None: frozenset({JobState.PENDING}),
+    JobState.PENDING: frozenset({JobState.RUNNING}),
+    # running -> pending: a retry with backoff, or a restart interrupted it.
+    JobState.RUNNING: frozenset({JobState.SUCCEEDED, JobState.PENDING, JobState.FAILED}),
+    JobState.SUCCEEDED: frozenset(),
+    # failed -> pending: ``dicom-adapter jobs retry``.
+    JobState.FAILED: frozenset({JobState.PENDING}),
+}
+
+
+def check_job_move(current: JobState | None, target: JobState) -> None:
+    """Raise :class:`IllegalTransition` unless the job may go ``current -> target``."""
+    if target not in JOB_TRANSITIONS[current]:
+        origin = "a new job" if current is None else f"a job in state '{current}'"
         raise IllegalTransition(f"cannot move {origin} to '{target}'")

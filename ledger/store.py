@@ -16,6 +16,7 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine, func, insert, select, text, update
 
+from errors import IllegalTransition
 from ledger.models import Event, Instance, utcnow
 from ledger.records import InstanceRecord, NewInstance
 from ledger.states import ON_DISK, State, check_move
@@ -33,7 +34,7 @@ def to_record(row: Any) -> InstanceRecord:
     return InstanceRecord(**{name: mapping[name] for name in _RECORD_FIELDS})
 
 
-def _chunks(values: Collection[str]) -> Iterator[list[str]]:
+def _chunks(values: Collection[Any]) -> Iterator[list[Any]]:
     items = list(values)
     for start in range(0, len(items), _CHUNK):
         yield items[start : start + _CHUNK]
@@ -43,8 +44,9 @@ class LedgerTransaction:
     """The writes intake and reconcile make, inside one transaction."""
 
     def __init__(self, connection: Connection, now: datetime) -> None:
-        self._connection = connection
+        self.connection = connection
         self.now = now
+        self.received_ids: list[int] = []  # rows born ``received`` here, for notification
 
     def recorded(self, paths: Collection[str]) -> set[str]:
         """Those of ``paths`` a row still owns."""
@@ -53,7 +55,7 @@ class LedgerTransaction:
             query = select(INSTANCES.c.path).where(
                 INSTANCES.c.path.in_(chunk), INSTANCES.c.state != State.RECLAIMED
             )
-            found.update(self._connection.scalars(query))
+            found.update(self.connection.scalars(query))
         return found
 
     def live_copies(
@@ -71,7 +73,7 @@ class LedgerTransaction:
                 )
                 .order_by(INSTANCES.c.id)
             )
-            for row in self._connection.execute(query):
+            for row in self.connection.execute(query):
                 copies.setdefault(row.sop_instance_uid, []).append(to_record(row))
         return copies
 
@@ -90,6 +92,7 @@ class LedgerTransaction:
             for new, _ in items
         ]
         ids = self._insert(rows)
+        self.received_ids += ids
         self._events(
             [
                 (id_, reason, None, State.RECEIVED)
@@ -130,6 +133,28 @@ class LedgerTransaction:
         state = self._state(instance_id)
         self._events([(instance_id, reason, state, state)])
 
+    def move_many(
+        self, ids: Collection[int], source: State, target: State, reason: str, **values: Any
+    ) -> None:
+        """Move every instance in ``ids`` (all in ``source``) to ``target``, one event each.
+
+        ``values`` are further columns to set (a claim sets ``job_id``).
+        """
+        ids = list(ids)
+        if not ids:
+            return
+        check_move(source, target)
+        for chunk in _chunks(ids):
+            moved = self.connection.execute(
+                update(INSTANCES)
+                .where(INSTANCES.c.id.in_(chunk), INSTANCES.c.state == source)
+                .values(state=target, updated_at=self.now, **values)
+            ).rowcount
+            if moved != len(chunk):
+                raise IllegalTransition(f"{len(chunk) - moved} instances were not '{source}'")
+        self._events([(id_, reason, source, target) for id_ in ids])
+        log.info("%s -> %s %d instances: %s", source, target, len(ids), reason)
+
     def move(self, instance_id: int, target: State, reason: str) -> None:
         """Move one instance to ``target``; raise IllegalTransition if not allowed."""
         current = State(self._state(instance_id))
@@ -147,18 +172,18 @@ class LedgerTransaction:
 
     def _state(self, instance_id: int) -> str:
         query = select(INSTANCES.c.state).where(INSTANCES.c.id == instance_id)
-        return self._connection.execute(query).scalar_one()
+        return self.connection.execute(query).scalar_one()
 
     def _insert(self, rows: list[dict[str, Any]]) -> list[int]:
         statement = insert(INSTANCES).returning(INSTANCES.c.id, sort_by_parameter_order=True)
-        return list(self._connection.scalars(statement, rows))
+        return list(self.connection.scalars(statement, rows))
 
     def _update(self, instance_id: int, **values: Any) -> None:
         statement = update(INSTANCES).where(INSTANCES.c.id == instance_id)
-        self._connection.execute(statement.values(**values, updated_at=self.now))
+        self.connection.execute(statement.values(**values, updated_at=self.now))
 
     def _events(self, rows: list[tuple[int, str, str | None, str]]) -> None:
-        self._connection.execute(
+        self.connection.execute(
             insert(EVENTS),
             [
                 {
@@ -187,42 +212,49 @@ class Ledger:
             with connection.begin():
                 yield LedgerTransaction(connection, now or utcnow())
 
-    def _read(self, query: Any, parameters: dict[str, Any] | None = None) -> list[Any]:
+    def read(self, query: Any, parameters: dict[str, Any] | None = None) -> list[Any]:
+        """Run one read-only query; the rows as a list."""
         with self.engine.connect() as connection:
             return list(connection.execute(query, parameters or {}))
 
     def get(self, instance_id: int) -> InstanceRecord:
-        [row] = self._read(select(INSTANCES).where(INSTANCES.c.id == instance_id))
+        [row] = self.read(select(INSTANCES).where(INSTANCES.c.id == instance_id))
         return to_record(row)
+
+    def instances_by_id(self, ids: Collection[int]) -> list[InstanceRecord]:
+        rows: list[Any] = []
+        for chunk in _chunks(list(ids)):
+            rows += self.read(select(INSTANCES).where(INSTANCES.c.id.in_(chunk)))
+        return sorted((to_record(row) for row in rows), key=lambda record: record.id)
 
     def instances(self, *, state: State | None = None) -> list[InstanceRecord]:
         query = select(INSTANCES).order_by(INSTANCES.c.id)
         if state is not None:
             query = query.where(INSTANCES.c.state == state)
-        return [to_record(row) for row in self._read(query)]
+        return [to_record(row) for row in self.read(query)]
 
     def live_files(self) -> dict[str, tuple[int, bool]]:
         """path -> (id, flagged missing) for every row whose file should be on disk."""
         query = select(INSTANCES.c.path, INSTANCES.c.id, INSTANCES.c.missing_since).where(
             INSTANCES.c.state.in_(_LIVE)
         )
-        return {path: (id_, missing is not None) for path, id_, missing in self._read(query)}
+        return {path: (id_, missing is not None) for path, id_, missing in self.read(query)}
 
     def recorded_paths(self) -> set[str]:
         """Every path a row still owns (live or quarantined)."""
         query = select(INSTANCES.c.path).where(INSTANCES.c.state != State.RECLAIMED)
-        return {path for (path,) in self._read(query)}
+        return {path for (path,) in self.read(query)}
 
     def counts_by_state(self) -> dict[str, int]:
         query = select(INSTANCES.c.state, func.count()).group_by(INSTANCES.c.state)
         counts = {str(state): 0 for state in State}
-        counts.update({state: count for state, count in self._read(query)})
+        counts.update({state: count for state, count in self.read(query)})
         return counts
 
     def recent_studies(self, limit: int = 10) -> list[dict[str, object]]:
         """Rows of the ``studies`` view, most recently received first."""
         query = text("SELECT * FROM studies ORDER BY last_received_at DESC LIMIT :limit")
-        return [dict(row._mapping) for row in self._read(query, {"limit": limit})]
+        return [dict(row._mapping) for row in self.read(query, {"limit": limit})]
 
     def event_count(self) -> int:
-        return self._read(select(func.count()).select_from(EVENTS))[0][0]
+        return self.read(select(func.count()).select_from(EVENTS))[0][0]

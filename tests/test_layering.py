@@ -13,6 +13,7 @@ ALLOWED = {
     "watchers": {"spool", "ledger"},
     "ledger": {"errors"},
     "migrations": {"ledger"},
+    "processors": {"ledger", "spool"},
 }
 PROJECT = {
     "scp",

@@ -5,7 +5,7 @@ import itertools
 import pytest
 
 from errors import IllegalTransition
-from ledger.states import TRANSITIONS, State, check_move
+from ledger.states import TRANSITIONS, JobState, State, check_job_move, check_move
 
 # Written out by hand from the issue, apart from the table it checks.
 ALLOWED = {
@@ -15,6 +15,8 @@ ALLOWED = {
     ("claimed", "submitted"),
     ("submitted", "reclaimable"),
     ("reclaimable", "reclaimed"),
+    ("received", "reclaimable"),  # declined by a processor
+    ("claimed", "received"),  # claim released, its job never started
 }
 ALL_PAIRS = list(itertools.product([None, *State], State))
 
@@ -37,3 +39,22 @@ def test_message_names_the_states() -> None:
         IllegalTransition, match="cannot move an instance in state 'submitted' to 'claimed'"
     ):
         check_move(State.SUBMITTED, State.CLAIMED)
+
+
+JOB_ALLOWED = {
+    (None, "pending"),
+    ("pending", "running"),
+    ("running", "succeeded"),
+    ("running", "pending"),
+    ("running", "failed"),
+    ("failed", "pending"),
+}
+
+
+@pytest.mark.parametrize("current, target", list(itertools.product([None, *JobState], JobState)))
+def test_every_job_pair(current: JobState | None, target: JobState) -> None:
+    if (current and str(current), str(target)) in JOB_ALLOWED:
+        check_job_move(current, target)
+    else:
+        with pytest.raises(IllegalTransition, match=f"to '{target}'"):
+            check_job_move(current, target)

@@ -21,6 +21,7 @@ from spool.names import validate_uid
 from spool.part10 import dataset_offset, element_text
 
 _HASH_CHUNK = 2**20
+STUDY_INSTANCE_UID = 0x0020000D
 _PIXEL_DATA = 0x7FE00010
 _UNDEFINED_LENGTH = 0xFFFFFFFF
 _SEQUENCE_DELIMITER = b"\xfe\xff\xdd\xe0\x00\x00\x00\x00"
@@ -41,6 +42,7 @@ class Header:
     patient_id: str | None
     calling_ae: str | None
     peer_address: str | None
+    group_key: str | None
 
 
 class NotAnInstance(ValueError):
@@ -61,8 +63,8 @@ def dataset_sha256(handle: BinaryIO) -> tuple[int, str]:
     return handle.tell(), digest.hexdigest()
 
 
-def read_header(path: Path) -> Header:
-    """Parse ``path``'s header.
+def read_header(path: Path, group_tag: int = STUDY_INSTANCE_UID) -> Header:
+    """Parse ``path``'s header; ``group_tag`` is the AE's ``group_by`` element.
 
     Raises
     ------
@@ -75,6 +77,8 @@ def read_header(path: Path) -> Header:
             _check_complete(handle, ds, os.fstat(handle.fileno()).st_size)
             size, digest = dataset_sha256(handle)
         meta = ds.file_meta
+        group_element = ds.get(group_tag)
+        group_key = element_text(None if group_element is None else group_element.value)
         values = {
             keyword: element_text(ds.get(keyword))
             for keyword in (
@@ -105,6 +109,7 @@ def read_header(path: Path) -> Header:
         patient_id=values["PatientID"],
         calling_ae=element_text(meta.get("SourceApplicationEntityTitle")),
         peer_address=address.removeprefix("dicom://") if address else None,
+        group_key=group_key,
     )
 
 

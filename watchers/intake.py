@@ -17,7 +17,7 @@ import stat
 import threading
 import time
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict
 from pathlib import Path
 
@@ -27,7 +27,7 @@ from ledger.store import Ledger, LedgerTransaction
 from spool.layout import SpoolLayout
 from spool.names import validate_ae_title
 from spool.quarantine import quarantine
-from watchers.inspect import Header, NotAnInstance, read_header
+from watchers.inspect import STUDY_INSTANCE_UID, Header, NotAnInstance, read_header
 
 log = logging.getLogger(__name__)
 
@@ -41,10 +41,19 @@ DEFAULT_DUPLICATES = "replace"
 class Intake:
     """Records files into the ledger; one call per batch."""
 
-    def __init__(self, layout: SpoolLayout, ledger: Ledger, duplicates: Mapping[str, str]) -> None:
+    def __init__(
+        self,
+        layout: SpoolLayout,
+        ledger: Ledger,
+        duplicates: Mapping[str, str],
+        group_by: Mapping[str, int] | None = None,
+        notify: Callable[[list[InstanceRecord]], None] | None = None,
+    ) -> None:
         self.layout = layout
         self.ledger = ledger
         self.duplicates = duplicates  # called AE -> ignore | replace | keep
+        self.group_by = group_by or {}  # called AE -> tag whose value is the group key
+        self.notify = notify  # told of each new received row, after commit
 
     def process(self, paths: Iterable[Path]) -> int:
         """Record ``paths``; return how many rows were written or changed."""
@@ -62,6 +71,8 @@ class Intake:
         for path in discard:
             path.unlink(missing_ok=True)
         log.debug("intake recorded %d of %d files", len(fresh), len(inspected))
+        if self.notify is not None and tx.received_ids:
+            self.notify(self.ledger.instances_by_id(tx.received_ids))
         return len(fresh)
 
     def _record_batch(
@@ -124,7 +135,7 @@ class Intake:
         if not ok:
             return f"folder is not an AE title: {reason}"
         try:
-            return read_header(path)
+            return read_header(path, self.group_by.get(called_ae, STUDY_INSTANCE_UID))
         except NotAnInstance as exc:
             return str(exc)
         except FileNotFoundError:

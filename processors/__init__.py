@@ -1,0 +1,1 @@
+"""Processing: grouping received instances into jobs, submitting them, reclaiming disk."""

@@ -1,0 +1,42 @@
+"""Submit a job by publishing its folder into an output directory, atomically.
+
+The folder is assembled as ``.<name>.part`` inside the output directory (so
+on the same filesystem as its final place), then renamed to
+``job-<id>-<idempotency key>``: whoever picks it up never sees half a job.
+A folder of that name already there is this job, published before a crash.
+"""
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+from processors.base import Submission, SubmitError
+from processors.jobdir import MANIFEST, link_or_copy
+
+
+class FolderSubmitter:
+    name = "folder"
+
+    def __init__(self, output: Path) -> None:
+        self.output = output
+
+    def submit(self, submission: Submission) -> None:
+        job = submission.job
+        final = self.output / f"job-{job.id}-{job.idempotency_key}"
+        if (final / MANIFEST).exists():
+            return  # published before a crash or restart
+        partial = self.output / f".{final.name}.part"
+        try:
+            self.output.mkdir(parents=True, exist_ok=True)
+            if partial.exists():
+                shutil.rmtree(partial)
+            partial.mkdir()
+            document = json.loads(submission.manifest.read_text(encoding="utf-8"))
+            for entry in document["instances"]:
+                link_or_copy(submission.job_dir / entry["file"], partial / entry["file"])
+            shutil.copy2(submission.manifest, partial / MANIFEST)
+            os.rename(partial, final)
+        except OSError as exc:
+            shutil.rmtree(partial, ignore_errors=True)
+            raise SubmitError(f"cannot publish into {self.output}: {exc}") from None

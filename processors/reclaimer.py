@@ -1,0 +1,64 @@
+"""Give the disk back: delete the files of ``reclaimable`` instances, keep the rows.
+
+Submitted instances become reclaimable once their AE's ``retention`` has
+passed since their job succeeded.  Only ``reclaimable`` files are ever
+deleted; the row moves to ``reclaimed`` with an event saying when and why.
+Empty study and series folders, and a job's folder once all its instances
+are reclaimed, go too.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from collections.abc import Mapping
+from datetime import datetime
+from pathlib import Path
+
+from ledger.models import utcnow
+from ledger.processing import Processing
+from spool.layout import SpoolLayout
+
+log = logging.getLogger(__name__)
+
+
+class Reclaimer:
+    def __init__(
+        self, processing: Processing, layout: SpoolLayout, retention: Mapping[str, float]
+    ) -> None:
+        self.processing = processing
+        self.layout = layout
+        self.retention = retention  # called AE -> seconds to keep after submission
+
+    def tick(self, now: datetime | None = None) -> int:
+        """Reclaim what is due; return how many files were reclaimed."""
+        now = now or utcnow()
+        for called_ae, seconds in self.retention.items():
+            self.processing.release_submitted(called_ae, seconds, now)
+        total = 0
+        while batch := self.processing.reclaimable():
+            for instance in batch:
+                self._delete(Path(instance.path))
+            self.processing.mark_reclaimed([i.id for i in batch], "file deleted by the reclaimer")
+            for job_id in {i.job_id for i in batch if i.job_id is not None}:
+                if self.processing.job_done_with_files(job_id):
+                    shutil.rmtree(self.layout.jobs / str(job_id), ignore_errors=True)
+            total += len(batch)
+        if total:
+            log.info("reclaimed %d files", total)
+        return total
+
+    def _delete(self, path: Path) -> None:
+        """Delete one file and the study/series folders it leaves empty."""
+        path.unlink(missing_ok=True)
+        called_ae = self.layout.called_ae_of(path)
+        if called_ae is None:
+            return
+        ae_folder = self.layout.root / called_ae  # kept: it is where files are dropped
+        folder = path.parent
+        while folder != ae_folder and folder.is_relative_to(ae_folder):
+            try:
+                folder.rmdir()
+            except OSError:
+                return  # not empty
+            folder = folder.parent

@@ -32,10 +32,9 @@ def every(
     scheduler.add_job(tick, "interval", seconds=seconds, id=job_id, replace_existing=True)
 
 
-def _report(event: JobExecutionEvent) -> None:
-    if event.exception is not None:
-        log.error(
-            "job %s failed: %s: %s", event.job_id, type(event.exception).__name__, event.exception
-        )
-    else:
-        log.warning("job %s still running at its next run time: skipped", event.job_id)
+def _report(event: JobEvent) -> None:
+    if event.code == EVENT_JOB_ERROR:
+        exception = event.exception  # type: ignore[attr-defined]
+        log.error("job %s failed: %s: %s", event.job_id, type(exception).__name__, exception)
+    else:  # a tick still running at its next run time: coalesced, nothing lost
+        log.debug("job %s still running at its next run time: skipped", event.job_id)

@@ -49,3 +49,18 @@ def test_every_config_key_is_documented(section: str, key: str) -> None:
     assert re.search(rf"`{key}`", README), f"[{section}] {key} missing from README"
     shipped = (ROOT / "config.ini").read_text()
     assert re.search(rf"^;?{key} = ", shipped, re.M), f"[{section}] {key} missing from config.ini"
+
+
+def test_every_package_is_installed() -> None:
+    """A package missing from pyproject works from the checkout but not once installed."""
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    packages = {
+        p.parent.relative_to(ROOT).as_posix().replace("/", ".")
+        for p in ROOT.glob("*/**/__init__.py")
+        if not p.is_relative_to(ROOT / "tests") and ".venv" not in p.parts and "var" not in p.parts
+    }
+    assert packages == set(project["packages"])
+    modules = {p.stem for p in ROOT.glob("*.py")}
+    assert modules == set(project["py-modules"])

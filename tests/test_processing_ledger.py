@@ -1,0 +1,146 @@
+"""The ledger's processing operations on a real SQLite file, with an injected clock."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from sqlalchemy import update
+
+from errors import IllegalTransition
+from ledger.db import make_engine
+from ledger.migrate import upgrade
+from ledger.processing import JOBS, Processing, idempotency_key
+from ledger.records import NewInstance
+from ledger.states import JobState
+from ledger.store import INSTANCES, Ledger
+from processors.dispatcher import DispatchRules
+
+T0 = datetime(2026, 11, 27, 12, 0, 0, tzinfo=UTC)
+
+
+@pytest.fixture
+def processing(tmp_path: Path) -> Processing:
+    engine = make_engine(f"sqlite:///{tmp_path / 'ledger.db'}")
+    upgrade(engine)
+    return Processing(Ledger(engine))
+
+
+def add(processing: Processing, sop: str, group: str, at: datetime, ae: str = "AE1") -> int:
+    new = NewInstance(
+        path=f"/spool/{ae}/{sop}.dcm",
+        called_ae=ae,
+        size=1,
+        sha256="0" * 64,
+        sop_instance_uid=sop,
+        study_instance_uid=group,
+        series_instance_uid="1.9",
+        sop_class_uid="1.2.840.10008.5.1.4.1.1.2",
+        transfer_syntax_uid="1.2.840.10008.1.2.1",
+        patient_id=None,
+        calling_ae="CT",
+        peer_address=None,
+        group_key=group,
+    )
+    with processing.ledger.transaction(at) as tx:
+        return tx.add(new, "received")
+
+
+def test_open_groups_carry_their_timers(processing: Processing) -> None:
+    add(processing, "1.1", "9.1", T0)
+    add(processing, "1.2", "9.1", T0 + timedelta(seconds=3))
+    add(processing, "1.3", "9.2", T0 + timedelta(seconds=1))
+    groups = {g.group_key: g for g in processing.open_groups("AE1")}
+    assert (
+        groups["9.1"].instances,
+        groups["9.1"].first_received_at,
+        groups["9.1"].last_received_at,
+    ) == (2, T0, T0 + timedelta(seconds=3))
+    assert groups["9.2"].instances == 1
+    assert processing.open_groups("OTHER") == []
+
+
+def test_claim_makes_one_pending_job_with_a_content_key(processing: Processing) -> None:
+    ids = [add(processing, sop, "9.1", T0) for sop in ("1.1", "1.2")]
+    job = processing.claim_group("AE1", "9.1", "command", "quiet", T0)
+    assert job is not None
+    assert (job.state, job.attempts, job.instance_count) == ("pending", 0, 2)
+    assert job.idempotency_key == idempotency_key("command", "AE1", "9.1", ["1.2", "1.1"])
+    assert [i.state for i in processing.job_instances(job.id)] == ["claimed", "claimed"]
+    assert [i.job_id for i in processing.ledger.instances_by_id(ids)] == [job.id, job.id]
+    assert processing.claim_group("AE1", "9.1", "command", "again", T0) is None
+    assert processing.due_jobs(T0) == [job]
+    assert processing.due_jobs(T0 - timedelta(seconds=1)) == []
+
+
+def test_job_lifecycle_and_its_history(processing: Processing) -> None:
+    add(processing, "1.1", "9.1", T0)
+    job = processing.claim_group("AE1", "9.1", "command", "quiet", T0)
+    assert processing.start(job.id, T0).attempts == 1
+    processing.fail(job.id, "exit 3", T0 + timedelta(seconds=10), T0)
+    assert processing.job(job.id).state == "pending"
+    assert processing.due_jobs(T0 + timedelta(seconds=5)) == []
+    processing.start(job.id, T0)
+    processing.fail(job.id, "exit 3 again", None, T0)
+    failed = processing.job(job.id)
+    assert (failed.state, failed.attempts, failed.last_error) == ("failed", 2, "exit 3 again")
+    with pytest.raises(IllegalTransition, match="cannot move a job in state 'failed' to 'running'"):
+        processing.start(job.id, T0)
+    assert processing.retry(job.id, T0).attempts == 0
+    processing.start(job.id, T0)
+    processing.succeed(job.id, T0)
+    assert [i.state for i in processing.job_instances(job.id)] == ["submitted"]
+    rows = processing.ledger.read(JOBS.select().with_only_columns(JOBS.c.state, JOBS.c.finished_at))
+    assert rows[0][0] == "succeeded" and rows[0][1] == T0
+
+
+def test_retention_then_reclaim(processing: Processing) -> None:
+    add(processing, "1.1", "9.1", T0)
+    job = processing.claim_group("AE1", "9.1", "command", "quiet", T0)
+    processing.start(job.id, T0)
+    processing.succeed(job.id, T0)
+    assert processing.release_submitted("AE1", 60, T0 + timedelta(seconds=59)) == 0
+    assert processing.release_submitted("AE1", 60, T0 + timedelta(seconds=60)) == 1
+    [instance] = processing.reclaimable()
+    processing.mark_reclaimed([instance.id], "file deleted by the reclaimer")
+    assert processing.job_done_with_files(job.id)
+
+
+def test_recover_after_a_restart(processing: Processing) -> None:
+    add(processing, "1.1", "9.1", T0)
+    orphan = add(processing, "1.2", "9.2", T0)
+    job = processing.claim_group("AE1", "9.1", "command", "quiet", T0)
+    processing.start(job.id, T0)
+    with processing.ledger.transaction(T0) as tx:  # a claim whose job row is gone
+        tx.connection.execute(
+            update(INSTANCES).where(INSTANCES.c.id == orphan).values(state="claimed", job_id=999)
+        )
+    assert processing.recover(T0 + timedelta(seconds=5)) == (1, 1)
+    again = processing.job(job.id)
+    assert again.state == JobState.PENDING and again.attempts == 1
+    assert again.next_attempt_at == T0 + timedelta(seconds=5)
+    assert processing.ledger.get(orphan).state == "received"
+    assert processing.ledger.get(orphan).job_id is None
+
+
+@pytest.mark.parametrize("attempts, delay", [(1, 10), (2, 20), (3, 40), (4, None)])
+def test_backoff_doubles_until_out_of_retries(attempts: int, delay: float | None) -> None:
+    rules = DispatchRules(
+        submitter=None,
+        group_by=0x0020000D,
+        retries=3,  # type: ignore[arg-type]
+        retry_delay_seconds=10,
+    )
+    expected = None if delay is None else T0 + timedelta(seconds=delay)
+    assert rules.retry_at(attempts, T0) == expected
+
+
+def test_backoff_is_capped_at_an_hour() -> None:
+    rules = DispatchRules(
+        submitter=None,
+        group_by=0,
+        retries=50,  # type: ignore[arg-type]
+        retry_delay_seconds=10,
+    )
+    assert rules.retry_at(30, T0) == T0 + timedelta(hours=1)

@@ -85,6 +85,10 @@ class Processing:
         with self.ledger.transaction() as tx:
             tx.move_many(instance_ids, State.RECEIVED, State.RECLAIMABLE, reason)
 
+    def note(self, instance_id: int, reason: str) -> None:
+        with self.ledger.transaction() as tx:
+            tx.note(instance_id, reason)
+
     def note_late(self, instance: InstanceRecord) -> None:
         """Record that ``instance`` came after its group was claimed: it starts a new group."""
         query = (
@@ -99,11 +103,10 @@ class Processing:
         )
         rows = self.ledger.read(query)
         if rows:
-            with self.ledger.transaction() as tx:
-                tx.note(
-                    instance.id,
-                    f"late arrival: job {rows[0][0]} already took this group; starts a new group",
-                )
+            self.note(
+                instance.id,
+                f"late arrival: job {rows[0][0]} already took this group; starts a new group",
+            )
 
     def claim_group(
         self, called_ae: str, group_key: str, processor: str, why: str, now: datetime | None = None

@@ -52,8 +52,12 @@ class Grouper:
     def instance_stored(self, instance: InstanceRecord) -> None:
         if self.rules.declines(instance.sop_class_uid):
             self.processing.decline([instance.id], self.rules.decline_reason)
-            return
-        self.processing.note_late(instance)
+        elif instance.group_key is None:
+            self.processing.note(
+                instance.id, "no group_by element: cannot join a group, stays received"
+            )
+        else:
+            self.processing.note_late(instance)
 
     def tick(self, now: datetime | None = None) -> int:
         """Decline what was missed, claim every complete group; return jobs created."""

@@ -20,7 +20,7 @@ from ledger.migrate import upgrade
 from ledger.processing import Processing
 from ledger.store import Ledger
 from processors.base import Submitter
-from processors.command import CommandSubmitter
+from processors.command import CommandSubmitter, kill_leftovers
 from processors.dispatcher import Dispatcher, DispatchRules
 from processors.folder import FolderSubmitter
 from processors.grouper import Grouper, GroupRules
@@ -90,14 +90,17 @@ class Adapter:
         }
         self.dispatcher = Dispatcher(
             self.processing,
-            self.layout.jobs,
+            config.storage.jobs,
             {
                 name: DispatchRules(submitter_for(ae), ae.group_by, ae.retries, ae.retry_delay)
                 for name, ae in processed.items()
             },
         )
         self.reclaimer = Reclaimer(
-            self.processing, self.layout, {name: ae.retention for name, ae in processed.items()}
+            self.processing,
+            self.layout,
+            config.storage.jobs,
+            {name: ae.retention for name, ae in processed.items()},
         )
         intake = Intake(
             self.layout,
@@ -132,6 +135,8 @@ class Adapter:
         self.watcher.start()
         self.reconciler.tick(startup=True)
         self.intake.wait_idle()
+        self.config.storage.jobs.mkdir(parents=True, exist_ok=True)
+        kill_leftovers(self.config.storage.jobs)
         requeued, released = self.processing.recover()
         if requeued or released:
             log.info(
@@ -147,10 +152,14 @@ class Adapter:
             self.scheduler,
             "reconcile",
             self.config.watcher.reconcile_interval,
-            self.reconciler.tick,
+            self._reconcile_tick,
         )
         self.scheduler.start()
         self.server.start()
+
+    def _reconcile_tick(self) -> None:
+        self.watcher.ensure_alive()
+        self.reconciler.tick()
 
     def _group_tick(self) -> None:
         for grouper in self.groupers.values():

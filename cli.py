@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import signal
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import asdict
 from datetime import datetime
@@ -29,6 +30,8 @@ from ledger.records import JobRecord
 from ledger.states import JobState
 from ledger.store import Ledger
 from logs import configure_logging
+
+SIGNAL_POLL_SECONDS = 0.5
 
 
 def _config_option(command: Callable[..., Any]) -> Callable[..., Any]:
@@ -70,20 +73,24 @@ def run(config_path: Path | None) -> None:
     """
     config = _load(config_path)
     configure_logging(config.log.level)
-    # Block SIGTERM/SIGINT before any thread exists, so every thread inherits
-    # the mask and the main thread takes them with sigwait: a signal that
-    # arrives while starting up is handled once started, never lost.
-    stop_signals = {signal.SIGTERM, signal.SIGINT}
-    signal.pthread_sigmask(signal.SIG_BLOCK, stop_signals)
+    # The handlers only record the signal; the main thread looks every half
+    # second, so a signal that arrives while starting up is acted on once
+    # started, and one that lands while the main thread waits is never
+    # missed.  (Blocking the signals instead would be inherited by every
+    # command the adapter runs.)
+    received: list[int] = []
+    for number in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(number, lambda n, _frame: received.append(n))
     adapter = Adapter(config)
     try:
         adapter.start()
     except OSError as exc:
         adapter.stop()
         raise click.ClickException(f"cannot start: {exc}") from None
-    received = signal.sigwait(stop_signals)
+    while not received:
+        time.sleep(SIGNAL_POLL_SECONDS)
     adapter.stop()
-    sys.exit(130 if received == signal.SIGINT else 0)
+    sys.exit(130 if received[0] == signal.SIGINT else 0)
 
 
 @main.command()

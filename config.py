@@ -65,6 +65,7 @@ class DicomConfig:
 @dataclass(frozen=True)
 class StorageConfig:
     spool: Path
+    jobs: Path
     min_free: FreeSpaceRule
     reclaim_interval: float
 
@@ -347,6 +348,7 @@ SCHEMA: dict[str, dict[str, tuple[Parser, Any]]] = {
     },
     "storage": {
         "spool": (_path, "var/spool"),
+        "jobs": (_path, "var/jobs"),
         "min_free": (_free_space, "5%, 1GiB"),
         "reclaim_interval": (_seconds, "30"),
     },

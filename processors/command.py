@@ -8,15 +8,23 @@ command.  Exit 0 means submitted.  The command's output goes to
 ``command.stdout``/``command.stderr`` in the job folder; on failure the tail
 of stderr is the error.  A command still running at ``command_timeout`` is
 killed with its whole process group.
+
+While it runs, ``<job id>.pid`` beside the job folder names its process
+group and start time, so after a crash of the adapter (outside systemd,
+which would kill it with the service) :func:`kill_leftovers` can stop it
+before the job runs again.
 """
 
+import logging
 import os
 import shlex
 import signal
 import subprocess
+from pathlib import Path
 
 from processors.base import Submission, SubmitError
 
+log = logging.getLogger(__name__)
 STDERR_TAIL = 2000
 
 
@@ -38,9 +46,9 @@ class CommandSubmitter:
             "idempotency_key": submission.job.idempotency_key,
         }
         arguments = [argument.format_map(values) for argument in self.arguments]
-        stdout = submission.job_dir / "command.stdout"
         stderr = submission.job_dir / "command.stderr"
-        with open(stdout, "wb") as out, open(stderr, "wb") as err:
+        pid_file = submission.job_dir.with_suffix(".pid")
+        with open(submission.job_dir / "command.stdout", "wb") as out, open(stderr, "wb") as err:
             try:
                 process = subprocess.Popen(
                     arguments,
@@ -52,6 +60,7 @@ class CommandSubmitter:
                 )
             except OSError as exc:
                 raise SubmitError(f"cannot run {arguments[0]!r}: {exc.strerror}") from None
+            pid_file.write_text(f"{process.pid} {_start_time(process.pid)}\n")
             try:
                 code = process.wait(timeout=self.timeout_seconds)
             except subprocess.TimeoutExpired:
@@ -60,6 +69,30 @@ class CommandSubmitter:
                 raise SubmitError(
                     f"command killed after command_timeout = {self.timeout_seconds:g}s"
                 ) from None
+            finally:
+                pid_file.unlink(missing_ok=True)
         if code != 0:
             tail = stderr.read_bytes()[-STDERR_TAIL:].decode("utf-8", "replace").strip()
             raise SubmitError(f"command exited with {code}: {tail}")
+
+
+def kill_leftovers(jobs_root: Path) -> int:
+    """Kill the process groups of commands a crashed adapter left running."""
+    killed = 0
+    for pid_file in jobs_root.glob("*.pid"):
+        try:
+            pid, started = (int(part) for part in pid_file.read_text().split())
+            if _start_time(pid) == started:  # the same process, not a reused pid
+                os.killpg(pid, signal.SIGKILL)
+                killed += 1
+                log.warning("killed command of job %s left running by a crash", pid_file.stem)
+        except (OSError, ValueError):
+            pass  # gone already, or an unreadable file
+        pid_file.unlink(missing_ok=True)
+    return killed
+
+
+def _start_time(pid: int) -> int:
+    """The process's start time in clock ticks since boot (proc(5), field 22)."""
+    with open(f"/proc/{pid}/stat") as handle:
+        return int(handle.read().rsplit(")", 1)[1].split()[19])

@@ -12,7 +12,7 @@ import shutil
 from pathlib import Path
 
 from processors.base import Submission, SubmitError
-from processors.jobdir import MANIFEST, link_or_copy
+from processors.jobdir import MANIFEST
 
 
 class FolderSubmitter:
@@ -33,8 +33,8 @@ class FolderSubmitter:
                 shutil.rmtree(partial)
             partial.mkdir()
             document = json.loads(submission.manifest.read_text(encoding="utf-8"))
-            for entry in document["instances"]:
-                link_or_copy(submission.job_dir / entry["file"], partial / entry["file"])
+            for entry in document["instances"]:  # copies: a consumer may change its files
+                shutil.copy2(submission.job_dir / entry["file"], partial / entry["file"])
             shutil.copy2(submission.manifest, partial / MANIFEST)
             os.rename(partial, final)
         except OSError as exc:

@@ -24,10 +24,15 @@ log = logging.getLogger(__name__)
 
 class Reclaimer:
     def __init__(
-        self, processing: Processing, layout: SpoolLayout, retention: Mapping[str, float]
+        self,
+        processing: Processing,
+        layout: SpoolLayout,
+        jobs_root: Path,
+        retention: Mapping[str, float],
     ) -> None:
         self.processing = processing
         self.layout = layout
+        self.jobs_root = jobs_root
         self.retention = retention  # called AE -> seconds to keep after submission
 
     def tick(self, now: datetime | None = None) -> int:
@@ -42,7 +47,7 @@ class Reclaimer:
             self.processing.mark_reclaimed([i.id for i in batch], "file deleted by the reclaimer")
             for job_id in {i.job_id for i in batch if i.job_id is not None}:
                 if self.processing.job_done_with_files(job_id):
-                    shutil.rmtree(self.layout.jobs / str(job_id), ignore_errors=True)
+                    shutil.rmtree(self.jobs_root / str(job_id), ignore_errors=True)
             total += len(batch)
         if total:
             log.info("reclaimed %d files", total)

@@ -5,7 +5,6 @@
     spool/
       .tmp/                      temporary files; never acknowledged, cleaned at start
       quarantine/                unreadable files, each with a ``.reason`` sidecar
-      jobs/<job id>/             a job's folder: links to its instances and manifest.json
       <called AE>/<StudyInstanceUID>/<SeriesInstanceUID>/<SOPInstanceUID>.dcm
       <called AE>/<anything>     hand-dropped files, any sub-path and name
 
@@ -21,7 +20,6 @@ from spool.names import RESERVED_FOLDERS, validate_ae_folder, validate_uid
 
 TMP = ".tmp"
 QUARANTINE = "quarantine"
-JOBS = "jobs"
 
 
 class UnsafeName(ValueError):
@@ -40,13 +38,9 @@ class SpoolLayout:
     def quarantine(self) -> Path:
         return self.root / QUARANTINE
 
-    @property
-    def jobs(self) -> Path:
-        return self.root / JOBS
-
     def ensure(self, called_aes: Iterable[str] = ()) -> None:
         """Create the spool's fixed folders and one drop folder per called AE."""
-        for folder in (self.root, self.tmp, self.quarantine, self.jobs):
+        for folder in (self.root, self.tmp, self.quarantine):
             folder.mkdir(parents=True, exist_ok=True)
         for called_ae in called_aes:
             ok, reason = validate_ae_folder(called_ae)

@@ -14,7 +14,7 @@ _AE_FORBIDDEN = re.compile(r"[\\\x00-\x1f\x7f]")
 # AE titles also name spool folders: keep them to characters that are safe
 # and unambiguous as one path component on every filesystem.
 _AE_FOLDER_SAFE = re.compile(r"[A-Za-z0-9_.\- ]+")
-RESERVED_FOLDERS = frozenset({"quarantine", ".tmp", "jobs"})
+RESERVED_FOLDERS = frozenset({"quarantine", ".tmp"})
 
 
 def validate_uid(value: object) -> tuple[bool, str]:

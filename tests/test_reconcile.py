@@ -111,3 +111,17 @@ def test_restart_adopts_files_written_just_before(
     shutil.copyfile(original, target)
     running = start_adapter(config_path)
     assert [row.path for row in running.rows("received")] == [str(target)]
+
+
+def test_a_dead_watcher_is_restarted_before_the_next_scan(
+    adapter: RunningAdapter, tmp_path: Path
+) -> None:
+    watcher = adapter.adapter.watcher
+    for emitter in list(watcher._observer.emitters):  # as when watchdog's inotify thread dies
+        emitter.stop()
+        emitter.join()
+    assert watcher.ensure_alive() is False
+    assert watcher.ensure_alive() is True
+    [original] = make_study(tmp_path / "s", 1)
+    shutil.copyfile(original, adapter.spool / AE / "after.dcm")
+    adapter.wait_rows(1, "received")  # the doorbell rings again, no scan needed

@@ -99,11 +99,31 @@ class SpoolWatcher:
         warnings.filterwarnings(
             "ignore", "Callback with id .* already exists for watch", RuntimeWarning
         )
+        self._start_observer()
+        self._settler.start()
+
+    def ensure_alive(self) -> bool:
+        """Restart the observer if its inotify thread died; False if it had.
+
+        watchdog's observer thread outlives a crashed emitter thread (seen:
+        a KeyError in watchdog 7.1's ``_remove_watch_internally``), after
+        which no event arrives.  Reconcile calls this before each scan, so
+        the gap is closed by that scan and the doorbell rings again after.
+        """
+        if self._stopping.is_set() or all(e.is_alive() for e in self._observer.emitters):
+            return True
+        log.error("spool watcher stopped receiving events: restarting it")
+        self._observer.stop()
+        self._observer.join()
+        self._observer = Observer()
+        self._start_observer()
+        return False
+
+    def _start_observer(self) -> None:
         self._observer.schedule(
             _Doorbell(self), str(self.layout.root), recursive=True, event_filter=DOORBELL_EVENTS
         )
         self._observer.start()
-        self._settler.start()
 
     def stop(self) -> None:
         self._stopping.set()

@@ -162,8 +162,11 @@ class Adapter:
         self.reconciler.tick()
 
     def _group_tick(self) -> None:
-        for grouper in self.groupers.values():
-            grouper.tick()
+        for name, grouper in self.groupers.items():
+            try:
+                grouper.tick()
+            except Exception:  # one AE's trouble must not stop the others' groups
+                log.exception("grouping for %s failed", name)
 
     def stop(self) -> None:
         """Stop accepting, then wind down the rest in reverse order.

@@ -113,7 +113,9 @@ def status(config_path: Path | None, as_json: bool, studies: int) -> None:
         )
     ledger = Ledger(engine)
     processing = Processing(ledger)
-    oldest = processing.oldest_open_group()
+    oldest = processing.oldest_open_group(
+        [name for name, ae in config.aes.items() if ae.processor != "none"]
+    )
     report = {
         "ledger": config.ledger.url,
         "revision": revision,

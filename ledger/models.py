@@ -117,7 +117,7 @@ class Job(Base):
     updated_at: Mapped[datetime] = mapped_column(UtcText)
     finished_at: Mapped[datetime | None] = mapped_column(UtcText)
 
-    __table_args__ = (Index("ux_jobs_idempotency_key", "idempotency_key", unique=True),)
+    __table_args__ = (Index("ix_jobs_idempotency_key", "idempotency_key"),)
 
 
 class JobEvent(Base):

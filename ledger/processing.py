@@ -11,7 +11,7 @@ from collections.abc import Collection
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, func, insert, or_, select, update
+from sqlalchemy import ColumnElement, and_, func, insert, not_, or_, select, true, update
 
 from ledger.models import Job, JobEvent, utcnow
 from ledger.records import GroupState, InstanceRecord, JobRecord
@@ -27,6 +27,17 @@ _JOB_FIELDS = [column.name for column in JOBS.columns]
 def to_job(row: Any) -> JobRecord:
     mapping = row._mapping
     return JobRecord(**{name: mapping[name] for name in _JOB_FIELDS})
+
+
+def wanted(ignored: Collection[str], allowed: Collection[str]) -> ColumnElement[bool]:
+    """SQL: the instance's SOP class is one its processor takes."""
+    if allowed:
+        return INSTANCES.c.sop_class_uid.in_(list(allowed))
+    if ignored:
+        return or_(
+            INSTANCES.c.sop_class_uid.is_(None), INSTANCES.c.sop_class_uid.not_in(list(ignored))
+        )
+    return true()
 
 
 def idempotency_key(
@@ -68,22 +79,29 @@ class Processing:
             for key, count, first, last in self.ledger.read(query)
         ]
 
-    def received_of_classes(
-        self, called_ae: str, sop_classes: Collection[str], *, inside: bool
+    def unwanted(
+        self, called_ae: str, ignored: Collection[str], allowed: Collection[str]
     ) -> list[InstanceRecord]:
-        """``received`` instances whose SOP class is (or is not) in ``sop_classes``."""
-        test = INSTANCES.c.sop_class_uid.in_(list(sop_classes))
-        if not inside:
-            test = or_(~test, INSTANCES.c.sop_class_uid.is_(None))
+        """``received`` instances of a SOP class the AE's processor declines."""
         query = select(INSTANCES).where(
-            INSTANCES.c.called_ae == called_ae, INSTANCES.c.state == State.RECEIVED, test
+            INSTANCES.c.called_ae == called_ae,
+            INSTANCES.c.state == State.RECEIVED,
+            not_(wanted(ignored, allowed)),
         )
         return [to_record(row) for row in self.ledger.read(query)]
 
     def decline(self, instance_ids: Collection[int], reason: str) -> None:
-        """A processor does not want these: straight to the reclaimer."""
+        """A processor does not want these: straight to the reclaimer (if still received)."""
         with self.ledger.transaction() as tx:
-            tx.move_many(instance_ids, State.RECEIVED, State.RECLAIMABLE, reason)
+            waiting = [
+                i
+                for (i,) in tx.connection.execute(
+                    select(INSTANCES.c.id).where(
+                        INSTANCES.c.id.in_(list(instance_ids)), INSTANCES.c.state == State.RECEIVED
+                    )
+                )
+            ]
+            tx.move_many(waiting, State.RECEIVED, State.RECLAIMABLE, reason)
 
     def note(self, instance_id: int, reason: str) -> None:
         with self.ledger.transaction() as tx:
@@ -91,27 +109,42 @@ class Processing:
 
     def note_late(self, instance: InstanceRecord) -> None:
         """Record that ``instance`` came after its group was claimed: it starts a new group."""
-        query = (
-            select(INSTANCES.c.job_id)
-            .where(
-                INSTANCES.c.called_ae == instance.called_ae,
-                INSTANCES.c.group_key == instance.group_key,
-                INSTANCES.c.job_id.is_not(None),
-            )
-            .order_by(INSTANCES.c.job_id.desc())
-            .limit(1)
-        )
-        rows = self.ledger.read(query)
-        if rows:
-            self.note(
-                instance.id,
-                f"late arrival: job {rows[0][0]} already took this group; starts a new group",
-            )
+        with self.ledger.transaction() as tx:
+            still_waiting = tx.connection.execute(
+                select(INSTANCES.c.id).where(
+                    INSTANCES.c.id == instance.id,
+                    INSTANCES.c.state == State.RECEIVED,
+                    INSTANCES.c.job_id.is_(None),
+                )
+            ).first()
+            earlier = tx.connection.execute(
+                select(INSTANCES.c.job_id)
+                .where(
+                    INSTANCES.c.called_ae == instance.called_ae,
+                    INSTANCES.c.group_key == instance.group_key,
+                    INSTANCES.c.job_id.is_not(None),
+                )
+                .order_by(INSTANCES.c.job_id.desc())
+                .limit(1)
+            ).first()
+            if still_waiting and earlier:
+                tx.note(
+                    instance.id,
+                    f"late arrival: job {earlier[0]} already took this group; starts a new group",
+                )
 
     def claim_group(
-        self, called_ae: str, group_key: str, processor: str, why: str, now: datetime | None = None
+        self,
+        called_ae: str,
+        group_key: str,
+        processor: str,
+        why: str,
+        now: datetime | None = None,
+        *,
+        ignored: Collection[str] = (),
+        allowed: Collection[str] = (),
     ) -> JobRecord | None:
-        """Claim every ``received`` instance of a group into a new ``pending`` job."""
+        """Claim every wanted ``received`` instance of a group into a new ``pending`` job."""
         with self.ledger.transaction(now) as tx:
             connection = tx.connection
             members = list(
@@ -121,6 +154,7 @@ class Processing:
                         INSTANCES.c.called_ae == called_ae,
                         INSTANCES.c.group_key == group_key,
                         INSTANCES.c.state == State.RECEIVED,
+                        wanted(ignored, allowed),
                     )
                     .order_by(INSTANCES.c.id)
                 )
@@ -330,8 +364,8 @@ class Processing:
         counts.update({state: count for state, count in self.ledger.read(query)})
         return counts
 
-    def oldest_open_group(self) -> GroupState | None:
-        """The group of ``received`` instances that has waited longest."""
+    def oldest_open_group(self, called_aes: Collection[str]) -> GroupState | None:
+        """The group of ``received`` instances, of these AEs, that has waited longest."""
         query = (
             select(
                 INSTANCES.c.called_ae,
@@ -340,7 +374,11 @@ class Processing:
                 func.min(INSTANCES.c.received_at),
                 func.max(INSTANCES.c.received_at),
             )
-            .where(INSTANCES.c.state == State.RECEIVED, INSTANCES.c.group_key.is_not(None))
+            .where(
+                INSTANCES.c.state == State.RECEIVED,
+                INSTANCES.c.group_key.is_not(None),
+                INSTANCES.c.called_ae.in_(list(called_aes)),
+            )
             .group_by(INSTANCES.c.called_ae, INSTANCES.c.group_key)
             .order_by(func.min(INSTANCES.c.received_at))
             .limit(1)

@@ -82,15 +82,9 @@ class Grouper:
     def _decline_waiting(self) -> None:
         """Instances whose notification was lost (a crash right after intake)."""
         rules = self.rules
-        if rules.allowed_sop_classes:
-            waiting = self.processing.received_of_classes(
-                rules.called_ae, rules.allowed_sop_classes, inside=False
+        if rules.ignored_sop_classes or rules.allowed_sop_classes:
+            waiting = self.processing.unwanted(
+                rules.called_ae, rules.ignored_sop_classes, rules.allowed_sop_classes
             )
-        elif rules.ignored_sop_classes:
-            waiting = self.processing.received_of_classes(
-                rules.called_ae, rules.ignored_sop_classes, inside=True
-            )
-        else:
-            return
-        if waiting:
-            self.processing.decline([i.id for i in waiting], rules.decline_reason)
+            if waiting:
+                self.processing.decline([i.id for i in waiting], rules.decline_reason)

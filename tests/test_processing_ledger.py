@@ -27,9 +27,16 @@ def processing(tmp_path: Path) -> Processing:
     return Processing(Ledger(engine))
 
 
-def add(processing: Processing, sop: str, group: str, at: datetime, ae: str = "AE1") -> int:
+def add(
+    processing: Processing,
+    sop: str,
+    group: str,
+    at: datetime,
+    ae: str = "AE1",
+    name: str | None = None,
+) -> int:
     new = NewInstance(
-        path=f"/spool/{ae}/{sop}.dcm",
+        path=f"/spool/{ae}/{name or sop}.dcm",
         called_ae=ae,
         size=1,
         sha256="0" * 64,
@@ -144,3 +151,58 @@ def test_backoff_is_capped_at_an_hour() -> None:
         retry_delay_seconds=10,
     )
     assert rules.retry_at(30, T0) == T0 + timedelta(hours=1)
+
+
+def test_a_study_sent_again_after_its_job_is_a_new_job_with_the_same_key(
+    processing: Processing,
+) -> None:
+    add(processing, "1.1", "9.1", T0)
+    first = processing.claim_group("AE1", "9.1", "command", "quiet", T0)
+    processing.start(first.id, T0)
+    processing.succeed(first.id, T0)
+    add(processing, "1.1", "9.1", T0 + timedelta(seconds=60), name="1.1~1")  # sent again
+    again = processing.claim_group("AE1", "9.1", "command", "quiet", T0 + timedelta(seconds=70))
+    assert again is not None and again.id != first.id
+    assert again.idempotency_key == first.idempotency_key
+
+
+def test_a_claim_leaves_declined_classes_out(processing: Processing) -> None:
+    ct = add(processing, "1.1", "9.1", T0)
+    mr = add(processing, "1.2", "9.1", T0)
+    with processing.ledger.transaction(T0) as tx:
+        tx.connection.execute(
+            update(INSTANCES)
+            .where(INSTANCES.c.id == mr)
+            .values(sop_class_uid="1.2.840.10008.5.1.4.1.1.4")
+        )
+    job = processing.claim_group(
+        "AE1", "9.1", "command", "quiet", T0, ignored={"1.2.840.10008.5.1.4.1.1.4"}
+    )
+    assert [i.id for i in processing.job_instances(job.id)] == [ct]
+    assert [i.id for i in processing.unwanted("AE1", {"1.2.840.10008.5.1.4.1.1.4"}, ())] == [mr]
+    assert processing.unwanted("AE1", (), {"1.2.840.10008.5.1.4.1.1.4"}) == []
+
+
+def test_late_arrival_is_noted_only_while_it_waits(processing: Processing) -> None:
+    add(processing, "1.1", "9.1", T0)
+    processing.claim_group("AE1", "9.1", "command", "quiet", T0)
+    late = add(processing, "1.2", "9.1", T0 + timedelta(seconds=1))
+    processing.note_late(processing.ledger.get(late))
+    second = processing.claim_group("AE1", "9.1", "command", "quiet", T0 + timedelta(seconds=9))
+    processing.note_late(processing.ledger.get(late))  # claimed meanwhile: nothing to note
+    with processing.ledger.engine.connect() as connection:
+        reasons = [
+            r
+            for (r,) in connection.exec_driver_sql(
+                "SELECT reason FROM events WHERE instance_id = ? ORDER BY id", (late,)
+            )
+        ]
+    assert reasons[1] == "late arrival: job 1 already took this group; starts a new group"
+    assert reasons[2].startswith(f"claimed by job {second.id}") and len(reasons) == 3
+
+
+def test_oldest_open_group_counts_only_processed_aes(processing: Processing) -> None:
+    add(processing, "1.1", "9.1", T0, ae="PLAIN")
+    add(processing, "1.2", "9.2", T0 + timedelta(seconds=5), ae="AE1")
+    assert processing.oldest_open_group(["AE1"]).group_key == "9.2"
+    assert processing.oldest_open_group([]) is None

@@ -32,7 +32,9 @@ def upgrade() -> None:
         sa.Column("finished_at", sa.String(27)),
     )
     op.create_index("ix_jobs_state", "jobs", ["state"])
-    op.create_index("ux_jobs_idempotency_key", "jobs", ["idempotency_key"], unique=True)
+    # Not unique: a study sent again after its job succeeded is a new job with
+    # the same content, hence the same key, so a receiver can recognise it.
+    op.create_index("ix_jobs_idempotency_key", "jobs", ["idempotency_key"])
     op.create_table(
         "job_events",
         sa.Column("id", sa.Integer, primary_key=True),

@@ -15,10 +15,9 @@ from ledger.records import InstanceRecord, JobRecord
 from processors.base import Submission
 
 MANIFEST = "manifest.json"
-STUDY_INSTANCE_UID = 0x0020000D
 
 
-def link_or_copy(source: Path, target: Path) -> None:
+def _link_or_copy(source: Path, target: Path) -> None:
     try:
         os.link(source, target)
     except OSError:
@@ -38,7 +37,7 @@ def prepare(
         name = f"{instance.sop_instance_uid}.dcm"
         if (job_dir / name).exists():  # two rows of one SOP Instance UID (duplicates = keep)
             name = f"{instance.sop_instance_uid}~{instance.id}.dcm"
-        link_or_copy(Path(instance.path), job_dir / name)
+        _link_or_copy(Path(instance.path), job_dir / name)
         entries.append(_entry(instance, name))
     studies = {instance.study_instance_uid for instance in instances}
     study = studies.pop() if len(studies) == 1 else None

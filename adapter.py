@@ -15,16 +15,22 @@ from pynetdicom import _config as pynetdicom_config
 
 import scheduler as schedule
 from config import AeConfig, Config
+from exporters.cstore import Peer
 from ledger.db import make_engine
+from ledger.exports import Exports
 from ledger.migrate import upgrade
 from ledger.processing import Processing
 from ledger.store import Ledger
 from processors.base import Submitter
 from processors.command import CommandSubmitter, kill_leftovers
 from processors.dispatcher import Dispatcher, DispatchRules
+from processors.export_reclaimer import ExportReclaimer
+from processors.exporting import ExportRules, ExportRunner
 from processors.folder import FolderSubmitter
+from processors.forward import ForwardSubmitter
 from processors.grouper import Grouper, GroupRules
 from processors.notifier import Notifier
+from processors.outbox import STAGING, OutboxScanner
 from processors.reclaimer import Reclaimer
 from processors.webhook import WebhookSubmitter
 from scp.admission import AdmissionPolicy, Source
@@ -36,6 +42,7 @@ from watchers.reconcile import Reconciler
 from watchers.spool_watcher import SpoolWatcher
 
 log = logging.getLogger("adapter")
+EXPORT_TICK_SECONDS = 0.5
 
 
 def admission_policy(config: Config) -> AdmissionPolicy:
@@ -46,8 +53,26 @@ def admission_policy(config: Config) -> AdmissionPolicy:
     )
 
 
-def submitter_for(ae: AeConfig) -> Submitter:
+def peer_for(config: Config, name: str) -> Peer:
+    destination = config.destinations[name]
+    return Peer(
+        ae_title=destination.ae_title,
+        host=destination.host,
+        port=destination.port,
+        calling_ae=destination.calling_ae or config.dicom.ae_title,
+        acse_timeout=destination.acse_timeout,
+        dimse_timeout=destination.dimse_timeout,
+        network_timeout=destination.network_timeout,
+    )
+
+
+def submitter_for(ae: AeConfig, config: Config, exports: Exports) -> Submitter:
     """The submitter an ``[ae:]`` section's ``processor`` names."""
+    if ae.processor == "forward":
+        assert ae.destinations is not None  # config checks it
+        return ForwardSubmitter(
+            exports, {name: config.destinations[name].outbox for name in ae.destinations}
+        )
     if ae.processor == "command":
         assert ae.command is not None  # config checks it
         return CommandSubmitter(ae.command, ae.command_timeout)
@@ -73,6 +98,20 @@ class Adapter:
         self.engine = make_engine(config.ledger.url)
         self.ledger = Ledger(self.engine)
         self.processing = Processing(self.ledger)
+        self.exports = Exports(self.ledger)
+        outboxes = {name: d.outbox for name, d in config.destinations.items()}
+        self.export_runners = {
+            name: ExportRunner(
+                self.exports, name, ExportRules(peer_for(config, name), d.retries, d.retry_delay)
+            )
+            for name, d in config.destinations.items()
+        }
+        self.outbox = OutboxScanner(self.exports, outboxes, config.watcher.settle_seconds)
+        self.export_reclaimer = ExportReclaimer(
+            self.exports,
+            {name: d.retention for name, d in config.destinations.items()},
+            {name: folder / STAGING for name, folder in outboxes.items()},
+        )
         processed = {name: ae for name, ae in config.aes.items() if ae.processor != "none"}
         self.groupers = {
             name: Grouper(
@@ -92,7 +131,12 @@ class Adapter:
             self.processing,
             config.storage.jobs,
             {
-                name: DispatchRules(submitter_for(ae), ae.group_by, ae.retries, ae.retry_delay)
+                name: DispatchRules(
+                    submitter_for(ae, config, self.exports),
+                    ae.group_by,
+                    ae.retries,
+                    ae.retry_delay,
+                )
                 for name, ae in processed.items()
             },
         )
@@ -128,6 +172,7 @@ class Adapter:
         # Stream every C-STORE dataset to a file (scp/receiving.py says where),
         # so a 1 GB instance never sits in memory.
         pynetdicom_config.STORE_RECV_CHUNKED_DATASET = True
+        pynetdicom_config.STORE_SEND_CHUNKED_DATASET = True
         before, after = upgrade(self.engine)
         if before != after:
             log.info("ledger migrated from %s to %s", before or "empty", after)
@@ -137,6 +182,11 @@ class Adapter:
         self.intake.wait_idle()
         self.config.storage.jobs.mkdir(parents=True, exist_ok=True)
         kill_leftovers(self.config.storage.jobs)
+        self.outbox.ensure()
+        self.outbox.adopt_orphans()
+        resent = self.exports.recover()
+        if resent:
+            log.info("after restart: %d exports that were sending will be sent again", resent)
         requeued, released = self.processing.recover()
         if requeued or released:
             log.info(
@@ -146,8 +196,14 @@ class Adapter:
         schedule.every(self.scheduler, "group", tick, self._group_tick)
         schedule.every(self.scheduler, "dispatch", tick, self.dispatcher.tick)
         schedule.every(
-            self.scheduler, "reclaim", self.config.storage.reclaim_interval, self.reclaimer.tick
+            self.scheduler, "reclaim", self.config.storage.reclaim_interval, self._reclaim_tick
         )
+        for name, runner in self.export_runners.items():
+            schedule.every(self.scheduler, f"export:{name}", EXPORT_TICK_SECONDS, runner.tick)
+        if self.export_runners:
+            schedule.every(
+                self.scheduler, "outbox", self.config.watcher.settle_seconds / 2, self.outbox.tick
+            )
         schedule.every(
             self.scheduler,
             "reconcile",
@@ -156,6 +212,10 @@ class Adapter:
         )
         self.scheduler.start()
         self.server.start()
+
+    def _reclaim_tick(self) -> None:
+        self.reclaimer.tick()
+        self.export_reclaimer.tick()
 
     def _reconcile_tick(self) -> None:
         self.watcher.ensure_alive()

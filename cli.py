@@ -19,15 +19,19 @@ from typing import Any
 import click
 from sqlalchemy.exc import NoResultFound
 
-from adapter import Adapter
+from adapter import Adapter, peer_for
 from config import Config, default_config_path, load_config
 from errors import EXIT_CONFIG, ConfigError, IllegalTransition
+from exporters import cstore
+from exporters.cstore import ExportError
+from exporters.files import NotDicom, spec_for
 from ledger.db import make_engine
+from ledger.exports import Exports
 from ledger.migrate import current_revision, head_revision, upgrade
 from ledger.models import TIME_FORMAT, utcnow
 from ledger.processing import Processing
-from ledger.records import JobRecord
-from ledger.states import JobState
+from ledger.records import ExportRecord, JobRecord
+from ledger.states import ExportState, JobState
 from ledger.store import Ledger
 from logs import configure_logging
 
@@ -122,6 +126,7 @@ def status(config_path: Path | None, as_json: bool, studies: int) -> None:
         "spool": str(config.storage.spool),
         "counts": ledger.counts_by_state(),
         "jobs": processing.job_counts(),
+        "exports": Exports(ledger).counts(),
         "failed_jobs": [job.id for job in processing.jobs(JobState.FAILED)],
         "oldest_open_group": None
         if oldest is None
@@ -151,6 +156,8 @@ def _status_text(report: dict[str, Any]) -> str:
     if report["failed_jobs"]:
         failed = ", ".join(map(str, report["failed_jobs"]))
         lines.append(f"  failed jobs: {failed} (dicom-adapter jobs retry JOB_ID)")
+    lines += ["", "Exports by state:"]
+    lines += [f"  {state:<12} {count:>8}" for state, count in report["exports"].items()]
     group = report["oldest_open_group"]
     lines += [
         "",
@@ -208,7 +215,7 @@ def jobs(ctx: click.Context, config_path: Path | None, state: str | None, as_jso
     listed = processing.jobs(JobState(state) if state else None)
     engine.dispose()
     if as_json:
-        click.echo(json.dumps([_job_json(job) for job in listed], indent=2))
+        click.echo(json.dumps([_record_json(job) for job in listed], indent=2))
         return
     click.echo(
         f"{'ID':>6}  {'STATE':<9}  {'AE':<16}  {'INSTANCES':>9}  {'ATTEMPTS':>8}  "
@@ -222,10 +229,11 @@ def jobs(ctx: click.Context, config_path: Path | None, state: str | None, as_jso
         )
 
 
-def _job_json(job: JobRecord) -> dict[str, Any]:
-    document = asdict(job)
-    for name in ("next_attempt_at", "created_at", "updated_at", "finished_at"):
-        document[name] = _iso(document[name])
+def _record_json(record: JobRecord | ExportRecord) -> dict[str, Any]:
+    document = asdict(record)
+    for name, value in document.items():
+        if isinstance(value, datetime):
+            document[name] = _iso(value)
     return document
 
 
@@ -249,6 +257,146 @@ def jobs_retry(job_id: int, config_path: Path | None) -> None:
     finally:
         engine.dispose()
     click.echo(f"job {job.id} is pending again ({job.instance_count} instances)")
+
+
+@main.command("echo")
+@click.argument("name")
+@_config_option
+def echo_command(name: str, config_path: Path | None) -> None:
+    """C-ECHO a configured destination; one line, exit 0 if it answered Success.
+
+    \b
+    Example:
+      dicom-adapter echo PACS
+    """
+    config = _load(config_path)
+    if name not in config.destinations:
+        raise click.ClickException(f"no [destination:{name}] in {config.path}")
+    peer = peer_for(config, name)
+    where = f"{name} ({peer.ae_title}@{peer.host}:{peer.port})"
+    started = time.monotonic()
+    try:
+        status = cstore.echo(peer)
+    except ExportError as exc:
+        raise click.ClickException(f"{where}: {exc}") from None
+    took = (time.monotonic() - started) * 1000
+    if status != 0:
+        raise click.ClickException(f"{where}: C-ECHO answered {status!r}")
+    click.echo(f"{where}: C-ECHO Success in {took:.0f} ms")
+
+
+@main.command("send")
+@click.option("--dest", "destination", required=True, help="A [destination:NAME] from the config.")
+@click.option("--wait", is_flag=True, help="Wait for the export; exit 1 if it failed.")
+@click.option("--timeout", default=3600.0, show_default=True, help="Seconds --wait waits.")
+@click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
+@_config_option
+def send_command(
+    destination: str, wait: bool, timeout: float, paths: tuple[Path, ...], config_path: Path | None
+) -> None:
+    """Queue DICOM files (or folders, recursively) for a destination.
+
+    The running service sends them; the files stay where they are.
+
+    \b
+    Example:
+      dicom-adapter send --dest PACS --wait results/
+    """
+    config = _load(config_path)
+    if destination not in config.destinations:
+        raise click.ClickException(f"no [destination:{destination}] in {config.path}")
+    files = sorted(
+        {f for p in paths for f in ([p] if p.is_file() else p.rglob("*")) if f.is_file()}
+    )
+    if not files:
+        raise click.ClickException("no files to send")
+    specs = []
+    with click.progressbar(
+        files, label="Reading", file=sys.stderr, hidden=not sys.stderr.isatty()
+    ) as progress:
+        for path in progress:
+            try:
+                specs.append(spec_for(path, owned=False))
+            except NotDicom as exc:
+                raise click.ClickException(str(exc)) from None
+    engine = make_engine(config.ledger.url)
+    upgrade(engine)
+    exports = Exports(Ledger(engine))
+    export_id = exports.create(destination, "send", specs)
+    click.echo(f"queued {len(specs)} files as export {export_id} for {destination}")
+    if wait:
+        task = _wait_for_export(exports, export_id, timeout)
+        click.echo(
+            f"export {export_id} {task.state}: "
+            f"{task.file_count - task.failed_count} of {task.file_count} files sent"
+        )
+        engine.dispose()
+        if task.state != ExportState.SUCCEEDED:
+            raise click.ClickException(f"export {export_id}: {task.last_error}")
+    engine.dispose()
+
+
+def _wait_for_export(exports: Exports, export_id: int, timeout: float) -> ExportRecord:
+    deadline = time.monotonic() + timeout
+    while (task := exports.get(export_id)).state not in (ExportState.SUCCEEDED, ExportState.FAILED):
+        if time.monotonic() > deadline:
+            raise click.ClickException(f"export {export_id} still {task.state} after {timeout:g}s")
+        time.sleep(0.2)
+    return task
+
+
+@main.group(invoke_without_command=True)
+@_config_option
+@click.option("--state", type=click.Choice([str(s) for s in ExportState]), help="Only this state.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
+@click.pass_context
+def exports(ctx: click.Context, config_path: Path | None, state: str | None, as_json: bool) -> None:
+    """List export tasks, oldest first.
+
+    \b
+    Example:
+      dicom-adapter exports --state failed
+    """
+    if ctx.invoked_subcommand is not None:
+        return
+    processing, engine = _open_processing(config_path)
+    listed = Exports(processing.ledger).tasks(ExportState(state) if state else None)
+    engine.dispose()
+    if as_json:
+        click.echo(json.dumps([_record_json(task) for task in listed], indent=2))
+        return
+    click.echo(
+        f"{'ID':>6}  {'STATE':<9}  {'DESTINATION':<16}  {'FILES':>6}  {'FAILED':>6}  "
+        f"{'ATTEMPTS':>8}  LAST ERROR"
+    )
+    for task in listed:
+        error = task.last_error.splitlines()[0][:80] if task.last_error else ""
+        click.echo(
+            f"{task.id:>6}  {task.state:<9}  {task.destination:<16}  "
+            f"{task.file_count:>6}  {task.failed_count:>6}  {task.attempts:>8}  {error}"
+        )
+
+
+@exports.command("retry")
+@click.argument("export_id", type=int)
+@_config_option
+def exports_retry(export_id: int, config_path: Path | None) -> None:
+    """Queue a failed export again, with a fresh set of retries.
+
+    \b
+    Example:
+      dicom-adapter exports retry 12
+    """
+    processing, engine = _open_processing(config_path)
+    try:
+        task = Exports(processing.ledger).retry(export_id)
+    except NoResultFound:
+        raise click.ClickException(f"no export {export_id}") from None
+    except IllegalTransition as exc:
+        raise click.ClickException(f"export {export_id}: {exc}") from None
+    finally:
+        engine.dispose()
+    click.echo(f"export {task.id} is pending again ({task.file_count} files)")
 
 
 @main.group()

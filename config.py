@@ -29,9 +29,14 @@ from spool.names import validate_ae_folder, validate_ae_title, validate_uid
 
 CONFIG_ENV = "DICOM_ADAPTER_CONFIG"
 DUPLICATE_POLICIES = ("ignore", "replace", "keep")
-PROCESSORS = ("none", "command", "folder", "webhook")
+PROCESSORS = ("none", "command", "folder", "webhook", "forward")
 # The key each processor cannot work without.
-PROCESSOR_NEEDS = {"command": "command", "folder": "output", "webhook": "url"}
+PROCESSOR_NEEDS = {
+    "command": "command",
+    "folder": "output",
+    "webhook": "url",
+    "forward": "destinations",
+}
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
 
@@ -106,6 +111,25 @@ class AeConfig:
     retries: int
     retry_delay: float
     retention: float
+    destinations: tuple[str, ...] | None
+
+
+@dataclass(frozen=True)
+class DestinationConfig:
+    """One ``[destination:NAME]``: a DICOM peer the adapter sends to."""
+
+    name: str
+    ae_title: str
+    host: str
+    port: int
+    calling_ae: str | None  # None: the adapter's own [dicom] ae_title
+    outbox: Path
+    acse_timeout: float
+    dimse_timeout: float
+    network_timeout: float
+    retries: int
+    retry_delay: float
+    retention: float
 
 
 @dataclass(frozen=True)
@@ -125,6 +149,7 @@ class Config:
     log: LogConfig
     aes: dict[str, AeConfig] = field(default_factory=dict)
     sources: tuple[SourceConfig, ...] = ()
+    destinations: dict[str, DestinationConfig] = field(default_factory=dict)
 
 
 # -- value parsers: each takes the raw text and the config folder ----------
@@ -209,6 +234,13 @@ def _command(text: str, _: Path) -> str:
                 f"known: {', '.join('{' + p + '}' for p in COMMAND_PLACEHOLDERS)}"
             ) from None
     return text
+
+
+def _names(text: str, _: Path) -> tuple[str, ...]:
+    names = tuple(item.strip() for item in text.split(",") if item.strip())
+    if not names:
+        raise ValueError("must name at least one destination")
+    return names
 
 
 def _url(text: str, _: Path) -> str:
@@ -331,6 +363,7 @@ def _transfer_syntaxes(text: str, _: Path) -> tuple[str, ...]:
 # -- the schema: section -> key -> (parser, default or REQUIRED) -----------
 
 REQUIRED = object()
+LABELLED = ("ae", "source", "destination")  # sections that carry a name: [kind:NAME]
 
 SCHEMA: dict[str, dict[str, tuple[Parser, Any]]] = {
     "dicom": {
@@ -374,6 +407,20 @@ SCHEMA: dict[str, dict[str, tuple[Parser, Any]]] = {
         "retries": (_integer(0, 100), "3"),
         "retry_delay": (_seconds, "10"),
         "retention": (_retention, "0"),
+        "destinations": (_names, None),
+    },
+    "destination": {
+        "ae_title": (_calling_ae_title, REQUIRED),
+        "host": (_host, REQUIRED),
+        "port": (_integer(1, 65535), REQUIRED),
+        "calling_ae": (_calling_ae_title, None),
+        "outbox": (_path, None),  # default var/outbox/<NAME>
+        "acse_timeout": (_seconds, "30"),
+        "dimse_timeout": (_seconds, "60"),
+        "network_timeout": (_seconds, "60"),
+        "retries": (_integer(0, 100), "3"),
+        "retry_delay": (_seconds, "30"),
+        "retention": (_retention, "0"),
     },
     "source": {"ae_title": (_calling_ae_title, REQUIRED), "host": (_source_host, None)},
 }
@@ -414,10 +461,10 @@ def load_config(path: Path) -> Config:
         kind: _section(parser, name, kind, kind, folder)
         for kind in ("dicom", "storage", "ledger", "watcher", "log")
     }
-    aes, sources = {}, []
+    aes, sources, destinations = {}, [], {}
     for section in parser.sections():
         kind, _, label = section.partition(":")
-        if kind not in SCHEMA or (kind in ("ae", "source")) != bool(label):
+        if kind not in SCHEMA or (kind in LABELLED) != bool(label):
             raise ConfigError(name, section, None, "unknown section")
         if kind == "ae":
             _check(name, section, None, _ae_title, label, folder)
@@ -430,6 +477,24 @@ def load_config(path: Path) -> Config:
             sources.append(
                 SourceConfig(name=label, **_section(parser, name, section, kind, folder))
             )
+        elif kind == "destination":
+            values = _section(parser, name, section, kind, folder)
+            if not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", label):
+                raise ConfigError(
+                    name,
+                    section,
+                    None,
+                    "a destination name may only use letters, digits, '_', '.', '-'",
+                )
+            if values["outbox"] is None:
+                values["outbox"] = (folder / "var" / "outbox" / label).resolve()
+            destinations[label] = DestinationConfig(name=label, **values)
+    for label, ae in aes.items():
+        for destination in ae.destinations or ():
+            if destination not in destinations:
+                raise ConfigError(
+                    name, f"ae:{label}", "destinations", f"no [destination:{destination}] section"
+                )
     if not aes:
         raise ConfigError(
             name, None, None, "no [ae:NAME] section: the adapter would answer to no AE title"
@@ -443,6 +508,7 @@ def load_config(path: Path) -> Config:
         log=LogConfig(**sections["log"]),
         aes=aes,
         sources=tuple(sources),
+        destinations=destinations,
     )
 
 

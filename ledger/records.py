@@ -82,3 +82,53 @@ class GroupState:
     instances: int
     first_received_at: datetime
     last_received_at: datetime
+
+
+@dataclass(frozen=True)
+class ExportFileSpec:
+    """A file to put in a new export task."""
+
+    path: str
+    owned: bool  # delete it once the export succeeded (outbox and forward copies)
+    sop_instance_uid: str | None
+    sop_class_uid: str | None
+    transfer_syntax_uid: str | None
+    size: int | None
+
+
+@dataclass(frozen=True)
+class ExportRecord:
+    """A frozen copy of one ``exports`` row."""
+
+    id: int
+    destination: str
+    origin: str
+    job_id: int | None
+    state: str
+    file_count: int
+    failed_count: int
+    attempts: int
+    next_attempt_at: datetime | None
+    last_error: str | None
+    created_at: datetime
+    updated_at: datetime
+    finished_at: datetime | None
+    reclaimed_at: datetime | None
+
+
+@dataclass(frozen=True)
+class ExportFileRecord:
+    """A frozen copy of one ``export_files`` row."""
+
+    id: int
+    export_id: int
+    path: str
+    owned: bool
+    sop_instance_uid: str | None
+    sop_class_uid: str | None
+    transfer_syntax_uid: str | None
+    size: int | None
+    state: str
+    status: int | None
+    error: str | None
+    sent_at: datetime | None

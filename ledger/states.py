@@ -66,3 +66,30 @@ def check_job_move(current: JobState | None, target: JobState) -> None:
     if target not in JOB_TRANSITIONS[current]:
         origin = "a new job" if current is None else f"a job in state '{current}'"
         raise IllegalTransition(f"cannot move {origin} to '{target}'")
+
+
+class ExportState(StrEnum):
+    PENDING = "pending"
+    SENDING = "sending"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+
+
+EXPORT_TRANSITIONS: dict[ExportState | None, frozenset[ExportState]] = {
+    None: frozenset({ExportState.PENDING}),
+    ExportState.PENDING: frozenset({ExportState.SENDING}),
+    # sending -> pending: more than half the files failed (retry), or a restart.
+    ExportState.SENDING: frozenset(
+        {ExportState.SUCCEEDED, ExportState.PENDING, ExportState.FAILED}
+    ),
+    ExportState.SUCCEEDED: frozenset(),
+    # failed -> pending: ``dicom-adapter exports retry``.
+    ExportState.FAILED: frozenset({ExportState.PENDING}),
+}
+
+
+def check_export_move(current: ExportState | None, target: ExportState) -> None:
+    """Raise :class:`IllegalTransition` unless the export may go ``current -> target``."""
+    if target not in EXPORT_TRANSITIONS[current]:
+        origin = "a new export" if current is None else f"an export in state '{current}'"
+        raise IllegalTransition(f"cannot move {origin} to '{target}'")

@@ -10,18 +10,18 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from pathlib import Path
 
 from ledger.models import utcnow
 from ledger.processing import Processing
 from ledger.records import JobRecord
 from ledger.states import State
+from processors import backoff
 from processors.base import SubmitError, Submitter
 from processors.jobdir import prepare
 
 log = logging.getLogger(__name__)
-MAX_BACKOFF_SECONDS = 3600.0
 
 
 @dataclass(frozen=True)
@@ -33,10 +33,7 @@ class DispatchRules:
 
     def retry_at(self, attempts: int, now: datetime) -> datetime | None:
         """When to try again after ``attempts`` failed attempts; None when out of retries."""
-        if attempts > self.retries:
-            return None
-        delay = min(MAX_BACKOFF_SECONDS, self.retry_delay_seconds * 2 ** (attempts - 1))
-        return now + timedelta(seconds=delay)
+        return backoff.retry_at(attempts, self.retries, self.retry_delay_seconds, now)
 
 
 class Dispatcher:

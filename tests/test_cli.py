@@ -29,21 +29,24 @@ def cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]
 def test_db_upgrade_then_status_on_an_empty_ledger(config_path: Path) -> None:
     first = cli("db", "upgrade", "--config", str(config_path))
     assert (
-        first.returncode == 0 and first.stdout == "ledger upgraded from empty to 0002 (head 0002)\n"
+        first.returncode == 0 and first.stdout == "ledger upgraded from empty to 0003 (head 0003)\n"
     )
     again = cli("db", "upgrade", "--config", str(config_path))
-    assert again.stdout == "ledger already at 0002\n"
+    assert again.stdout == "ledger already at 0003\n"
     status = cli("status", "--config", str(config_path))
     assert status.returncode == 0
     ledger = config_path.parent / "ledger.db"
     assert status.stdout == (
-        f"Ledger: sqlite:///{ledger} (revision 0002)\n"
+        f"Ledger: sqlite:///{ledger} (revision 0003)\n"
         f"Spool:  {config_path.parent / 'spool'}\n\n"
         "Instances by state:\n"
         "  received            0\n  claimed             0\n  submitted           0\n"
         "  reclaimable         0\n  reclaimed           0\n  rejected            0\n\n"
         "Jobs by state:\n"
         "  pending             0\n  running             0\n  succeeded           0\n"
+        "  failed              0\n\n"
+        "Exports by state:\n"
+        "  pending             0\n  sending             0\n  succeeded           0\n"
         "  failed              0\n\n"
         "Oldest open group: (none)\n\n"
         "Recent studies:\n  (none)\n"
@@ -64,7 +67,7 @@ def test_run_receive_status_and_sigterm(adapter_process: AdapterProcess, tmp_pat
     assert adapter_process.signal(signal.SIGTERM) == 0
     result = cli("status", "--json", "--config", str(adapter_process.config))
     report = json.loads(result.stdout)
-    assert report["counts"]["received"] == 4 and report["revision"] == "0002"
+    assert report["counts"]["received"] == 4 and report["revision"] == "0003"
     [study] = report["studies"]
     assert study["called_ae"] == "DICOMADAPTER" and study["instances"] == 4
     assert study["received"] == 4 and study["bytes"] > 0
@@ -90,7 +93,20 @@ def test_port_in_use_is_one_error_line(config_path: Path, port: int) -> None:
 
 
 @pytest.mark.parametrize(
-    "command", [[], ["run"], ["status"], ["db"], ["db", "upgrade"], ["jobs"], ["jobs", "retry"]]
+    "command",
+    [
+        [],
+        ["run"],
+        ["status"],
+        ["db"],
+        ["db", "upgrade"],
+        ["jobs"],
+        ["jobs", "retry"],
+        ["echo"],
+        ["send"],
+        ["exports"],
+        ["exports", "retry"],
+    ],
 )
 def test_every_command_has_help_with_an_example(command: list[str]) -> None:
     result = cli(*command, "--help")

@@ -13,7 +13,8 @@ ALLOWED = {
     "watchers": {"spool", "ledger"},
     "ledger": {"errors"},
     "migrations": {"ledger"},
-    "processors": {"ledger", "spool"},
+    "processors": {"ledger", "spool", "exporters"},
+    "exporters": {"ledger"},
 }
 PROJECT = {
     "scp",
@@ -21,6 +22,8 @@ PROJECT = {
     "watchers",
     "ledger",
     "migrations",
+    "processors",
+    "exporters",
     "adapter",
     "cli",
     "config",

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from ledger.store import Ledger
 from spool.layout import SpoolLayout
-from watchers.inspect import is_open_for_writing
+from spool.settle import is_open_for_writing
 
 log = logging.getLogger(__name__)
 

@@ -31,7 +31,7 @@ from watchdog.events import (
 from watchdog.observers import Observer
 
 from spool.layout import SpoolLayout
-from watchers.inspect import is_open_for_writing
+from spool.settle import is_open_for_writing
 
 log = logging.getLogger(__name__)
 

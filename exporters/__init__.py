@@ -1,0 +1,1 @@
+"""Exporters: sending files to DICOM destinations."""

@@ -1,0 +1,102 @@
+"""Outbox folders: result files dropped in ``outbox/<destination>/`` become export tasks.
+
+Files are taken like hand-dropped spool files: once quiet for the settle
+time and open for writing by nobody.  Each scan's files for a destination
+move, with their sub-paths, into ``.sending/o-<id>/`` (so no later scan sees
+them again) and become one task.  A file that is not DICOM moves to
+``quarantine/`` beside a ``.reason`` file.  A staging folder a crash left
+without its task is queued again at start-up.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+import uuid
+from pathlib import Path
+
+from exporters.files import NotDicom, spec_for
+from ledger.exports import Exports
+from ledger.records import ExportFileSpec
+from spool.layout import SpoolLayout
+from spool.quarantine import quarantine
+from spool.settle import is_open_for_writing
+
+log = logging.getLogger(__name__)
+STAGING = ".sending"
+
+
+class OutboxScanner:
+    def __init__(self, exports: Exports, outboxes: dict[str, Path], settle_seconds: float) -> None:
+        self.exports = exports
+        self.outboxes = outboxes  # destination -> folder
+        self.settle_seconds = settle_seconds
+
+    def ensure(self) -> None:
+        for folder in self.outboxes.values():
+            (folder / STAGING).mkdir(parents=True, exist_ok=True)
+
+    def tick(self, now: float | None = None) -> int:
+        """Queue what is complete in every outbox; return how many tasks were created."""
+        now = time.time() if now is None else now
+        created = 0
+        for destination, folder in self.outboxes.items():
+            files = list(self._complete_files(folder, now - self.settle_seconds))
+            if files:
+                staging = folder / STAGING / f"o-{uuid.uuid4().hex[:12]}"
+                specs = self._stage(folder, staging, files)
+                if specs:
+                    self.exports.create(destination, "outbox", specs)
+                    created += 1
+        return created
+
+    def adopt_orphans(self) -> int:
+        """Queue staging folders a crash left between the move and the task."""
+        adopted = 0
+        for destination, folder in self.outboxes.items():
+            staged = [p for p in (folder / STAGING).glob("o-*") if p.is_dir()]
+            known = self.exports.staged_paths([str(p) for p in staged])
+            for orphan in staged:
+                if str(orphan) in known:
+                    continue
+                specs = self._specs(folder, [p for p in orphan.rglob("*") if p.is_file()])
+                if specs:
+                    self.exports.create(destination, "outbox", specs)
+                    adopted += 1
+        return adopted
+
+    def _complete_files(self, folder: Path, settled_before: float) -> list[Path]:
+        found = []
+        for parent, dirs, names in os.walk(folder, followlinks=False):
+            dirs[:] = [d for d in dirs if not d.startswith(".") and d != "quarantine"]
+            for name in names:
+                path = Path(parent, name)
+                if name.startswith(".") or name.endswith(".reason"):
+                    continue
+                try:
+                    settled = os.lstat(path).st_mtime <= settled_before
+                except FileNotFoundError:
+                    continue
+                if settled and not is_open_for_writing(path):
+                    found.append(path)
+        return found
+
+    def _stage(self, folder: Path, staging: Path, files: list[Path]) -> list[ExportFileSpec]:
+        moved = []
+        for path in files:
+            target = staging / path.relative_to(folder)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.rename(path, target)
+            moved.append(target)
+        return self._specs(folder, moved)
+
+    def _specs(self, folder: Path, files: list[Path]) -> list[ExportFileSpec]:
+        specs = []
+        for path in files:
+            try:
+                specs.append(spec_for(path, owned=True))
+            except NotDicom as exc:
+                kept = quarantine(SpoolLayout(folder), path, str(exc))
+                log.warning("outbox file quarantined as %s: %s", kept, exc)
+        return specs

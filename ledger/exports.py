@@ -12,7 +12,7 @@ from dataclasses import asdict, fields
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import func, insert, select, update
+from sqlalchemy import case, func, insert, select, update
 
 from ledger.models import Export, ExportEvent, ExportFile
 from ledger.records import ExportFileRecord, ExportFileSpec, ExportRecord
@@ -144,9 +144,9 @@ class Exports:
                     )
                 )
             total, failed = tx.connection.execute(
-                select(func.count(), func.sum(EXPORT_FILES.c.state != FILE_SENT)).where(
-                    EXPORT_FILES.c.export_id == export_id
-                )
+                select(
+                    func.count(), func.sum(case((EXPORT_FILES.c.state != FILE_SENT, 1), else_=0))
+                ).where(EXPORT_FILES.c.export_id == export_id)
             ).one()
             failed = int(failed or 0)
             summary = f"{total - failed} of {total} files sent"

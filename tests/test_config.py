@@ -151,3 +151,74 @@ def test_config_defaults_to_environment_then_cwd(tmp_path: Path) -> None:
         cwd=tmp_path / "cwd",
     )
     assert result.returncode == 2 and result.stderr == "Error: config.ini: no such file\n"
+
+
+def test_destinations_and_forwarding(tmp_path: Path) -> None:
+    config = load_config(
+        write(
+            tmp_path,
+            """
+[ae:A]
+processor = forward
+destinations = PACS, AI
+[destination:PACS]
+ae_title = PACS
+host = 127.0.0.1
+port = 104
+[destination:AI]
+ae_title = AI_NODE
+host = ai.example
+port = 11112
+calling_ae = EDGE
+outbox = /srv/ai-outbox
+""",
+        )
+    )
+    assert config.aes["A"].destinations == ("PACS", "AI")
+    pacs, ai = config.destinations["PACS"], config.destinations["AI"]
+    assert (pacs.port, pacs.calling_ae, pacs.outbox) == (104, None, tmp_path / "var/outbox/PACS")
+    assert (ai.calling_ae, ai.outbox, ai.retries, ai.retry_delay) == (
+        "EDGE",
+        Path("/srv/ai-outbox"),
+        3,
+        30,
+    )
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        (
+            "[ae:A]\nprocessor = forward\n",
+            "[ae:A] destinations: is required with processor = forward",
+        ),
+        (
+            "[ae:A]\nprocessor = forward\ndestinations = X\n",
+            "[ae:A] destinations: no [destination:X]",
+        ),
+        ("[ae:A]\n[destination:P]\nae_title = P\nhost = h\n", "[destination:P] port: is required"),
+        ("[ae:A]\n[destination:a/b]\nae_title = P\nhost = h\nport = 1\n", "a destination name may"),
+        ("[ae:A]\nprocessor = command\n", "[ae:A] command: is required with processor = command"),
+        ("[ae:A]\nprocessor = command\ncommand = run {nope}\n", "unknown placeholder 'nope'"),
+        ("[ae:A]\ngroup_by = NotAKeyword\n", "[ae:A] group_by: must be a tag like 0020,000D"),
+        ("[ae:A]\nignored_sop_classes = 1.2\nallowed_sop_classes = 1.3\n", "not both"),
+    ],
+)
+def test_processing_and_export_errors(tmp_path: Path, text: str, message: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_config(write(tmp_path, text))
+    assert message in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    "text, tag",
+    [
+        ("0020,000E", 0x0020000E),
+        ("(0020,000D)", 0x0020000D),
+        ("0020000D", 0x0020000D),
+        ("SeriesInstanceUID", 0x0020000E),
+        ("AccessionNumber", 0x00080050),
+    ],
+)
+def test_group_by_forms(tmp_path: Path, text: str, tag: int) -> None:
+    assert load_config(write(tmp_path, f"[ae:A]\ngroup_by = {text}\n")).aes["A"].group_by == tag

@@ -131,7 +131,10 @@ def _send_one(
         return file.id, None, "association lost before this file"
     if not Path(file.path).exists():
         return file.id, None, f"file missing: {file.path}"
-    response = assoc.send_c_store(Path(file.path))
+    try:
+        response = assoc.send_c_store(Path(file.path))
+    except Exception as exc:  # unreadable, or no longer the DICOM file that was queued
+        return file.id, None, f"cannot send {file.path}: {type(exc).__name__}: {exc}"
     if "Status" not in response:
         return file.id, None, "no response (association aborted or timed out)"
     status = int(response.Status)

@@ -165,7 +165,8 @@ class Adapter:
         )
         self.writer = SpoolWriter(self.layout, config.storage.min_free)
         self.server = StoreServer(config.dicom, admission_policy(config), self.writer)
-        self.scheduler = schedule.make_scheduler()
+        # group, dispatch, reclaim, reconcile, outbox, and one per destination
+        self.scheduler = schedule.make_scheduler(5 + len(config.destinations))
 
     def start(self) -> None:
         self.layout.ensure(self.config.aes)

@@ -11,13 +11,21 @@ import logging
 from collections.abc import Callable
 
 from apscheduler.events import EVENT_JOB_ERROR, EVENT_JOB_MAX_INSTANCES, JobEvent
+from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.schedulers.background import BackgroundScheduler
 
 log = logging.getLogger(__name__)
 
 
-def make_scheduler() -> BackgroundScheduler:
+def make_scheduler(jobs: int) -> BackgroundScheduler:
+    """A scheduler with a thread for each of ``jobs`` jobs.
+
+    Each job runs one instance at a time, so with a thread each, a job that
+    blocks (a destination that never answers) never starves another; the
+    default pool of 10 would, with ten dead destinations.
+    """
     scheduler = BackgroundScheduler(
+        executors={"default": ThreadPoolExecutor(max(1, jobs))},
         job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None},
         timezone="UTC",
     )

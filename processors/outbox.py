@@ -36,6 +36,7 @@ class OutboxScanner:
     def ensure(self) -> None:
         for folder in self.outboxes.values():
             (folder / STAGING).mkdir(parents=True, exist_ok=True)
+            SpoolLayout(folder).quarantine.mkdir(exist_ok=True)
 
     def tick(self, now: float | None = None) -> int:
         """Queue what is complete in every outbox; return how many tasks were created."""

@@ -17,6 +17,7 @@ _MAX_NAME = 120
 
 def quarantine(layout: SpoolLayout, path: Path, reason: str) -> Path:
     """Rename ``path`` into ``spool/quarantine/`` with a ``.reason`` sidecar."""
+    layout.quarantine.mkdir(exist_ok=True)
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     target = layout.quarantine / f"{stamp}-{uuid.uuid4().hex[:8]}-{path.name[-_MAX_NAME:]}"
     os.rename(path, target)

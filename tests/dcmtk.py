@@ -59,3 +59,22 @@ def storescu_popen(
         stderr=stderr,
         env={**os.environ, "TCP_NODELAY": "1"},
     )
+
+
+def storescp_popen(
+    port: int, folder: Path, *, ae_title: str = "STORESCP", output: Any = subprocess.DEVNULL
+) -> subprocess.Popen[bytes]:
+    """Start ``storescp`` on ``port``, writing each received dataset into ``folder``.
+
+    ``+B`` writes every dataset exactly as it came off the wire and ``+xa``
+    accepts every transfer syntax DCMTK knows, so a test can compare what
+    arrived byte for byte with what was sent.  The caller waits for the port
+    and kills the process.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    return subprocess.Popen(
+        [require_tool("storescp"), "+B", "+xa", "-aet", ae_title, "-od", str(folder), str(port)],
+        stdout=output,
+        stderr=subprocess.STDOUT,
+        env={**os.environ, "TCP_NODELAY": "1"},
+    )

@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 CONFIG ?= config.ini
 
-.PHONY: run test install install-test lint clean
+.PHONY: run test install install-test install-service lint clean
 
 $(BIN)/dicom-adapter: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +28,11 @@ run: install
 test: install-test
 	$(BIN)/ruff check .
 	$(BIN)/pytest
+
+## Install the systemd unit (edit its paths first if the project is not in /opt/dicom-adapter).
+install-service:
+	install -m 0644 systemd/dicom-adapter.service /etc/systemd/system/dicom-adapter.service
+	systemctl daemon-reload
 
 lint: install-test
 	$(BIN)/ruff check .

@@ -10,8 +10,10 @@ is the same as the ``dicom-adapter`` command.
 from __future__ import annotations
 
 import logging
+import threading
 
 from pynetdicom import _config as pynetdicom_config
+from sqlalchemy import literal, select
 
 import scheduler as schedule
 from config import AeConfig, Config
@@ -21,6 +23,7 @@ from ledger.exports import Exports
 from ledger.migrate import upgrade
 from ledger.processing import Processing
 from ledger.store import Ledger
+from notify import notify, watchdog_seconds
 from processors.base import Submitter
 from processors.command import CommandSubmitter, kill_leftovers
 from processors.dispatcher import Dispatcher, DispatchRules
@@ -165,8 +168,10 @@ class Adapter:
         )
         self.writer = SpoolWriter(self.layout, config.storage.min_free)
         self.server = StoreServer(config.dicom, admission_policy(config), self.writer)
-        # group, dispatch, reclaim, reconcile, outbox, and one per destination
-        self.scheduler = schedule.make_scheduler(5 + len(config.destinations))
+        # group, dispatch, reclaim, reconcile, outbox, watchdog, one per destination
+        self.scheduler = schedule.make_scheduler(6 + len(config.destinations))
+        self._notifying = threading.Lock()
+        self._stopping = False
 
     def start(self) -> None:
         self.layout.ensure(self.config.aes)
@@ -213,6 +218,29 @@ class Adapter:
         )
         self.scheduler.start()
         self.server.start()
+        notify("READY=1")
+        if (seconds := watchdog_seconds()) is not None:
+            schedule.every(self.scheduler, "watchdog", seconds, self._watchdog_tick)
+
+    def alive(self) -> bool:
+        """Every part that must run does, and the ledger answers."""
+        try:
+            self.ledger.read(select(literal(1)))
+        except Exception:
+            log.exception("ledger does not answer")
+            return False
+        return self.server.running and self.intake.running and self.watcher.running
+
+    def _watchdog_tick(self) -> None:
+        """Ping systemd only from a service that works: else it gets restarted."""
+        healthy = self.alive()
+        with self._notifying:
+            if self._stopping:
+                return  # STOPPING=1 was the last word
+            if healthy:
+                notify("WATCHDOG=1")
+            else:
+                log.error("not alive: withholding the systemd watchdog ping")
 
     def _reclaim_tick(self) -> None:
         self.reclaimer.tick()
@@ -234,6 +262,9 @@ class Adapter:
 
         Safe to call after a partial start and more than once.
         """
+        with self._notifying:
+            self._stopping = True
+            notify("STOPPING=1")
         self.server.stop()
         if self.scheduler.running:
             self.scheduler.shutdown(wait=True)

@@ -10,6 +10,7 @@ room) happens in EVT_REQUESTED; pynetdicom itself enforces
 from __future__ import annotations
 
 import logging
+import threading
 from typing import TYPE_CHECKING
 
 from pynetdicom import AE, AllStoragePresentationContexts, evt
@@ -53,6 +54,7 @@ class StoreServer:
         self.writer = writer
         self.receiving = Receiving(writer)
         self._server: ThreadedAssociationServer | None = None
+        self._thread: threading.Thread | None = None
 
     @property
     def port(self) -> int:
@@ -69,6 +71,7 @@ class StoreServer:
             (evt.EVT_C_ECHO, handle_echo),
             (evt.EVT_C_STORE, handle_store, [self.receiving]),
         ]
+        before = set(threading.enumerate())
         try:
             self._server = ae.start_server(
                 (self.dicom.host, self.dicom.port), block=False, evt_handlers=handlers
@@ -76,7 +79,15 @@ class StoreServer:
         except BaseException:
             self.receiving.uninstall()
             raise
+        self._thread = next(
+            t for t in set(threading.enumerate()) - before if t.name.startswith("AcceptorServer@")
+        )
         log.info("listening on %s:%d as %s", self.dicom.host, self.port, self.dicom.ae_title)
+
+    @property
+    def running(self) -> bool:
+        """True while the accept loop runs."""
+        return self._thread is not None and self._thread.is_alive()
 
     def stop(self) -> None:
         if self._server is not None:

@@ -102,6 +102,10 @@ class SpoolWatcher:
         self._start_observer()
         self._settler.start()
 
+    @property
+    def running(self) -> bool:
+        return self._observer.is_alive() and all(e.is_alive() for e in self._observer.emitters)
+
     def ensure_alive(self) -> bool:
         """Restart the observer if its inotify thread died; False if it had.
 

@@ -65,6 +65,7 @@ class DicomConfig:
     dimse_timeout: float
     network_timeout: float
     maximum_pdu_size: int
+    shutdown_grace: float
 
 
 @dataclass(frozen=True)
@@ -378,6 +379,7 @@ SCHEMA: dict[str, dict[str, tuple[Parser, Any]]] = {
         "dimse_timeout": (_seconds, "30"),
         "network_timeout": (_seconds, "60"),
         "maximum_pdu_size": (_integer(4096, 2**24), "262144"),
+        "shutdown_grace": (_retention, "30"),
     },
     "storage": {
         "spool": (_path, "var/spool"),

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from typing import TYPE_CHECKING
 
 from pynetdicom import AE, AllStoragePresentationContexts, evt
@@ -26,6 +27,7 @@ if TYPE_CHECKING:
     from config import DicomConfig
 
 log = logging.getLogger(__name__)
+SHUTDOWN_POLL_SECONDS = 0.05
 
 
 def build_ae(dicom: DicomConfig) -> AE:
@@ -90,7 +92,21 @@ class StoreServer:
         return self._thread is not None and self._thread.is_alive()
 
     def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server = None
+        """Stop accepting, let running associations finish within the grace, abort the rest.
+
+        A C-STORE cut short was never acknowledged: its peer sends it again.
+        """
+        server, self._server = self._server, None
+        if server is not None:
+            server.shutdown()  # no new associations from here on
+            deadline = time.monotonic() + self.dicom.shutdown_grace
+            while server.active_associations and time.monotonic() < deadline:
+                time.sleep(SHUTDOWN_POLL_SECONDS)
+            for assoc in server.active_associations:
+                log.warning(
+                    "aborting an association still running after %gs: peer %s",
+                    self.dicom.shutdown_grace,
+                    assoc.requestor.address,
+                )
+                assoc.abort()
         self.receiving.uninstall()

@@ -20,7 +20,7 @@ import click
 from sqlalchemy.exc import NoResultFound
 
 from adapter import Adapter, peer_for
-from config import Config, default_config_path, load_config
+from config import Config, check_config, default_config_path, load_config
 from errors import EXIT_CONFIG, ConfigError, IllegalTransition
 from exporters import cstore
 from exporters.cstore import ExportError
@@ -399,9 +399,47 @@ def exports_retry(export_id: int, config_path: Path | None) -> None:
     click.echo(f"export {task.id} is pending again ({task.file_count} files)")
 
 
+@main.group("config")
+def config_group() -> None:
+    """Configuration file tools.
+
+    \b
+    Example:
+      dicom-adapter config check
+    """
+
+
+@config_group.command("check")
+@_config_option
+def config_check(config_path: Path | None) -> None:
+    """Validate the whole config; every problem on its own line, exit 2 if any.
+
+    \b
+    Example:
+      dicom-adapter config check --config /etc/dicom-adapter/config.ini
+    """
+    path = config_path or default_config_path()
+    problems = check_config(path)
+    for problem in problems:
+        click.echo(f"Error: {problem}", err=True)
+    if problems:
+        sys.exit(EXIT_CONFIG)
+    config = load_config(path)
+    processed = sum(1 for ae in config.aes.values() if ae.processor != "none")
+    click.echo(
+        f"{path}: OK, {len(config.aes)} AE titles ({processed} with a processor), "
+        f"{len(config.sources)} sources, {len(config.destinations)} destinations"
+    )
+
+
 @main.group()
 def db() -> None:
-    """Ledger database maintenance."""
+    """Ledger database maintenance.
+
+    \b
+    Example:
+      dicom-adapter db upgrade
+    """
 
 
 @db.command("upgrade")

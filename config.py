@@ -441,116 +441,151 @@ def load_config(path: Path) -> Config:
     ConfigError
         Naming file, section and key of the first problem found.
     """
-    name = str(path)
-    parser = configparser.ConfigParser(
-        interpolation=None,
-        inline_comment_prefixes=(";", "#"),
-        strict=True,
-        default_section="\x00none",
-    )
-    try:
-        with open(path, encoding="utf-8") as handle:
-            parser.read_file(handle)
-    except FileNotFoundError:
-        raise ConfigError(name, None, None, "no such file") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(name, None, None, f"cannot be read: {exc}") from None
-    except configparser.Error as exc:
-        first_line = str(exc).splitlines()[0]
-        raise ConfigError(name, None, None, first_line) from None
-    folder = path.resolve().parent
-    sections = {
-        kind: _section(parser, name, kind, kind, folder)
-        for kind in ("dicom", "storage", "ledger", "watcher", "log")
-    }
-    aes, sources, destinations = {}, [], {}
-    for section in parser.sections():
-        kind, _, label = section.partition(":")
-        if kind not in SCHEMA or (kind in LABELLED) != bool(label):
-            raise ConfigError(name, section, None, "unknown section")
-        if kind == "ae":
-            _check(name, section, None, _ae_title, label, folder)
-            if label in aes:
-                raise ConfigError(name, section, None, "AE title defined twice")
-            values = _section(parser, name, section, kind, folder)
-            _check_processor(name, section, values)
-            aes[label] = AeConfig(ae_title=label, **values)
-        elif kind == "source":
-            sources.append(
-                SourceConfig(name=label, **_section(parser, name, section, kind, folder))
+    config = _Reader(path, collect=False).read()
+    assert config is not None  # without collecting, any problem has raised
+    return config
+
+
+def check_config(path: Path) -> list[ConfigError]:
+    """Every problem in ``path``, not only the first (``dicom-adapter config check``)."""
+    reader = _Reader(path, collect=True)
+    reader.read()
+    return reader.problems
+
+
+class _Reader:
+    """One pass over a config file; raises at the first problem, or collects them all."""
+
+    def __init__(self, path: Path, collect: bool) -> None:
+        self.path = path
+        self.name = str(path)
+        self.folder = path.resolve().parent
+        self.collect = collect
+        self.problems: list[ConfigError] = []
+
+    def report(self, section: str | None, key: str | None, problem: str) -> None:
+        error = ConfigError(self.name, section, key, problem)
+        if not self.collect:
+            raise error
+        self.problems.append(error)
+
+    def read(self) -> Config | None:
+        parser = configparser.ConfigParser(
+            interpolation=None,
+            inline_comment_prefixes=(";", "#"),
+            strict=True,
+            default_section="\x00none",
+        )
+        try:
+            with open(self.path, encoding="utf-8") as handle:
+                parser.read_file(handle)
+        except FileNotFoundError:
+            self.report(None, None, "no such file")
+            return None
+        except (OSError, UnicodeDecodeError) as exc:
+            self.report(None, None, f"cannot be read: {exc}")
+            return None
+        except configparser.Error as exc:
+            self.report(None, None, str(exc).splitlines()[0])
+            return None
+        sections = {
+            kind: self.section(parser, kind, kind)
+            for kind in ("dicom", "storage", "ledger", "watcher", "log")
+        }
+        aes, sources, destinations = self.labelled(parser)
+        if not any(section.startswith("ae:") for section in parser.sections()):
+            self.report(None, None, "no [ae:NAME] section: the adapter would answer to no AE title")
+        if self.problems:
+            return None
+        return Config(
+            path=self.path.resolve(),
+            dicom=DicomConfig(**sections["dicom"]),
+            storage=StorageConfig(**sections["storage"]),
+            ledger=LedgerConfig(**sections["ledger"]),
+            watcher=WatcherConfig(**sections["watcher"]),
+            log=LogConfig(**sections["log"]),
+            aes=aes,
+            sources=tuple(sources),
+            destinations=destinations,
+        )
+
+    def labelled(
+        self, parser: configparser.ConfigParser
+    ) -> tuple[dict[str, AeConfig], list[SourceConfig], dict[str, DestinationConfig]]:
+        """The ``[kind:NAME]`` sections."""
+        aes: dict[str, AeConfig] = {}
+        sources: list[SourceConfig] = []
+        destinations: dict[str, DestinationConfig] = {}
+        for section in parser.sections():
+            kind, _, label = section.partition(":")
+            if kind not in SCHEMA or (kind in LABELLED) != bool(label):
+                self.report(section, None, "unknown section")
+                continue
+            if kind in ("dicom", "storage", "ledger", "watcher", "log"):
+                continue
+            values = self.section(parser, section, kind)
+            if kind == "ae":
+                self.value(section, None, _ae_title, label)
+                self.check_processor(section, values)
+                if not self.problems:
+                    aes[label] = AeConfig(ae_title=label, **values)
+            elif kind == "source" and not self.problems:
+                sources.append(SourceConfig(name=label, **values))
+            elif kind == "destination":
+                if not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", label):
+                    self.report(
+                        section,
+                        None,
+                        "a destination name may only use letters, digits, '_', '.', '-'",
+                    )
+                if values.get("outbox") is None:
+                    values["outbox"] = (self.folder / "var" / "outbox" / label).resolve()
+                if not self.problems:
+                    destinations[label] = DestinationConfig(name=label, **values)
+        for section in parser.sections():
+            kind, _, label = section.partition(":")
+            if kind != "ae" or not parser.has_option(section, "destinations"):
+                continue
+            try:
+                referenced = _names(parser.get(section, "destinations"), self.folder)
+            except ValueError:
+                continue  # reported with the section's keys
+            for destination in referenced:
+                if not parser.has_section(f"destination:{destination}"):
+                    self.report(section, "destinations", f"no [destination:{destination}] section")
+        return aes, sources, destinations
+
+    def section(self, parser: configparser.ConfigParser, section: str, kind: str) -> dict[str, Any]:
+        schema = SCHEMA[kind]
+        given = dict(parser.items(section)) if parser.has_section(section) else {}
+        for key in given:
+            if key not in schema:
+                self.report(section, key, "unknown key")
+        values = {}
+        for key, (parse, default) in schema.items():
+            if key in given:
+                values[key] = self.value(section, key, parse, given[key].strip())
+            elif default is REQUIRED:
+                self.report(section, key, "is required")
+            else:
+                values[key] = None if default is None else parse(default, self.folder)
+        return values
+
+    def check_processor(self, section: str, values: dict[str, Any]) -> None:
+        """Keys that only make sense together."""
+        needed = PROCESSOR_NEEDS.get(values.get("processor") or "")
+        if needed and values.get(needed) is None:
+            self.report(section, needed, f"is required with processor = {values['processor']}")
+        if values.get("ignored_sop_classes") and values.get("allowed_sop_classes"):
+            self.report(
+                section,
+                "allowed_sop_classes",
+                "give ignored_sop_classes or allowed_sop_classes, not both",
             )
-        elif kind == "destination":
-            values = _section(parser, name, section, kind, folder)
-            if not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", label):
-                raise ConfigError(
-                    name,
-                    section,
-                    None,
-                    "a destination name may only use letters, digits, '_', '.', '-'",
-                )
-            if values["outbox"] is None:
-                values["outbox"] = (folder / "var" / "outbox" / label).resolve()
-            destinations[label] = DestinationConfig(name=label, **values)
-    for label, ae in aes.items():
-        for destination in ae.destinations or ():
-            if destination not in destinations:
-                raise ConfigError(
-                    name, f"ae:{label}", "destinations", f"no [destination:{destination}] section"
-                )
-    if not aes:
-        raise ConfigError(
-            name, None, None, "no [ae:NAME] section: the adapter would answer to no AE title"
-        )
-    return Config(
-        path=path.resolve(),
-        dicom=DicomConfig(**sections["dicom"]),
-        storage=StorageConfig(**sections["storage"]),
-        ledger=LedgerConfig(**sections["ledger"]),
-        watcher=WatcherConfig(**sections["watcher"]),
-        log=LogConfig(**sections["log"]),
-        aes=aes,
-        sources=tuple(sources),
-        destinations=destinations,
-    )
 
-
-def _section(
-    parser: configparser.ConfigParser, name: str, section: str, kind: str, folder: Path
-) -> dict[str, Any]:
-    schema = SCHEMA[kind]
-    given = dict(parser.items(section)) if parser.has_section(section) else {}
-    for key in given:
-        if key not in schema:
-            raise ConfigError(name, section, key, "unknown key")
-    values = {}
-    for key, (parse, default) in schema.items():
-        if key in given:
-            values[key] = _check(name, section, key, parse, given[key].strip(), folder)
-        elif default is REQUIRED:
-            raise ConfigError(name, section, key, "is required")
-        else:
-            values[key] = None if default is None else parse(default, folder)
-    return values
-
-
-def _check_processor(name: str, section: str, values: dict[str, Any]) -> None:
-    """Keys that only make sense together."""
-    needed = PROCESSOR_NEEDS.get(values["processor"])
-    if needed and values[needed] is None:
-        raise ConfigError(
-            name, section, needed, f"is required with processor = {values['processor']}"
-        )
-    if values["ignored_sop_classes"] and values["allowed_sop_classes"]:
-        raise ConfigError(
-            name,
-            section,
-            "allowed_sop_classes",
-            "give ignored_sop_classes or allowed_sop_classes, not both",
-        )
-
-
-def _check(name: str, section: str, key: str | None, parse: Parser, text: str, folder: Path) -> Any:
-    try:
-        return parse(text, folder)
-    except ValueError as exc:
-        raise ConfigError(name, section, key, str(exc)) from None
+    def value(self, section: str, key: str | None, parse: Parser, text: str) -> Any:
+        try:
+            return parse(text, self.folder)
+        except ValueError as exc:
+            self.report(section, key, str(exc))
+            return None

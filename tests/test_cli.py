@@ -106,14 +106,15 @@ def test_port_in_use_is_one_error_line(config_path: Path, port: int) -> None:
         ["send"],
         ["exports"],
         ["exports", "retry"],
+        ["config"],
+        ["config", "check"],
     ],
 )
 def test_every_command_has_help_with_an_example(command: list[str]) -> None:
     result = cli(*command, "--help")
     assert result.returncode == 0
     assert "Usage: adapter.py" in result.stdout
-    if command != ["db"]:
-        assert "Example:" in result.stdout
+    assert "Example:" in result.stdout
 
 
 def test_console_script_is_the_same_command() -> None:

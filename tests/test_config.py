@@ -222,3 +222,54 @@ def test_processing_and_export_errors(tmp_path: Path, text: str, message: str) -
 )
 def test_group_by_forms(tmp_path: Path, text: str, tag: int) -> None:
     assert load_config(write(tmp_path, f"[ae:A]\ngroup_by = {text}\n")).aes["A"].group_by == tag
+
+
+def test_config_check_lists_every_problem(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        """
+[dicom]
+port = 99999
+prot = 104
+[storage]
+min_free = lots
+[ae:A]
+processor = forward
+destinations = NOWHERE
+[exports]
+""",
+    )
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "adapter.py"), "config", "check", "--config", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr.splitlines() == [
+        f"Error: {path} [dicom] prot: unknown key",
+        f"Error: {path} [dicom] port: must be 1-65535",
+        f"Error: {path} [storage] min_free: must be a percentage (5%) or a size (2GiB), not 'lots'",
+        f"Error: {path} [exports]: unknown section",
+        f"Error: {path} [ae:A] destinations: no [destination:NOWHERE] section",
+    ]
+
+
+def test_config_check_on_the_shipped_config() -> None:
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "adapter.py"),
+            "config",
+            "check",
+            "--config",
+            str(ROOT / "config.ini"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == (
+        f"{ROOT / 'config.ini'}: OK, 1 AE titles (0 with a processor), 0 sources, 0 destinations\n"
+    )

@@ -10,6 +10,7 @@ is the same as the ``dicom-adapter`` command.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 
 from pynetdicom import _config as pynetdicom_config
@@ -21,6 +22,7 @@ from exporters.cstore import Peer
 from ledger.db import make_engine
 from ledger.exports import Exports
 from ledger.migrate import upgrade
+from ledger.models import TIME_FORMAT, utcnow
 from ledger.processing import Processing
 from ledger.store import Ledger
 from notify import notify, watchdog_seconds
@@ -186,6 +188,7 @@ class Adapter:
         self.watcher.start()
         self.reconciler.tick(startup=True)
         self.intake.wait_idle()
+        self.ledger.set_service_state("last_reconcile_at", utcnow().strftime(TIME_FORMAT))
         self.config.storage.jobs.mkdir(parents=True, exist_ok=True)
         kill_leftovers(self.config.storage.jobs)
         self.outbox.ensure()
@@ -218,6 +221,8 @@ class Adapter:
         )
         self.scheduler.start()
         self.server.start()
+        self.ledger.set_service_state("listening", f"{self.config.dicom.host}:{self.server.port}")
+        self.ledger.set_service_state("pid", str(os.getpid()))
         notify("READY=1")
         if (seconds := watchdog_seconds()) is not None:
             schedule.every(self.scheduler, "watchdog", seconds, self._watchdog_tick)
@@ -249,6 +254,7 @@ class Adapter:
     def _reconcile_tick(self) -> None:
         self.watcher.ensure_alive()
         self.reconciler.tick()
+        self.ledger.set_service_state("last_reconcile_at", utcnow().strftime(TIME_FORMAT))
 
     def _group_tick(self) -> None:
         for name, grouper in self.groupers.items():

@@ -21,10 +21,11 @@ from sqlalchemy.exc import NoResultFound
 
 from adapter import Adapter, peer_for
 from config import Config, check_config, default_config_path, load_config
-from errors import EXIT_CONFIG, ConfigError, IllegalTransition
+from errors import EXIT_CONFIG, EXIT_FAILURE, ConfigError, IllegalTransition
 from exporters import cstore
 from exporters.cstore import ExportError
 from exporters.files import NotDicom, spec_for
+from health import health
 from ledger.db import make_engine
 from ledger.exports import Exports
 from ledger.migrate import current_revision, head_revision, upgrade
@@ -102,7 +103,10 @@ def run(config_path: Path | None) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
 @click.option("--studies", default=10, show_default=True, help="How many recent studies to list.")
 def status(config_path: Path | None, as_json: bool, studies: int) -> None:
-    """Show instance counts by state and the most recent studies.
+    """Show health, instance counts by state and the most recent studies.
+
+    Exits 1 when unhealthy (not listening, disk under min_free, or a failed
+    job or export), for monitoring scripts.
 
     \b
     Example:
@@ -127,7 +131,7 @@ def status(config_path: Path | None, as_json: bool, studies: int) -> None:
         "counts": ledger.counts_by_state(),
         "jobs": processing.job_counts(),
         "exports": Exports(ledger).counts(),
-        "failed_jobs": [job.id for job in processing.jobs(JobState.FAILED)],
+        "health": health(config, ledger),
         "oldest_open_group": None
         if oldest is None
         else {
@@ -141,21 +145,42 @@ def status(config_path: Path | None, as_json: bool, studies: int) -> None:
     }
     engine.dispose()
     click.echo(json.dumps(report, indent=2) if as_json else _status_text(report))
+    if not report["health"]["healthy"]:
+        sys.exit(EXIT_FAILURE)
 
 
 def _status_text(report: dict[str, Any]) -> str:
+    facts = report["health"]
+    problems = [
+        problem
+        for problem, present in (
+            ("not listening", not facts["listening"]),
+            (
+                "spool free space under min_free",
+                facts["spool_free_bytes"] < facts["spool_min_free_bytes"],
+            ),
+            (
+                f"failed jobs {facts['failed_jobs']} (dicom-adapter jobs retry JOB_ID)",
+                facts["failed_jobs"],
+            ),
+            (
+                f"failed exports {facts['failed_exports']} (dicom-adapter exports retry ID)",
+                facts["failed_exports"],
+            ),
+        )
+        if present
+    ]
     lines = [
+        "Health: " + ("healthy" if facts["healthy"] else "UNHEALTHY: " + "; ".join(problems)),
         f"Ledger: {report['ledger']} (revision {report['revision']})",
-        f"Spool:  {report['spool']}",
+        f"Spool:  {report['spool']} ({facts['spool_free_bytes'] / 2**30:.1f} GiB free)",
+        f"Last reconcile: {facts['last_reconcile_at'] or 'never'}",
         "",
         "Instances by state:",
     ]
     lines += [f"  {state:<12} {count:>8}" for state, count in report["counts"].items()]
     lines += ["", "Jobs by state:"]
     lines += [f"  {state:<12} {count:>8}" for state, count in report["jobs"].items()]
-    if report["failed_jobs"]:
-        failed = ", ".join(map(str, report["failed_jobs"]))
-        lines.append(f"  failed jobs: {failed} (dicom-adapter jobs retry JOB_ID)")
     lines += ["", "Exports by state:"]
     lines += [f"  {state:<12} {count:>8}" for state, count in report["exports"].items()]
     group = report["oldest_open_group"]

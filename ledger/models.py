@@ -186,3 +186,13 @@ class ExportEvent(Base):
     to_state: Mapped[str] = mapped_column(String(16))
     at: Mapped[datetime] = mapped_column(UtcText)
     reason: Mapped[str] = mapped_column(Text)
+
+
+class ServiceState(Base):
+    """Facts the running service records about itself (``started_at``, ``last_reconcile_at``)."""
+
+    __tablename__ = "service_state"
+
+    name: Mapped[str] = mapped_column(String(32), primary_key=True)
+    value: Mapped[str] = mapped_column(Text)
+    updated_at: Mapped[datetime] = mapped_column(UtcText)

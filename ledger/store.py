@@ -17,13 +17,14 @@ from typing import Any
 from sqlalchemy import Connection, Engine, func, insert, select, text, update
 
 from errors import IllegalTransition
-from ledger.models import Event, Instance, utcnow
+from ledger.models import Event, Instance, ServiceState, utcnow
 from ledger.records import InstanceRecord, NewInstance
 from ledger.states import ON_DISK, State, check_move
 
 log = logging.getLogger(__name__)
 INSTANCES = Instance.__table__
 EVENTS = Event.__table__
+SERVICE_STATE = ServiceState.__table__
 _RECORD_FIELDS = [f.name for f in fields(InstanceRecord)]
 _LIVE = [str(state) for state in ON_DISK]
 _CHUNK = 500  # bound parameters per IN (...) list
@@ -255,6 +256,25 @@ class Ledger:
         """Rows of the ``studies`` view, most recently received first."""
         query = text("SELECT * FROM studies ORDER BY last_received_at DESC LIMIT :limit")
         return [dict(row._mapping) for row in self.read(query, {"limit": limit})]
+
+    def set_service_state(self, name: str, value: str) -> None:
+        """Record one fact about the running service (upsert)."""
+        with self.transaction() as tx:
+            changed = tx.connection.execute(
+                update(SERVICE_STATE)
+                .where(SERVICE_STATE.c.name == name)
+                .values(value=value, updated_at=tx.now)
+            ).rowcount
+            if not changed:
+                tx.connection.execute(
+                    insert(SERVICE_STATE).values(name=name, value=value, updated_at=tx.now)
+                )
+
+    def service_state(self) -> dict[str, str]:
+        return {
+            name: value
+            for name, value in self.read(select(SERVICE_STATE.c.name, SERVICE_STATE.c.value))
+        }
 
     def event_count(self) -> int:
         return self.read(select(func.count()).select_from(EVENTS))[0][0]

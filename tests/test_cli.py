@@ -29,16 +29,20 @@ def cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]
 def test_db_upgrade_then_status_on_an_empty_ledger(config_path: Path) -> None:
     first = cli("db", "upgrade", "--config", str(config_path))
     assert (
-        first.returncode == 0 and first.stdout == "ledger upgraded from empty to 0003 (head 0003)\n"
+        first.returncode == 0 and first.stdout == "ledger upgraded from empty to 0004 (head 0004)\n"
     )
     again = cli("db", "upgrade", "--config", str(config_path))
-    assert again.stdout == "ledger already at 0003\n"
+    assert again.stdout == "ledger already at 0004\n"
     status = cli("status", "--config", str(config_path))
-    assert status.returncode == 0
+    assert status.returncode == 1  # nothing listens: unhealthy, for monitoring scripts
     ledger = config_path.parent / "ledger.db"
-    assert status.stdout == (
-        f"Ledger: sqlite:///{ledger} (revision 0003)\n"
-        f"Spool:  {config_path.parent / 'spool'}\n\n"
+    lines = status.stdout.splitlines(keepends=True)
+    assert lines[2].startswith(f"Spool:  {config_path.parent / 'spool'} (")
+    assert lines[2].endswith(" GiB free)\n")
+    assert "".join(lines[:2] + lines[3:]) == (
+        "Health: UNHEALTHY: not listening\n"
+        f"Ledger: sqlite:///{ledger} (revision 0004)\n"
+        "Last reconcile: never\n\n"
         "Instances by state:\n"
         "  received            0\n  claimed             0\n  submitted           0\n"
         "  reclaimable         0\n  reclaimed           0\n  rejected            0\n\n"
@@ -64,10 +68,15 @@ def test_run_receive_status_and_sigterm(adapter_process: AdapterProcess, tmp_pat
     adapter_process.start()
     sent = make_study(tmp_path / "study", 4)
     assert storescu(adapter_process.port, sent).returncode == 0
+    running = cli("status", "--json", "--config", str(adapter_process.config))
+    health = json.loads(running.stdout)["health"]
+    assert running.returncode == 0 and health["healthy"] and health["listening"]
+    assert health["last_reconcile_at"] and health["failed_jobs"] == []
     assert adapter_process.signal(signal.SIGTERM) == 0
     result = cli("status", "--json", "--config", str(adapter_process.config))
     report = json.loads(result.stdout)
-    assert report["counts"]["received"] == 4 and report["revision"] == "0003"
+    assert result.returncode == 1 and report["health"]["listening"] is False
+    assert report["counts"]["received"] == 4 and report["revision"] == "0004"
     [study] = report["studies"]
     assert study["called_ae"] == "DICOMADAPTER" and study["instances"] == 4
     assert study["received"] == 4 and study["bytes"] > 0

@@ -32,7 +32,7 @@ PROJECT = {
     "scheduler",
 }
 # Modules that wire everything together; nothing may import them.
-ROOTS = {"adapter", "cli", "scheduler"}
+ROOTS = {"adapter", "cli", "health", "scheduler"}
 
 
 def _runtime_nodes(tree: ast.AST) -> list[ast.AST]:

@@ -344,9 +344,9 @@ def test_failing_command_backs_off_fails_and_is_retried_by_hand(
     assert header.split()[:5] == ["ID", "STATE", "AE", "INSTANCES", "ATTEMPTS"]
     assert line.split(None, 6) == [str(job.id), "failed", AE, "4", "3", study_uid, error[:80]]
     reported = dicom_adapter("status", "--json", config=config)
-    assert reported.returncode == 0, reported.stderr
+    assert reported.returncode == 1, reported.stderr  # a failed job is unhealthy
     status = json.loads(reported.stdout)
-    assert status["failed_jobs"] == [job.id]
+    assert status["health"]["failed_jobs"] == [job.id] and not status["health"]["healthy"]
     assert status["jobs"]["failed"] == 1 and status["counts"]["claimed"] == 4
 
     # Fix the upstream, retry by hand: the same job runs once more and succeeds.

@@ -14,6 +14,7 @@ import socket
 from pynetdicom import events as evt
 
 from scp.admission import REJECT_LOCAL_LIMIT, AdmissionPolicy
+from scp.association_log import AssociationLog
 from scp.placement import read_placement
 from scp.receiving import Receiving, provenance_of
 from spool.incoming import IncomingFile
@@ -69,19 +70,24 @@ def handle_echo(event: evt.Event) -> int:
     return SUCCESS
 
 
-def handle_store(event: evt.Event, receiving: Receiving) -> int:
+def handle_store(event: evt.Event, receiving: Receiving, tally: AssociationLog) -> int:
     """EVT_C_STORE: make the instance durable in the spool, then answer."""
     sop_instance_uid = str(event.request.AffectedSOPInstanceUID)
     incoming = receiving.take(event.dataset_path)
     try:
         if incoming is None:
             raise RuntimeError(f"no incoming file for {event.dataset_path}")
-        return _store(event, receiving, incoming, sop_instance_uid)
+        status = _store(event, receiving, incoming, sop_instance_uid)
     except Exception:
         log.exception("C-STORE failed unexpectedly sop=%r: answering 0xC211", sop_instance_uid)
         if incoming is not None and not incoming.published:
             incoming.path.unlink(missing_ok=True)
-        return PROCESSING_FAILURE
+        status = PROCESSING_FAILURE
+    if status == SUCCESS:
+        tally.stored(event.assoc, incoming.size if incoming is not None else 0)
+    else:
+        tally.refused(event.assoc)
+    return status
 
 
 def _store(

@@ -19,6 +19,7 @@ from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.transport import ThreadedAssociationServer
 
 from scp.admission import AdmissionPolicy
+from scp.association_log import AssociationLog
 from scp.handlers import handle_conn_open, handle_echo, handle_requested, handle_store
 from scp.receiving import Receiving
 from spool.writer import SpoolWriter
@@ -55,6 +56,7 @@ class StoreServer:
         self.policy = policy
         self.writer = writer
         self.receiving = Receiving(writer)
+        self.tally = AssociationLog()
         self._server: ThreadedAssociationServer | None = None
         self._thread: threading.Thread | None = None
 
@@ -71,7 +73,9 @@ class StoreServer:
             (evt.EVT_CONN_OPEN, handle_conn_open),
             (evt.EVT_REQUESTED, handle_requested, [self]),
             (evt.EVT_C_ECHO, handle_echo),
-            (evt.EVT_C_STORE, handle_store, [self.receiving]),
+            (evt.EVT_C_STORE, handle_store, [self.receiving, self.tally]),
+            (evt.EVT_ESTABLISHED, self.tally.opened),
+            (evt.EVT_CONN_CLOSE, self.tally.closed),
         ]
         before = set(threading.enumerate())
         try:

@@ -56,6 +56,7 @@ class IncomingFile:
         self.file = self  # pynetdicom calls ``.file.flush()``
         self.failed: OSError | None = None
         self.published = False
+        self.size = 0  # bytes written to the file
         self._header: bytearray | None = bytearray()
         self._fd: int | None = None
         if not room:
@@ -121,7 +122,9 @@ class IncomingFile:
             raise OSError(errno.EBADF, "file is closed")
         view = memoryview(data)
         while view:
-            view = view[os.write(self._fd, view) :]
+            written = os.write(self._fd, view)
+            self.size += written
+            view = view[written:]
 
     def _fail(self, exc: OSError) -> None:
         """Remember why, and give the disk space back at once."""

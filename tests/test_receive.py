@@ -9,7 +9,7 @@ import pydicom
 import pytest
 
 from config import FreeSpaceRule
-from tests.conftest import RunningAdapter, write_config
+from tests.conftest import RunningAdapter, wait_for, write_config
 from tests.dcmtk import echoscu, storescu
 from tests.dicom import dataset_bytes, make_instance, make_mixed_set, make_study
 from tests.peers.send import AssociationRejected, echo, send_files
@@ -180,3 +180,23 @@ def test_low_disk_answers_a700_and_recovers(
     adapter.wait_rows(2, "received")
     assert len(spool_files(adapter)) == 2
     assert "C-STORE refused 0xA700" in caplog.text
+
+
+@pytest.mark.filterwarnings("ignore:.*VR UI:UserWarning")  # the test writes a bad UID
+def test_one_log_line_per_association(
+    adapter: RunningAdapter, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    import logging
+
+    caplog.set_level(logging.INFO, logger="scp.associations")
+    good = make_study(tmp_path / "s", 3)
+    bad = make_instance(tmp_path / "bad.dcm", study_uid="1.2.abc")
+    results = send_files(
+        "127.0.0.1", adapter.port, [*good, bad], called_ae="DICOMADAPTER", calling_ae="CT01"
+    )
+    assert [status for _, status in results] == [0, 0, 0, 0xC210]
+    wait_for(lambda: "association released" in caplog.text)
+    [line] = [r.getMessage() for r in caplog.records if r.name == "scp.associations"]
+    size = sum(p.stat().st_size for p in spool_files(adapter))
+    assert line.startswith("association released peer=127.0.0.1:")
+    assert f"calling='CT01' called='DICOMADAPTER' stored=3 refused=1 bytes={size} " in line

@@ -1,0 +1,75 @@
+"""One log line per association: who, to which AE, how much, how long, how it ended.
+
+The line an admin greps for when a modality says "I sent it": peer
+address, calling and called AE, instances stored and refused, bytes,
+duration, and whether the association was released, aborted or rejected.
+Peer strings are logged with ``%r`` so a CR/LF from the network cannot forge
+a log line.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import weakref
+from dataclasses import dataclass, field
+
+from pynetdicom import events as evt
+
+log = logging.getLogger("scp.associations")
+
+
+@dataclass
+class _Tally:
+    started: float = field(default_factory=time.monotonic)
+    stored: int = 0
+    refused: int = 0
+    bytes: int = 0
+
+
+class AssociationLog:
+    """Counts per association, logged when its connection closes."""
+
+    def __init__(self) -> None:
+        self._tallies: weakref.WeakKeyDictionary[object, _Tally] = weakref.WeakKeyDictionary()
+        self._lock = threading.Lock()
+
+    def opened(self, event: evt.Event) -> None:
+        """EVT_ESTABLISHED."""
+        with self._lock:
+            self._tallies[event.assoc] = _Tally()
+
+    def stored(self, assoc: object, size: int) -> None:
+        with self._lock:
+            if (tally := self._tallies.get(assoc)) is not None:
+                tally.stored += 1
+                tally.bytes += size
+
+    def refused(self, assoc: object) -> None:
+        with self._lock:
+            if (tally := self._tallies.get(assoc)) is not None:
+                tally.refused += 1
+
+    def closed(self, event: evt.Event) -> None:
+        """EVT_CONN_CLOSE: the one line, for associations that were established."""
+        assoc = event.assoc
+        with self._lock:
+            tally = self._tallies.pop(assoc, None)
+        if tally is None:
+            return  # rejected or never associated: logged by admission
+        request = assoc.requestor.primitive
+        result = "released" if assoc.is_released else "aborted" if assoc.is_aborted else "closed"
+        log.info(
+            "association %s peer=%s:%s calling=%r called=%r stored=%d refused=%d bytes=%d "
+            "seconds=%.2f",
+            result,
+            assoc.requestor.address,
+            assoc.requestor.port,
+            str(request.calling_ae_title).strip(),
+            str(request.called_ae_title).strip(),
+            tally.stored,
+            tally.refused,
+            tally.bytes,
+            time.monotonic() - tally.started,
+        )

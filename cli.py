@@ -114,11 +114,7 @@ def status(config_path: Path | None, as_json: bool, studies: int) -> None:
     """
     config = _load(config_path)
     engine = make_engine(config.ledger.url)
-    revision = current_revision(engine)
-    if revision is None:
-        raise click.ClickException(
-            f"ledger {config.ledger.url} has no schema yet: run 'dicom-adapter db upgrade'"
-        )
+    revision = _require_current_schema(config, engine)
     ledger = Ledger(engine)
     processing = Processing(ledger)
     oldest = processing.oldest_open_group(
@@ -213,13 +209,33 @@ def _iso(value: datetime | None) -> str | None:
 
 
 def _open_processing(config_path: Path | None) -> tuple[Processing, Any]:
-    config = _load(config_path)
+    config = _load(_group_config(config_path))
     engine = make_engine(config.ledger.url)
-    if current_revision(engine) is None:
+    _require_current_schema(config, engine)
+    return Processing(Ledger(engine)), engine
+
+
+def _group_config(config_path: Path | None) -> Path | None:
+    """``--config`` given to the group (``jobs --config X retry 7``) counts for its commands."""
+    context = click.get_current_context()
+    while config_path is None and context.parent is not None:
+        context = context.parent
+        config_path = context.params.get("config_path")
+    return config_path
+
+
+def _require_current_schema(config: Config, engine: Any) -> str:
+    revision = current_revision(engine)
+    if revision is None:
         raise click.ClickException(
             f"ledger {config.ledger.url} has no schema yet: run 'dicom-adapter db upgrade'"
         )
-    return Processing(Ledger(engine)), engine
+    if revision != head_revision():
+        raise click.ClickException(
+            f"ledger {config.ledger.url} is at revision {revision}, this version needs "
+            f"{head_revision()}: run 'dicom-adapter db upgrade'"
+        )
+    return revision
 
 
 @main.group(invoke_without_command=True)

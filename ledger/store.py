@@ -129,6 +129,12 @@ class LedgerTransaction:
         self._update(instance_id, **asdict(new), received_at=self.now, missing_since=None)
         self._events([(instance_id, reason, state, state)])
 
+    def relocate(self, instance_id: int, path: str, reason: str) -> None:
+        """The row's file is the same, at another path."""
+        state = self._state(instance_id)
+        self._update(instance_id, path=path, missing_since=None)
+        self._events([(instance_id, reason, state, state)])
+
     def note(self, instance_id: int, reason: str) -> None:
         """Record a decision about an instance that does not change its state."""
         state = self._state(instance_id)

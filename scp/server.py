@@ -22,6 +22,7 @@ from scp.admission import AdmissionPolicy
 from scp.association_log import AssociationLog
 from scp.handlers import handle_conn_open, handle_echo, handle_requested, handle_store
 from scp.receiving import Receiving
+from spool.incoming import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 from spool.writer import SpoolWriter
 
 if TYPE_CHECKING:
@@ -34,6 +35,8 @@ SHUTDOWN_POLL_SECONDS = 0.05
 def build_ae(dicom: DicomConfig) -> AE:
     """An AE configured from the ``[dicom]`` section."""
     ae = AE(ae_title=dicom.ae_title)
+    ae.implementation_class_uid = IMPLEMENTATION_CLASS_UID
+    ae.implementation_version_name = IMPLEMENTATION_VERSION_NAME
     ae.maximum_associations = dicom.max_associations
     ae.acse_timeout = dicom.acse_timeout
     ae.dimse_timeout = dicom.dimse_timeout

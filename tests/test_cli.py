@@ -155,3 +155,21 @@ def test_sigterm_during_startup_is_not_lost(
         assert process.wait(timeout=30) == 0, log.read_text()
     finally:
         process.kill()
+
+
+def test_status_on_a_ledger_behind_the_code_says_what_to_do(config_path: Path) -> None:
+    import sqlite3
+
+    assert cli("db", "upgrade", "--config", str(config_path)).returncode == 0
+    with sqlite3.connect(config_path.parent / "ledger.db") as connection:
+        connection.execute("UPDATE alembic_version SET version_num = '0003'")
+    result = cli("status", "--config", str(config_path))
+    assert result.returncode == 1 and result.stderr.endswith(
+        "is at revision 0003, this version needs 0004: run 'dicom-adapter db upgrade'\n"
+    )
+
+
+def test_group_config_option_reaches_its_commands(config_path: Path, tmp_path: Path) -> None:
+    assert cli("db", "upgrade", "--config", str(config_path)).returncode == 0
+    result = cli("jobs", "--config", str(config_path), "retry", "42", cwd=tmp_path)
+    assert (result.returncode, result.stderr) == (1, "Error: no job 42\n")

@@ -11,7 +11,7 @@ import pytest
 
 from ledger.states import State
 from tests.conftest import RunningAdapter, wait_for, write_config
-from tests.dicom import make_instance
+from tests.dicom import make_instance, make_study
 from tests.peers.send import send_files
 
 AE = "DICOMADAPTER"
@@ -232,3 +232,23 @@ def test_crash_before_a_replace_commits_never_leaves_a_stale_row(
         assert dataset_sha256(handle)[1] == row.sha256
     assert sop_files(adapter) == [Path(row.path)]
     assert not list((adapter.spool / ".tmp").iterdir())
+
+
+def test_files_moved_by_hand_keep_their_rows(
+    start_adapter, config_path: Path, tmp_path: Path
+) -> None:
+    """Files found at a new path are the rows' files, not duplicates to discard."""
+    running = start_adapter(config_path)
+    files = make_study(tmp_path / "s", 3)
+    assert [s for _, s in send_files("127.0.0.1", running.port, files, called_ae=AE)] == [0] * 3
+    rows = running.wait_rows(3)
+    running.adapter.stop()
+    study = Path(rows[0].path).parent.parent
+    (study.parent / "moved").mkdir()
+    os.rename(study, study.parent / "moved" / study.name)  # an admin reorganises the folder
+    running = start_adapter(config_path)
+    after = running.rows()
+    assert [r.id for r in after] == [r.id for r in rows]
+    assert all(Path(r.path).exists() and "/moved/" in r.path for r in after)
+    assert all(r.missing_since is None for r in after)
+    assert "file found at a new path" in events_of(running, after[0].id)[-1][2]

@@ -163,6 +163,15 @@ class Intake:
         copy is first renamed into ``.tmp/``, which no scan ever adopts, so
         whether or not the transaction commits, no stale copy can come back.
         """
+        gone = [c for c in copies if not os.path.lexists(c.path)]
+        moved = next((c for c in gone if c.sha256 == new.sha256), None)
+        if moved is not None:  # the same file at a new path (a spool moved by hand)
+            tx.relocate(moved.id, new.path, f"file found at a new path, was {moved.path}")
+            return
+        copies = [c for c in copies if c not in gone]
+        if not copies:
+            tx.add(new, "received (the earlier copies' files are missing)")
+            return
         first = copies[0]
         ids = ", ".join(str(c.id) for c in copies)
         if policy == "keep":

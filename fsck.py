@@ -1,0 +1,249 @@
+"""``dicom-adapter ledger check``: compare spool and ledger while the service is stopped.
+
+The service reconciles on every start, but an operator who finds the adapter
+stopped (after a crash, a full disk, a restore from backup) wants to know
+where things stand before starting it, and to fix what can be fixed without
+also accepting new associations.  :func:`check` reports, and changes nothing;
+:func:`repair` runs the very recovery the service runs at start (the same
+objects, not a copy of their rules), then checks again.  Both refuse while
+the service runs: its watcher, intake and scheduler move files and rows
+underneath any scan, so a report would be stale and a repair would race it.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from config import Config
+from health import listening
+from ledger.db import make_engine
+from ledger.exports import Exports
+from ledger.migrate import current_revision, head_revision, upgrade
+from ledger.processing import Processing
+from ledger.states import ExportState, JobState, State
+from ledger.store import Ledger
+from processors.command import kill_leftovers
+from spool.layout import SpoolLayout
+from watchers.intake import Intake
+from watchers.reconcile import Reconciler
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One disagreement or stuck state.
+
+    ``kind`` is a stable word (``orphan``, ``missing``, ``temporary``,
+    ``stuck-claim``, ``interrupted-job``, ``interrupted-export``,
+    ``failed-job``, ``failed-export``) for scripts; ``detail`` is one line
+    for a human, naming the path or the row and its state.
+    """
+
+    kind: str
+    detail: str
+
+
+@dataclass(frozen=True)
+class Report:
+    """What a check found, and whether a repair ran before it."""
+
+    findings: tuple[Finding, ...]
+    repaired: bool
+
+    @property
+    def ok(self) -> bool:
+        """True when spool and ledger agree and nothing is stuck or failed."""
+        return not self.findings
+
+
+def check(config: Config) -> Report:
+    """Report every disagreement between spool and ledger, changing nothing.
+
+    Raises
+    ------
+    RuntimeError
+        If the adapter is running, or the ledger has no schema (or an old
+        one): the queries need the newest tables, and creating them is a
+        change a read-only check must not make.
+    """
+    _refuse_while_running(config)
+    with _open_ledger(config) as ledger:
+        _require_schema(ledger, config.ledger.url)
+        findings = _spool_findings(SpoolLayout(config.storage.spool), ledger)
+        findings += _job_findings(Processing(ledger)) + _export_findings(Exports(ledger))
+    return Report(tuple(findings), repaired=False)
+
+
+def repair(config: Config) -> Report:
+    """Apply the start-up recovery of the service, then check again.
+
+    The ledger is brought to the newest schema first, as ``run`` does.
+    Failed jobs and exports remain findings: retrying them is a human's
+    decision (``jobs retry``, ``exports retry``).
+
+    Raises
+    ------
+    RuntimeError
+        If the adapter is running.
+    """
+    _refuse_while_running(config)
+    with _open_ledger(config) as ledger:
+        upgrade(ledger.engine)
+        _recover(config, ledger)
+    return replace(check(config), repaired=True)
+
+
+def _refuse_while_running(config: Config) -> None:
+    """Raise if the DICOM port listens: the service would race every scan and fix."""
+    port = config.dicom.port
+    if listening(port):
+        raise RuntimeError(f"the adapter is running (port {port} listens): stop it first")
+
+
+@contextmanager
+def _open_ledger(config: Config) -> Iterator[Ledger]:
+    """The config's ledger, its engine disposed afterwards so no file stays open."""
+    engine = make_engine(config.ledger.url)
+    try:
+        yield Ledger(engine)
+    finally:
+        engine.dispose()
+
+
+def _require_schema(ledger: Ledger, url: str) -> None:
+    """Raise unless the ledger is at the schema this code queries."""
+    revision = current_revision(ledger.engine)
+    if revision is None:
+        raise RuntimeError(f"ledger {url} has no schema yet: run 'dicom-adapter db upgrade'")
+    if revision != head_revision():
+        raise RuntimeError(
+            f"ledger {url} is at revision {revision}, not {head_revision()}: "
+            "run 'dicom-adapter db upgrade'"
+        )
+
+
+def _recover(config: Config, ledger: Ledger) -> None:
+    """What ``Adapter.start`` does before it listens, in the same order.
+
+    Intake runs synchronously inside the reconcile, so every orphan is
+    recorded (or quarantined) by the time this returns.
+    """
+    layout = SpoolLayout(config.storage.spool)
+    layout.ensure(config.aes)
+    intake = Intake(
+        layout,
+        ledger,
+        {name: ae.duplicates for name, ae in config.aes.items()},
+        group_by={name: ae.group_by for name, ae in config.aes.items()},
+    )
+    # With startup=True every temporary file goes, whatever its age.
+    reconciler = Reconciler(
+        layout, ledger, intake.process, config.watcher.settle_seconds, stale_tmp_seconds=0.0
+    )
+    reconciler.tick(startup=True)
+    kill_leftovers(config.storage.jobs)
+    Exports(ledger).recover()
+    Processing(ledger).recover()
+
+
+def _spool_findings(layout: SpoolLayout, ledger: Ledger) -> list[Finding]:
+    """Temporary files, files with no row, rows with no file, claims with no job."""
+    findings = [
+        Finding("temporary", f"{path}: temporary file, never acknowledged")
+        for path in _temporary_files(layout)
+    ]
+    recorded = ledger.recorded_paths()
+    findings += [
+        Finding("orphan", f"{path}: in the spool, not in the ledger")
+        for path in sorted(_candidate_files(layout))
+        if str(path) not in recorded
+    ]
+    # A row already flagged missing is known to the ledger: reconcile has
+    # nothing left to do for it, so only unflagged rows disagree.
+    findings += [
+        Finding("missing", f"instance {instance_id}: {path} is gone")
+        for path, (instance_id, flagged) in sorted(ledger.live_files().items())
+        if not flagged and not os.path.lexists(path)
+    ]
+    return findings + _claim_findings(ledger)
+
+
+def _temporary_files(layout: SpoolLayout) -> list[Path]:
+    """What a start-up reconcile would delete from ``.tmp/`` (it leaves folders)."""
+    try:
+        entries = list(os.scandir(layout.tmp))
+    except FileNotFoundError:
+        return []
+    return sorted(Path(entry.path) for entry in entries if not entry.is_dir(follow_symlinks=False))
+
+
+def _candidate_files(layout: SpoolLayout) -> Iterator[Path]:
+    """Files reconcile would look at: in an AE folder, no dot folder, no symlinked folder."""
+    for folder, dirs, files in os.walk(layout.root):
+        dirs[:] = [name for name in dirs if not name.startswith(".")]
+        for name in files:
+            path = Path(folder, name)
+            if layout.is_candidate(path):
+                yield path
+
+
+def _claim_findings(ledger: Ledger) -> list[Finding]:
+    """Claimed instances whose job does not exist: the claim can never finish."""
+    jobs = {job.id for job in Processing(ledger).jobs()}
+    return [
+        Finding(
+            "stuck-claim",
+            f"instance {record.id}: claimed, but job {record.job_id} does not exist: "
+            f"{record.path}",
+        )
+        for record in ledger.instances(state=State.CLAIMED)
+        if record.job_id not in jobs
+    ]
+
+
+def _job_findings(processing: Processing) -> list[Finding]:
+    """Jobs marked running (nothing runs now) and jobs that need a human."""
+    findings = [
+        Finding(
+            "interrupted-job",
+            f"job {job.id}: running (AE {job.called_ae}, group {job.group_key}, "
+            f"attempt {job.attempts})",
+        )
+        for job in processing.jobs(JobState.RUNNING)
+    ]
+    return findings + [
+        Finding(
+            "failed-job",
+            f"job {job.id}: failed after {job.attempts} attempts: "
+            f"{_first_line(job.last_error)} (dicom-adapter jobs retry {job.id})",
+        )
+        for job in processing.jobs(JobState.FAILED)
+    ]
+
+
+def _export_findings(exports: Exports) -> list[Finding]:
+    """Exports marked sending (nothing sends now) and exports that need a human."""
+    findings = [
+        Finding(
+            "interrupted-export",
+            f"export {task.id}: sending to {task.destination} ({task.file_count} files, "
+            f"attempt {task.attempts})",
+        )
+        for task in exports.tasks(ExportState.SENDING)
+    ]
+    return findings + [
+        Finding(
+            "failed-export",
+            f"export {task.id}: failed to {task.destination} after {task.attempts} attempts: "
+            f"{_first_line(task.last_error)} (dicom-adapter exports retry {task.id})",
+        )
+        for task in exports.tasks(ExportState.FAILED)
+    ]
+
+
+def _first_line(error: str | None) -> str:
+    """A stored error can be a command's whole stderr tail; a finding is one line."""
+    return next(iter((error or "").splitlines()), "no error recorded")

@@ -24,6 +24,7 @@ from ledger.db import make_engine
 from ledger.exports import Exports
 from ledger.migrate import current_revision, head_revision, upgrade
 from ledger.processing import Processing
+from ledger.records import InstanceRecord
 from ledger.states import ExportState, JobState, State
 from ledger.store import Ledger
 from processors.command import kill_leftovers
@@ -61,6 +62,9 @@ class Report:
 
 def check(config: Config) -> Report:
     """Report every disagreement between spool and ledger, changing nothing.
+
+    Like every command, opening a SQLite ledger that does not exist yet
+    creates an empty file (and its folder); that is all it writes.
 
     Raises
     ------
@@ -194,14 +198,16 @@ def _claim_findings(ledger: Ledger) -> list[Finding]:
     """Claimed instances whose job does not exist: the claim can never finish."""
     jobs = {job.id for job in Processing(ledger).jobs()}
     return [
-        Finding(
-            "stuck-claim",
-            f"instance {record.id}: claimed, but job {record.job_id} does not exist: "
-            f"{record.path}",
-        )
+        _stuck_claim(record)
         for record in ledger.instances(state=State.CLAIMED)
         if record.job_id not in jobs
     ]
+
+
+def _stuck_claim(record: InstanceRecord) -> Finding:
+    """Say which job is absent: none recorded, or one whose row is gone."""
+    holder = "no job" if record.job_id is None else f"job {record.job_id}, which does not exist"
+    return Finding("stuck-claim", f"instance {record.id}: claimed by {holder}: {record.path}")
 
 
 def _job_findings(processing: Processing) -> list[Finding]:

@@ -64,3 +64,17 @@ def test_every_package_is_installed() -> None:
     assert packages == set(project["packages"])
     modules = {p.stem for p in ROOT.glob("*.py")}
     assert modules == set(project["py-modules"])
+
+
+@pytest.mark.parametrize("section, key", [(s, k) for s, keys in SCHEMA.items() for k in keys])
+def test_every_config_key_is_in_the_configuration_reference(section: str, key: str) -> None:
+    reference = (ROOT / "docs" / "configuration.md").read_text()
+    assert f"`{key}`" in reference, f"[{section}] {key} missing from docs/configuration.md"
+
+
+@pytest.mark.parametrize(
+    "page", ["configuration.md", "conformance.md", "operations.md", "ledger.md"]
+)
+def test_docs_pages_exist_and_are_linked(page: str) -> None:
+    assert (ROOT / "docs" / page).stat().st_size > 1000
+    assert f"docs/{page}" in README

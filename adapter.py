@@ -17,7 +17,8 @@ from pynetdicom import _config as pynetdicom_config
 from sqlalchemy import literal, select
 
 import scheduler as schedule
-from config import AeConfig, Config
+from config import AeConfig, Config, load_config
+from errors import ConfigError
 from exporters.cstore import Peer
 from ledger.db import make_engine
 from ledger.exports import Exports
@@ -170,8 +171,9 @@ class Adapter:
         )
         self.writer = SpoolWriter(self.layout, config.storage.min_free)
         self.server = StoreServer(config.dicom, admission_policy(config), self.writer)
-        # group, dispatch, reclaim, reconcile, outbox, watchdog, one per destination
-        self.scheduler = schedule.make_scheduler(6 + len(config.destinations))
+        # group, dispatch, reclaim, reconcile, outbox, watchdog, one per destination,
+        # and room for destinations a reload adds
+        self.scheduler = schedule.make_scheduler(16 + len(config.destinations))
         self._notifying = threading.Lock()
         self._stopping = False
 
@@ -226,6 +228,60 @@ class Adapter:
         notify("READY=1")
         if (seconds := watchdog_seconds()) is not None:
             schedule.every(self.scheduler, "watchdog", seconds, self._watchdog_tick)
+
+    def reload(self) -> bool:
+        """Take new AE titles, sources and destinations from the config file (SIGHUP).
+
+        Running associations keep going; a broken file changes nothing.
+        Listening address, spool, ledger and AE processors need a restart.
+        """
+        try:
+            new = load_config(self.config.path)
+        except ConfigError as exc:
+            log.error("reload refused, keeping the running config: %s", exc)
+            return False
+        if (new.dicom, new.storage, new.ledger) != (
+            self.config.dicom,
+            self.config.storage,
+            self.config.ledger,
+        ):
+            log.warning("reload: [dicom], [storage] and [ledger] changes need a restart")
+        self.layout.ensure(new.aes)
+        self.server.policy = admission_policy(new)
+        self.intake.intake.duplicates = {name: ae.duplicates for name, ae in new.aes.items()}
+        self.intake.intake.group_by = {name: ae.group_by for name, ae in new.aes.items()}
+        self._reload_destinations(new)
+        self.config = new
+        log.info(
+            "reloaded %s: %d AE titles, %d sources, %d destinations",
+            new.path,
+            len(new.aes),
+            len(new.sources),
+            len(new.destinations),
+        )
+        return True
+
+    def _reload_destinations(self, new: Config) -> None:
+        for name in set(self.export_runners) - set(new.destinations):
+            self.scheduler.remove_job(f"export:{name}")
+            del self.export_runners[name]
+        for name, destination in new.destinations.items():
+            rules = ExportRules(peer_for(new, name), destination.retries, destination.retry_delay)
+            if name in self.export_runners:
+                self.export_runners[name].rules = rules
+                continue
+            self.export_runners[name] = ExportRunner(self.exports, name, rules)
+            schedule.every(
+                self.scheduler,
+                f"export:{name}",
+                EXPORT_TICK_SECONDS,
+                self.export_runners[name].tick,
+            )
+        outboxes = {name: d.outbox for name, d in new.destinations.items()}
+        self.outbox.outboxes = outboxes
+        self.outbox.ensure()
+        self.export_reclaimer.retention = {n: d.retention for n, d in new.destinations.items()}
+        self.export_reclaimer.staging_roots = {n: f / STAGING for n, f in outboxes.items()}
 
     def alive(self) -> bool:
         """Every part that must run does, and the ledger answers."""

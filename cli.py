@@ -70,7 +70,11 @@ def main() -> None:
 @main.command()
 @_config_option
 def run(config_path: Path | None) -> None:
-    """Run the service in the foreground until SIGTERM or SIGINT.
+    """Run the service in the foreground until SIGTERM or SIGINT; SIGHUP reloads.
+
+    SIGHUP re-reads the config for AE titles, sources and destinations
+    without dropping running associations; a broken config is refused with
+    one log line and the running one stays.
 
     \b
     Example:
@@ -84,8 +88,10 @@ def run(config_path: Path | None) -> None:
     # missed.  (Blocking the signals instead would be inherited by every
     # command the adapter runs.)
     received: list[int] = []
+    reloads: list[int] = []
     for number in (signal.SIGTERM, signal.SIGINT):
         signal.signal(number, lambda n, _frame: received.append(n))
+    signal.signal(signal.SIGHUP, lambda n, _frame: reloads.append(n))
     adapter = Adapter(config)
     try:
         adapter.start()
@@ -94,6 +100,9 @@ def run(config_path: Path | None) -> None:
         raise click.ClickException(f"cannot start: {exc}") from None
     while not received:
         time.sleep(SIGNAL_POLL_SECONDS)
+        if reloads:
+            reloads.clear()
+            adapter.reload()
     adapter.stop()
     sys.exit(130 if received[0] == signal.SIGINT else 0)
 

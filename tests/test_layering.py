@@ -32,7 +32,7 @@ PROJECT = {
     "scheduler",
 }
 # Modules that wire everything together; nothing may import them.
-ROOTS = {"adapter", "cli", "health", "scheduler"}
+ROOTS = {"adapter", "cli", "fsck", "health", "scheduler"}
 
 
 def _runtime_nodes(tree: ast.AST) -> list[ast.AST]:

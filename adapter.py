@@ -26,6 +26,7 @@ from ledger.migrate import upgrade
 from ledger.models import TIME_FORMAT, utcnow
 from ledger.processing import Processing
 from ledger.store import Ledger
+from metrics import MetricsServer
 from notify import notify, watchdog_seconds
 from processors.base import Submitter
 from processors.command import CommandSubmitter, kill_leftovers
@@ -175,6 +176,11 @@ class Adapter:
         # and room for destinations a reload adds
         self.scheduler = schedule.make_scheduler(16 + len(config.destinations))
         self._notifying = threading.Lock()
+        self.metrics = (
+            MetricsServer(self, config.metrics.host, config.metrics.port)
+            if config.metrics.port
+            else None
+        )
         self._stopping = False
 
     def start(self) -> None:
@@ -223,6 +229,8 @@ class Adapter:
         )
         self.scheduler.start()
         self.server.start()
+        if self.metrics is not None:
+            self.metrics.start()
         self.ledger.set_service_state("listening", f"{self.config.dicom.host}:{self.server.port}")
         self.ledger.set_service_state("pid", str(os.getpid()))
         notify("READY=1")
@@ -327,6 +335,8 @@ class Adapter:
         with self._notifying:
             self._stopping = True
             notify("STOPPING=1")
+        if self.metrics is not None:
+            self.metrics.stop()
         self.server.stop()
         if self.scheduler.running:
             self.scheduler.shutdown(wait=True)

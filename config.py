@@ -93,6 +93,12 @@ class LogConfig:
 
 
 @dataclass(frozen=True)
+class MetricsConfig:
+    host: str
+    port: int  # 0: no metrics endpoint
+
+
+@dataclass(frozen=True)
 class AeConfig:
     """One ``[ae:NAME]``: a called AE title and what happens to what it receives."""
 
@@ -148,6 +154,7 @@ class Config:
     ledger: LedgerConfig
     watcher: WatcherConfig
     log: LogConfig
+    metrics: MetricsConfig
     aes: dict[str, AeConfig] = field(default_factory=dict)
     sources: tuple[SourceConfig, ...] = ()
     destinations: dict[str, DestinationConfig] = field(default_factory=dict)
@@ -364,7 +371,15 @@ def _transfer_syntaxes(text: str, _: Path) -> tuple[str, ...]:
 # -- the schema: section -> key -> (parser, default or REQUIRED) -----------
 
 REQUIRED = object()
-LABELLED = ("ae", "source", "destination")  # sections that carry a name: [kind:NAME]
+LABELLED = ("ae", "source", "destination")
+UNLABELLED = (
+    "dicom",
+    "storage",
+    "ledger",
+    "watcher",
+    "log",
+    "metrics",
+)  # sections that carry a name: [kind:NAME]
 
 SCHEMA: dict[str, dict[str, tuple[Parser, Any]]] = {
     "dicom": {
@@ -393,6 +408,7 @@ SCHEMA: dict[str, dict[str, tuple[Parser, Any]]] = {
         "settle_seconds": (_seconds, "2"),
     },
     "log": {"level": (_choice(LOG_LEVELS, upper=True), "INFO")},
+    "metrics": {"host": (_host, "127.0.0.1"), "port": (_integer(0, 65535), "0")},
     "ae": {
         "duplicates": (_choice(DUPLICATE_POLICIES), "replace"),
         "processor": (_choice(PROCESSORS), "none"),
@@ -488,10 +504,7 @@ class _Reader:
         except configparser.Error as exc:
             self.report(None, None, str(exc).splitlines()[0])
             return None
-        sections = {
-            kind: self.section(parser, kind, kind)
-            for kind in ("dicom", "storage", "ledger", "watcher", "log")
-        }
+        sections = {kind: self.section(parser, kind, kind) for kind in UNLABELLED}
         aes, sources, destinations = self.labelled(parser)
         if not any(section.startswith("ae:") for section in parser.sections()):
             self.report(None, None, "no [ae:NAME] section: the adapter would answer to no AE title")
@@ -504,6 +517,7 @@ class _Reader:
             ledger=LedgerConfig(**sections["ledger"]),
             watcher=WatcherConfig(**sections["watcher"]),
             log=LogConfig(**sections["log"]),
+            metrics=MetricsConfig(**sections["metrics"]),
             aes=aes,
             sources=tuple(sources),
             destinations=destinations,
@@ -521,7 +535,7 @@ class _Reader:
             if kind not in SCHEMA or (kind in LABELLED) != bool(label):
                 self.report(section, None, "unknown section")
                 continue
-            if kind in ("dicom", "storage", "ledger", "watcher", "log"):
+            if kind in UNLABELLED:
                 continue
             values = self.section(parser, section, kind)
             if kind == "ae":

@@ -15,6 +15,12 @@ from spool.names import validate_ae_title
 REJECT_CALLED_AE = (0x01, 0x01, 0x07)
 REJECT_CALLING_AE = (0x01, 0x01, 0x03)
 REJECT_LOCAL_LIMIT = (0x02, 0x03, 0x02)
+# For metrics: what a rejection was about.
+REJECTION_NAMES = {
+    REJECT_CALLED_AE: "called_ae",
+    REJECT_CALLING_AE: "calling_ae",
+    REJECT_LOCAL_LIMIT: "local_limit",
+}
 
 
 @dataclass(frozen=True)

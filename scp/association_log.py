@@ -13,9 +13,12 @@ import logging
 import threading
 import time
 import weakref
+from collections import Counter
 from dataclasses import dataclass, field
 
 from pynetdicom import events as evt
+
+from scp.admission import REJECTION_NAMES
 
 log = logging.getLogger("scp.associations")
 
@@ -34,14 +37,30 @@ class AssociationLog:
     def __init__(self) -> None:
         self._tallies: weakref.WeakKeyDictionary[object, _Tally] = weakref.WeakKeyDictionary()
         self._lock = threading.Lock()
+        # Totals since start, for metrics: called AE -> count / bytes; reason -> count.
+        self.received: Counter[str] = Counter()
+        self.received_bytes: Counter[str] = Counter()
+        self.rejected: Counter[str] = Counter()
+
+    def rejection(self, reason: str) -> None:
+        with self._lock:
+            self.rejected[reason] += 1
+
+    def refused_by_pynetdicom(self, event: evt.Event) -> None:
+        """EVT_REJECTED: pynetdicom's own rejections (max_associations: local_limit)."""
+        reply = event.assoc.acceptor.primitive
+        triple = (reply.result, reply.result_source, reply.diagnostic)
+        self.rejection(REJECTION_NAMES.get(triple, "{}/{}/{}".format(*triple)))
 
     def opened(self, event: evt.Event) -> None:
         """EVT_ESTABLISHED."""
         with self._lock:
             self._tallies[event.assoc] = _Tally()
 
-    def stored(self, assoc: object, size: int) -> None:
+    def stored(self, assoc: object, called_ae: str, size: int) -> None:
         with self._lock:
+            self.received[called_ae] += 1
+            self.received_bytes[called_ae] += size
             if (tally := self._tallies.get(assoc)) is not None:
                 tally.stored += 1
                 tally.bytes += size

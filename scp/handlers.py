@@ -13,7 +13,7 @@ import socket
 
 from pynetdicom import events as evt
 
-from scp.admission import REJECT_LOCAL_LIMIT, AdmissionPolicy
+from scp.admission import REJECT_LOCAL_LIMIT, REJECTION_NAMES, AdmissionPolicy
 from scp.association_log import AssociationLog
 from scp.placement import read_placement
 from scp.receiving import Receiving, provenance_of
@@ -42,6 +42,7 @@ def handle_requested(event: evt.Event, server: object) -> None:
     if rejection is None and not server.writer.has_room():  # type: ignore[attr-defined]
         rejection, reason = REJECT_LOCAL_LIMIT, "spool free space under min_free"
     if rejection is not None:
+        server.tally.rejection(REJECTION_NAMES[rejection])  # type: ignore[attr-defined]
         log.warning(
             "association rejected %d/%d/%d peer=%s calling=%r called=%r: %s",
             *rejection,
@@ -84,7 +85,7 @@ def handle_store(event: evt.Event, receiving: Receiving, tally: AssociationLog) 
             incoming.path.unlink(missing_ok=True)
         status = PROCESSING_FAILURE
     if status == SUCCESS:
-        tally.stored(event.assoc, incoming.size if incoming is not None else 0)
+        tally.stored(event.assoc, incoming.provenance.called_ae, incoming.size)  # type: ignore[union-attr]
     else:
         tally.refused(event.assoc)
     return status

@@ -79,6 +79,7 @@ class StoreServer:
             (evt.EVT_C_STORE, handle_store, [self.receiving, self.tally]),
             (evt.EVT_ESTABLISHED, self.tally.opened),
             (evt.EVT_CONN_CLOSE, self.tally.closed),
+            (evt.EVT_REJECTED, self.tally.refused_by_pynetdicom),
         ]
         before = set(threading.enumerate())
         try:
@@ -92,6 +93,10 @@ class StoreServer:
             t for t in set(threading.enumerate()) - before if t.name.startswith("AcceptorServer@")
         )
         log.info("listening on %s:%d as %s", self.dicom.host, self.port, self.dicom.ae_title)
+
+    @property
+    def active_associations(self) -> int:
+        return 0 if self._server is None else len(self._server.active_associations)
 
     @property
     def running(self) -> bool:

@@ -165,33 +165,31 @@ class Intake:
         """
         gone = [c for c in copies if not os.path.lexists(c.path)]
         moved = next((c for c in gone if c.sha256 == new.sha256), None)
-        if moved is not None:  # the same file at a new path (a spool moved by hand)
+        if moved is not None:  # the same file at a new path (moved by hand)
             tx.relocate(moved.id, new.path, f"file found at a new path, was {moved.path}")
             return
-        copies = [c for c in copies if c not in gone]
-        if not copies:
-            tx.add(new, "received (the earlier copies' files are missing)")
-            return
+        present = [c for c in copies if c not in gone]
         first = copies[0]
         ids = ", ".join(str(c.id) for c in copies)
         if policy == "keep":
             tx.add(new, f"duplicate of instance {ids}: kept as a new row (duplicates=keep)")
             return
-        same = next((c for c in copies if c.sha256 == new.sha256), None)
+        same = next((c for c in present if c.sha256 == new.sha256), None)
         if same is not None:
             discard.append(Path(new.path))
             tx.note(same.id, f"identical copy {new.path} discarded (duplicates={policy})")
             return
-        if policy == "ignore":
+        if policy == "ignore" and present:
             discard.append(Path(new.path))
-            tx.note(first.id, f"different copy {new.path} discarded (duplicates=ignore)")
+            tx.note(present[0].id, f"different copy {new.path} discarded (duplicates=ignore)")
             return
+        # replace, or ignore whose kept copies' files are all gone: never discard the only file
         waiting = [c for c in copies if c.state == State.RECEIVED]
         if not waiting:
             tx.add(
                 new,
                 f"duplicate of instance {ids} already '{first.state}': "
-                "stored as a new row (duplicates=replace)",
+                f"stored as a new row (duplicates={policy})",
             )
             return
         target = waiting[-1]
@@ -204,7 +202,7 @@ class Intake:
         tx.replace_content(
             target.id,
             new,
-            f"replaced by a newer copy {new.path}, sha256 was {target.sha256} (duplicates=replace)",
+            f"replaced by a newer copy {new.path}, sha256 was {target.sha256} (duplicates={policy})",
         )
         log.info("duplicate replaced id=%d sop=%s", target.id, new.sop_instance_uid)
 

@@ -19,16 +19,17 @@ from typing import Any
 import click
 from sqlalchemy.exc import NoResultFound
 
+import fsck
 from adapter import Adapter, peer_for
 from config import Config, check_config, default_config_path, load_config
-from errors import EXIT_CONFIG, EXIT_FAILURE, ConfigError, IllegalTransition
+from errors import EXIT_CONFIG, EXIT_FAILURE, AdapterError, ConfigError, IllegalTransition
 from exporters import cstore
 from exporters.cstore import ExportError
 from exporters.files import NotDicom, spec_for
 from health import health
 from ledger.db import make_engine
 from ledger.exports import Exports
-from ledger.migrate import current_revision, head_revision, upgrade
+from ledger.migrate import SchemaError, head_revision, require_head, upgrade
 from ledger.models import TIME_FORMAT, utcnow
 from ledger.processing import Processing
 from ledger.records import ExportRecord, JobRecord
@@ -234,17 +235,10 @@ def _group_config(config_path: Path | None) -> Path | None:
 
 
 def _require_current_schema(config: Config, engine: Any) -> str:
-    revision = current_revision(engine)
-    if revision is None:
-        raise click.ClickException(
-            f"ledger {config.ledger.url} has no schema yet: run 'dicom-adapter db upgrade'"
-        )
-    if revision != head_revision():
-        raise click.ClickException(
-            f"ledger {config.ledger.url} is at revision {revision}, this version needs "
-            f"{head_revision()}: run 'dicom-adapter db upgrade'"
-        )
-    return revision
+    try:
+        return require_head(engine, config.ledger.url)
+    except SchemaError as exc:
+        raise click.ClickException(str(exc)) from None
 
 
 @main.group(invoke_without_command=True)
@@ -480,6 +474,45 @@ def config_check(config_path: Path | None) -> None:
         f"{path}: OK, {len(config.aes)} AE titles ({processed} with a processor), "
         f"{len(config.sources)} sources, {len(config.destinations)} destinations"
     )
+
+
+@main.group("ledger")
+def ledger_group() -> None:
+    """Ledger consistency tools (run them with the service stopped).
+
+    \b
+    Example:
+      dicom-adapter ledger check --repair
+    """
+
+
+@ledger_group.command("check")
+@click.option("--repair", is_flag=True, help="Apply the reconcile the service runs at start.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
+@_config_option
+def ledger_check(repair: bool, as_json: bool, config_path: Path | None) -> None:
+    """Compare spool and ledger: orphans, missing files, stuck states; exit 1 on findings.
+
+    \b
+    Example:
+      sudo systemctl stop dicom-adapter && dicom-adapter ledger check
+    """
+    config = _load(config_path)
+    try:
+        report = fsck.repair(config) if repair else fsck.check(config)
+    except AdapterError as exc:
+        raise click.ClickException(str(exc)) from None
+    if as_json:
+        click.echo(json.dumps({**asdict(report), "ok": report.ok}, indent=2))
+    else:
+        for finding in report.findings:
+            click.echo(f"{finding.kind}: {finding.detail}")
+        click.echo(
+            ("repaired; " if report.repaired else "")
+            + ("ledger and spool agree" if report.ok else f"{len(report.findings)} findings")
+        )
+    if not report.ok:
+        sys.exit(EXIT_FAILURE)
 
 
 @main.group()

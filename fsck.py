@@ -19,10 +19,11 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from config import Config
+from errors import AdapterError
 from health import listening
 from ledger.db import make_engine
 from ledger.exports import Exports
-from ledger.migrate import current_revision, head_revision, upgrade
+from ledger.migrate import require_head, upgrade
 from ledger.processing import Processing
 from ledger.records import InstanceRecord
 from ledger.states import ExportState, JobState, State
@@ -68,14 +69,14 @@ def check(config: Config) -> Report:
 
     Raises
     ------
-    RuntimeError
+    AdapterError
         If the adapter is running, or the ledger has no schema (or an old
         one): the queries need the newest tables, and creating them is a
         change a read-only check must not make.
     """
     _refuse_while_running(config)
     with _open_ledger(config) as ledger:
-        _require_schema(ledger, config.ledger.url)
+        require_head(ledger.engine, config.ledger.url)
         findings = _spool_findings(SpoolLayout(config.storage.spool), ledger)
         findings += _job_findings(Processing(ledger)) + _export_findings(Exports(ledger))
     return Report(tuple(findings), repaired=False)
@@ -90,7 +91,7 @@ def repair(config: Config) -> Report:
 
     Raises
     ------
-    RuntimeError
+    AdapterError
         If the adapter is running.
     """
     _refuse_while_running(config)
@@ -100,11 +101,15 @@ def repair(config: Config) -> Report:
     return replace(check(config), repaired=True)
 
 
+class ServiceRunning(AdapterError):
+    """The service runs: a check would race it, a repair would fight it."""
+
+
 def _refuse_while_running(config: Config) -> None:
     """Raise if the DICOM port listens: the service would race every scan and fix."""
     port = config.dicom.port
     if listening(port):
-        raise RuntimeError(f"the adapter is running (port {port} listens): stop it first")
+        raise ServiceRunning(f"the adapter is running (port {port} listens): stop it first")
 
 
 @contextmanager
@@ -115,18 +120,6 @@ def _open_ledger(config: Config) -> Iterator[Ledger]:
         yield Ledger(engine)
     finally:
         engine.dispose()
-
-
-def _require_schema(ledger: Ledger, url: str) -> None:
-    """Raise unless the ledger is at the schema this code queries."""
-    revision = current_revision(ledger.engine)
-    if revision is None:
-        raise RuntimeError(f"ledger {url} has no schema yet: run 'dicom-adapter db upgrade'")
-    if revision != head_revision():
-        raise RuntimeError(
-            f"ledger {url} is at revision {revision}, not {head_revision()}: "
-            "run 'dicom-adapter db upgrade'"
-        )
 
 
 def _recover(config: Config, ledger: Ledger) -> None:
@@ -162,7 +155,7 @@ def _spool_findings(layout: SpoolLayout, ledger: Ledger) -> list[Finding]:
     recorded = ledger.recorded_paths()
     findings += [
         Finding("orphan", f"{path}: in the spool, not in the ledger")
-        for path in sorted(_candidate_files(layout))
+        for path in sorted(layout.candidate_files())
         if str(path) not in recorded
     ]
     # A row already flagged missing is known to the ledger: reconcile has
@@ -182,16 +175,6 @@ def _temporary_files(layout: SpoolLayout) -> list[Path]:
     except FileNotFoundError:
         return []
     return sorted(Path(entry.path) for entry in entries if not entry.is_dir(follow_symlinks=False))
-
-
-def _candidate_files(layout: SpoolLayout) -> Iterator[Path]:
-    """Files reconcile would look at: in an AE folder, no dot folder, no symlinked folder."""
-    for folder, dirs, files in os.walk(layout.root):
-        dirs[:] = [name for name in dirs if not name.startswith(".")]
-        for name in files:
-            path = Path(folder, name)
-            if layout.is_candidate(path):
-                yield path
 
 
 def _claim_findings(ledger: Ledger) -> list[Finding]:
@@ -235,8 +218,8 @@ def _export_findings(exports: Exports) -> list[Finding]:
     findings = [
         Finding(
             "interrupted-export",
-            f"export {task.id}: sending to {task.destination} ({task.file_count} files, "
-            f"attempt {task.attempts})",
+            f"export {task.id}: sending {task.file_count} file(s) to {task.destination} "
+            f"(attempt {task.attempts})",
         )
         for task in exports.tasks(ExportState.SENDING)
     ]

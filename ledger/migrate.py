@@ -12,6 +12,8 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Engine
 
+from errors import AdapterError
+
 MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
 
 
@@ -37,6 +39,23 @@ def head_revision() -> str:
     head = ScriptDirectory.from_config(_alembic_config()).get_current_head()
     assert head is not None  # the versions folder ships with the code
     return head
+
+
+class SchemaError(AdapterError):
+    """The ledger is not at the schema this code needs."""
+
+
+def require_head(engine: Engine, url: str) -> str:
+    """The ledger's revision, if it is the newest; else SchemaError saying what to run."""
+    revision = current_revision(engine)
+    if revision is None:
+        raise SchemaError(f"ledger {url} has no schema yet: run 'dicom-adapter db upgrade'")
+    if revision != head_revision():
+        raise SchemaError(
+            f"ledger {url} is at revision {revision}, this version needs "
+            f"{head_revision()}: run 'dicom-adapter db upgrade'"
+        )
+    return revision
 
 
 def current_revision(engine: Engine) -> str | None:

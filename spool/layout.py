@@ -12,7 +12,8 @@ A second copy of an instance already on disk gets ``<SOPInstanceUID>~N.dcm``;
 intake then applies the AE's duplicates policy.
 """
 
-from collections.abc import Iterable
+import os
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -81,6 +82,19 @@ class SpoolLayout:
         if len(parts) < 2 or parts[0] in RESERVED_FOLDERS:
             return None
         return parts[0]
+
+    def candidate_files(self) -> Iterator[Path]:
+        """Every file intake would look at: in an AE folder, not under a dot or
+        reserved folder, never through a symlinked folder."""
+        for top in os.scandir(self.root):
+            if not top.is_dir(follow_symlinks=False) or top.name in RESERVED_FOLDERS:
+                continue
+            for folder, dirs, files in os.walk(top.path, followlinks=False):
+                dirs[:] = [d for d in dirs if not d.startswith(".")]
+                for name in files:
+                    path = Path(folder, name)
+                    if self.is_candidate(path):
+                        yield path
 
     def is_candidate(self, path: Path) -> bool:
         """True for a path intake should look at: in an AE folder, no dot part."""

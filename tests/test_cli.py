@@ -117,6 +117,8 @@ def test_port_in_use_is_one_error_line(config_path: Path, port: int) -> None:
         ["exports", "retry"],
         ["config"],
         ["config", "check"],
+        ["ledger"],
+        ["ledger", "check"],
     ],
 )
 def test_every_command_has_help_with_an_example(command: list[str]) -> None:

@@ -202,7 +202,8 @@ class Intake:
         tx.replace_content(
             target.id,
             new,
-            f"replaced by a newer copy {new.path}, sha256 was {target.sha256} (duplicates={policy})",
+            f"replaced by a newer copy {new.path}, sha256 was {target.sha256} "
+            f"(duplicates={policy})",
         )
         log.info("duplicate replaced id=%d sop=%s", target.id, new.sop_instance_uid)
 

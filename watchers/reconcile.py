@@ -76,21 +76,13 @@ class Reconciler:
 
     def _spool_files(self, settled_before: float) -> Iterable[Path]:
         """Candidate files quiet since ``settled_before`` and open for writing by nobody."""
-        for top in os.scandir(self.layout.root):
-            if not top.is_dir(follow_symlinks=False):
+        for path in self.layout.candidate_files():
+            try:
+                settled = os.lstat(path).st_mtime <= settled_before
+            except FileNotFoundError:
                 continue
-            for folder, dirs, files in os.walk(top.path, followlinks=False):
-                dirs[:] = [d for d in dirs if not d.startswith(".")]
-                for name in files:
-                    path = Path(folder, name)
-                    if not self.layout.is_candidate(path):
-                        continue
-                    try:
-                        settled = os.lstat(path).st_mtime <= settled_before
-                    except FileNotFoundError:
-                        continue
-                    if settled and not is_open_for_writing(path):
-                        yield path
+            if settled and not is_open_for_writing(path):
+                yield path
 
     def _check_rows(self) -> tuple[int, int]:
         changes = []

@@ -159,6 +159,7 @@ class Adapter:
             {name: ae.duplicates for name, ae in config.aes.items()},
             group_by={name: ae.group_by for name, ae in config.aes.items()},
             notify=Notifier(self.groupers),
+            log_phi=config.log.log_phi,
         )
         self.intake = IntakeWorker(intake)
         self.watcher = SpoolWatcher(self.layout, self.intake.submit, config.watcher.settle_seconds)

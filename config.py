@@ -90,6 +90,7 @@ class WatcherConfig:
 @dataclass(frozen=True)
 class LogConfig:
     level: str
+    log_phi: bool  # patient identifiers in log lines
 
 
 @dataclass(frozen=True)
@@ -407,7 +408,7 @@ SCHEMA: dict[str, dict[str, tuple[Parser, Any]]] = {
         "reconcile_interval": (_seconds, "60"),
         "settle_seconds": (_seconds, "2"),
     },
-    "log": {"level": (_choice(LOG_LEVELS, upper=True), "INFO")},
+    "log": {"level": (_choice(LOG_LEVELS, upper=True), "INFO"), "log_phi": (_boolean, "false")},
     "metrics": {"host": (_host, "127.0.0.1"), "port": (_integer(0, 65535), "0")},
     "ae": {
         "duplicates": (_choice(DUPLICATE_POLICIES), "replace"),

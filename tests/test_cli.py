@@ -9,8 +9,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import click
 import pytest
 
+from cli import main
 from tests.conftest import ROOT, AdapterProcess
 from tests.dcmtk import storescu
 from tests.dicom import make_study
@@ -101,26 +103,18 @@ def test_port_in_use_is_one_error_line(config_path: Path, port: int) -> None:
     )
 
 
-@pytest.mark.parametrize(
-    "command",
-    [
-        [],
-        ["run"],
-        ["status"],
-        ["db"],
-        ["db", "upgrade"],
-        ["jobs"],
-        ["jobs", "retry"],
-        ["echo"],
-        ["send"],
-        ["exports"],
-        ["exports", "retry"],
-        ["config"],
-        ["config", "check"],
-        ["ledger"],
-        ["ledger", "check"],
-    ],
-)
+def every_command(group: click.Group, path: tuple[str, ...] = ()) -> list[list[str]]:
+    """The group itself and every command and group below it, as argv paths."""
+    found = [list(path)]
+    for name, command in group.commands.items():
+        if isinstance(command, click.Group):
+            found += every_command(command, (*path, name))
+        else:
+            found.append([*path, name])
+    return found
+
+
+@pytest.mark.parametrize("command", every_command(main), ids=" ".join)
 def test_every_command_has_help_with_an_example(command: list[str]) -> None:
     result = cli(*command, "--help")
     assert result.returncode == 0

@@ -252,3 +252,26 @@ def test_files_moved_by_hand_keep_their_rows(
     assert all(Path(r.path).exists() and "/moved/" in r.path for r in after)
     assert all(r.missing_since is None for r in after)
     assert "file found at a new path" in events_of(running, after[0].id)[-1][2]
+
+
+@pytest.mark.parametrize("log_phi", [False, True])
+def test_patient_ids_are_logged_only_with_log_phi(
+    start_adapter, tmp_path: Path, port: int, log_phi: bool, caplog: pytest.LogCaptureFixture
+) -> None:
+    import logging
+
+    caplog.set_level(logging.DEBUG, logger="watchers.intake")
+    config = write_config(tmp_path, port, f"log_phi = {str(log_phi).lower()}\n")
+    config.write_text(
+        config.read_text()
+        .replace("[log]\nlevel = DEBUG\n", "")
+        .replace(
+            f"log_phi = {str(log_phi).lower()}\n", f"[log]\nlevel = DEBUG\nlog_phi = {log_phi}\n"
+        )
+    )
+    running = start_adapter(config)
+    path = make_instance(tmp_path / "p.dcm", patient_id="SECRET-PATIENT-42")
+    assert send(running, path) == 0
+    running.wait_rows(1)
+    wait_for(lambda: "received id=" in caplog.text)
+    assert ("SECRET-PATIENT-42" in caplog.text) is log_phi

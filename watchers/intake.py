@@ -48,12 +48,14 @@ class Intake:
         duplicates: Mapping[str, str],
         group_by: Mapping[str, int] | None = None,
         notify: Callable[[list[InstanceRecord]], None] | None = None,
+        log_phi: bool = False,
     ) -> None:
         self.layout = layout
         self.ledger = ledger
         self.duplicates = duplicates  # called AE -> ignore | replace | keep
         self.group_by = group_by or {}  # called AE -> tag whose value is the group key
         self.notify = notify  # told of each new received row, after commit
+        self.log_phi = log_phi
 
     def process(self, paths: Iterable[Path]) -> int:
         """Record ``paths``; return how many rows were written or changed."""
@@ -71,9 +73,26 @@ class Intake:
         for path in discard:
             path.unlink(missing_ok=True)
         log.debug("intake recorded %d of %d files", len(fresh), len(inspected))
-        if self.notify is not None and tx.received_ids:
-            self.notify(self.ledger.instances_by_id(tx.received_ids))
+        if tx.received_ids and (self.notify is not None or log.isEnabledFor(logging.DEBUG)):
+            records = self.ledger.instances_by_id(tx.received_ids)
+            for record in records:
+                self._log_received(record)
+            if self.notify is not None:
+                self.notify(records)
         return len(fresh)
+
+    def _log_received(self, record: InstanceRecord) -> None:
+        """One DEBUG line per instance; the patient only with ``[log] log_phi = true``."""
+        patient = f" patient={record.patient_id!r}" if self.log_phi else ""
+        log.debug(
+            "received id=%d ae=%s calling=%r sop=%s study=%s%s",
+            record.id,
+            record.called_ae,
+            record.calling_ae,
+            record.sop_instance_uid,
+            record.study_instance_uid,
+            patient,
+        )
 
     def _record_batch(
         self, tx: LedgerTransaction, fresh: list[tuple[Path, Header | str]], discard: list[Path]

@@ -101,6 +101,7 @@ def test_min_free_forms(tmp_path: Path, text: str, expected: tuple[float, int]) 
             "[dicom]\nport = 1\nport = 2\n[ae:A]\n",
             "option 'port' in section 'dicom' already exists",
         ),
+        ("[ae:A]\n[ae:A]\n", "section 'ae:A' already exists"),
     ],
 )
 def test_errors_name_file_section_and_key(tmp_path: Path, text: str, message: str) -> None:

@@ -78,3 +78,21 @@ def test_every_config_key_is_in_the_configuration_reference(section: str, key: s
 def test_docs_pages_exist_and_are_linked(page: str) -> None:
     assert (ROOT / "docs" / page).stat().st_size > 1000
     assert f"docs/{page}" in README
+
+
+def test_every_cookbook_query_runs_on_a_real_ledger(tmp_path: Path) -> None:
+    import sqlite3
+
+    from ledger.db import make_engine
+    from ledger.migrate import upgrade
+
+    engine = make_engine(f"sqlite:///{tmp_path / 'ledger.db'}")
+    upgrade(engine)
+    engine.dispose()
+    text = (ROOT / "docs" / "ledger.md").read_text()
+    block = re.search(r"## Example queries\n\n```sql\n(.*?)```", text, re.S).group(1)
+    statements = [s for s in block.split(";") if s.strip()]
+    assert len(statements) >= 10
+    with sqlite3.connect(tmp_path / "ledger.db") as connection:
+        for statement in statements:
+            connection.execute(statement).fetchall()

@@ -14,10 +14,11 @@ from typing import Any
 
 from sqlalchemy import case, func, insert, select, update
 
+from ledger.lifecycle import Lifecycle
 from ledger.models import Export, ExportEvent, ExportFile
 from ledger.records import ExportFileRecord, ExportFileSpec, ExportRecord
 from ledger.states import ExportState, check_export_move
-from ledger.store import Ledger, LedgerTransaction
+from ledger.store import Ledger
 
 log = logging.getLogger(__name__)
 EXPORTS = Export.__table__
@@ -26,6 +27,7 @@ EXPORT_EVENTS = ExportEvent.__table__
 _EXPORT_FIELDS = [f.name for f in fields(ExportRecord)]
 _FILE_FIELDS = [f.name for f in fields(ExportFileRecord)]
 FILE_PENDING, FILE_SENT, FILE_FAILED = "pending", "sent", "failed"
+EXPORT = Lifecycle(EXPORTS, EXPORT_EVENTS, "export_id", ExportState, check_export_move, "export")
 
 
 def to_export(row: Any) -> ExportRecord:
@@ -71,7 +73,7 @@ class Exports:
                 insert(EXPORT_FILES),
                 [{**asdict(spec), "export_id": export_id, "state": FILE_PENDING} for spec in files],
             )
-            _event(
+            EXPORT.note(
                 tx,
                 export_id,
                 None,
@@ -114,8 +116,8 @@ class Exports:
 
     def start(self, export_id: int, now: datetime | None = None) -> ExportRecord:
         with self.ledger.transaction(now) as tx:
-            attempts = _move(tx, export_id, ExportState.SENDING, "sending")
-            _update(tx, export_id, attempts=attempts + 1)
+            attempts = EXPORT.move(tx, export_id, ExportState.SENDING, "sending")
+            EXPORT.update(tx, export_id, attempts=attempts + 1)
         return self.get(export_id)
 
     def settle(
@@ -151,8 +153,8 @@ class Exports:
             failed = int(failed or 0)
             summary = f"{total - failed} of {total} files sent"
             if failed * 2 <= total:
-                _move(tx, export_id, ExportState.SUCCEEDED, summary)
-                _update(
+                EXPORT.move(tx, export_id, ExportState.SUCCEEDED, summary)
+                EXPORT.update(
                     tx,
                     export_id,
                     failed_count=failed,
@@ -161,13 +163,13 @@ class Exports:
                     last_error=_first_error(outcomes),
                 )
             elif retry_at is not None:
-                _move(
+                EXPORT.move(
                     tx,
                     export_id,
                     ExportState.PENDING,
                     f"{summary}: more than half failed, retry at {retry_at:%H:%M:%S}",
                 )
-                _update(
+                EXPORT.update(
                     tx,
                     export_id,
                     failed_count=failed,
@@ -175,8 +177,8 @@ class Exports:
                     last_error=_first_error(outcomes),
                 )
             else:
-                _move(tx, export_id, ExportState.FAILED, f"{summary}: no retries left")
-                _update(
+                EXPORT.move(tx, export_id, ExportState.FAILED, f"{summary}: no retries left")
+                EXPORT.update(
                     tx,
                     export_id,
                     failed_count=failed,
@@ -189,8 +191,8 @@ class Exports:
     def retry(self, export_id: int, now: datetime | None = None) -> ExportRecord:
         """failed -> pending now, with fresh attempts (``exports retry``)."""
         with self.ledger.transaction(now) as tx:
-            _move(tx, export_id, ExportState.PENDING, "retry requested")
-            _update(tx, export_id, attempts=0, next_attempt_at=tx.now, finished_at=None)
+            EXPORT.move(tx, export_id, ExportState.PENDING, "retry requested")
+            EXPORT.update(tx, export_id, attempts=0, next_attempt_at=tx.now, finished_at=None)
         return self.get(export_id)
 
     def recover(self, now: datetime | None = None) -> int:
@@ -203,8 +205,10 @@ class Exports:
                 )
             ]
             for export_id in sending:
-                _move(tx, export_id, ExportState.PENDING, "interrupted by a restart: send again")
-                _update(tx, export_id, next_attempt_at=tx.now)
+                EXPORT.move(
+                    tx, export_id, ExportState.PENDING, "interrupted by a restart: send again"
+                )
+                EXPORT.update(tx, export_id, next_attempt_at=tx.now)
         return len(sending)
 
     def reclaimable(
@@ -221,11 +225,13 @@ class Exports:
 
     def mark_reclaimed(self, export_id: int, now: datetime | None = None) -> None:
         with self.ledger.transaction(now) as tx:
-            _update(tx, export_id, reclaimed_at=tx.now)
+            EXPORT.update(tx, export_id, reclaimed_at=tx.now)
             state = tx.connection.execute(
                 select(EXPORTS.c.state).where(EXPORTS.c.id == export_id)
             ).scalar_one()
-            _event(tx, export_id, state, state, "its outbox files were deleted by the reclaimer")
+            EXPORT.note(
+                tx, export_id, state, state, "its outbox files were deleted by the reclaimer"
+            )
 
     def counts(self) -> dict[str, int]:
         counts = {str(state): 0 for state in ExportState}
@@ -247,28 +253,5 @@ def _first_error(outcomes: list[tuple[int, int | None, str | None]]) -> str | No
     return next((error for _, _, error in outcomes if error), None)
 
 
-def _move(tx: LedgerTransaction, export_id: int, target: ExportState, reason: str) -> int:
-    current, attempts = tx.connection.execute(
-        select(EXPORTS.c.state, EXPORTS.c.attempts).where(EXPORTS.c.id == export_id)
-    ).one()
-    check_export_move(ExportState(current), target)
-    _update(tx, export_id, state=target)
-    _event(tx, export_id, current, target, reason)
-    log.info("export %d %s -> %s: %s", export_id, current, target, reason)
-    return int(attempts)
-
-
-def _update(tx: LedgerTransaction, export_id: int, **values: Any) -> None:
-    tx.connection.execute(
-        update(EXPORTS).where(EXPORTS.c.id == export_id).values(**values, updated_at=tx.now)
-    )
-
-
-def _event(
-    tx: LedgerTransaction, export_id: int, source: str | None, target: str, reason: str
-) -> None:
-    tx.connection.execute(
-        insert(EXPORT_EVENTS).values(
-            export_id=export_id, from_state=source, to_state=target, at=tx.now, reason=reason
-        )
-    )
+def _first_error(outcomes: list[tuple[int, int | None, str | None]]) -> str | None:
+    return next((error for _, _, error in outcomes if error), None)

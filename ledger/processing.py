@@ -11,17 +11,19 @@ from collections.abc import Collection
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, func, insert, not_, or_, select, true, update
+from sqlalchemy import ColumnElement, and_, func, insert, not_, or_, select, true
 
+from ledger.lifecycle import Lifecycle
 from ledger.models import Job, JobEvent, utcnow
 from ledger.records import GroupState, InstanceRecord, JobRecord
 from ledger.states import JobState, State, check_job_move
-from ledger.store import INSTANCES, Ledger, LedgerTransaction, to_record
+from ledger.store import INSTANCES, Ledger, to_record
 
 log = logging.getLogger(__name__)
 JOBS = Job.__table__
 JOB_EVENTS = JobEvent.__table__
 _JOB_FIELDS = [column.name for column in JOBS.columns]
+JOB = Lifecycle(JOBS, JOB_EVENTS, "job_id", JobState, check_job_move, "job")
 
 
 def to_job(row: Any) -> JobRecord:
@@ -183,7 +185,7 @@ class Processing:
             tx.move_many(
                 ids, State.RECEIVED, State.CLAIMED, f"claimed by job {job_id}: {why}", job_id=job_id
             )
-            _job_event(
+            JOB.note(
                 tx,
                 job_id,
                 None,
@@ -227,15 +229,15 @@ class Processing:
     def start(self, job_id: int, now: datetime | None = None) -> JobRecord:
         """pending -> running, one more attempt."""
         with self.ledger.transaction(now) as tx:
-            attempts = self._move_job(tx, job_id, JobState.RUNNING, "started")
-            _update_job(tx, job_id, attempts=attempts + 1)
+            attempts = JOB.move(tx, job_id, JobState.RUNNING, "started")
+            JOB.update(tx, job_id, attempts=attempts + 1)
         return self.job(job_id)
 
     def succeed(self, job_id: int, now: datetime | None = None) -> None:
         """running -> succeeded; its instances claimed -> submitted."""
         with self.ledger.transaction(now) as tx:
-            self._move_job(tx, job_id, JobState.SUCCEEDED, "submitted")
-            _update_job(tx, job_id, finished_at=tx.now, last_error=None, next_attempt_at=None)
+            JOB.move(tx, job_id, JobState.SUCCEEDED, "submitted")
+            JOB.update(tx, job_id, finished_at=tx.now, last_error=None, next_attempt_at=None)
             ids = [
                 i
                 for (i,) in tx.connection.execute(
@@ -252,22 +254,22 @@ class Processing:
         """running -> pending (retry at ``retry_at``) or, with no retry left, failed."""
         with self.ledger.transaction(now) as tx:
             if retry_at is None:
-                self._move_job(tx, job_id, JobState.FAILED, f"failed, no retries left: {error}")
-                _update_job(tx, job_id, last_error=error, finished_at=tx.now, next_attempt_at=None)
+                JOB.move(tx, job_id, JobState.FAILED, f"failed, no retries left: {error}")
+                JOB.update(tx, job_id, last_error=error, finished_at=tx.now, next_attempt_at=None)
             else:
-                self._move_job(
+                JOB.move(
                     tx,
                     job_id,
                     JobState.PENDING,
                     f"failed, retry at {retry_at:%Y-%m-%dT%H:%M:%SZ}: {error}",
                 )
-                _update_job(tx, job_id, last_error=error, next_attempt_at=retry_at)
+                JOB.update(tx, job_id, last_error=error, next_attempt_at=retry_at)
 
     def retry(self, job_id: int, now: datetime | None = None) -> JobRecord:
         """failed -> pending now, with a fresh set of attempts (``jobs retry``)."""
         with self.ledger.transaction(now) as tx:
-            self._move_job(tx, job_id, JobState.PENDING, "retry requested")
-            _update_job(tx, job_id, attempts=0, next_attempt_at=tx.now, finished_at=None)
+            JOB.move(tx, job_id, JobState.PENDING, "retry requested")
+            JOB.update(tx, job_id, attempts=0, next_attempt_at=tx.now, finished_at=None)
         return self.job(job_id)
 
     def recover(self, now: datetime | None = None) -> tuple[int, int]:
@@ -283,8 +285,8 @@ class Processing:
                 )
             ]
             for job_id in running:
-                self._move_job(tx, job_id, JobState.PENDING, "interrupted by a restart: run again")
-                _update_job(tx, job_id, next_attempt_at=tx.now)
+                JOB.move(tx, job_id, JobState.PENDING, "interrupted by a restart: run again")
+                JOB.update(tx, job_id, next_attempt_at=tx.now)
             orphans = [
                 i
                 for (i,) in tx.connection.execute(
@@ -301,17 +303,6 @@ class Processing:
                 job_id=None,
             )
         return len(running), len(orphans)
-
-    def _move_job(self, tx: LedgerTransaction, job_id: int, target: JobState, reason: str) -> int:
-        """Check and make one job move; return its attempts so far."""
-        current, attempts = tx.connection.execute(
-            select(JOBS.c.state, JOBS.c.attempts).where(JOBS.c.id == job_id)
-        ).one()
-        check_job_move(JobState(current), target)
-        _update_job(tx, job_id, state=target)
-        _job_event(tx, job_id, current, target, reason)
-        log.info("job %d %s -> %s: %s", job_id, current, target, reason)
-        return int(attempts)
 
     # -- reclaiming -------------------------------------------------------------
 
@@ -388,19 +379,3 @@ class Processing:
             return None
         ae, key, count, first, last = rows[0]
         return GroupState(ae, key, count, first, last)
-
-
-def _job_event(
-    tx: LedgerTransaction, job_id: int, source: str | None, target: str, reason: str
-) -> None:
-    tx.connection.execute(
-        insert(JOB_EVENTS).values(
-            job_id=job_id, from_state=source, to_state=target, at=tx.now, reason=reason
-        )
-    )
-
-
-def _update_job(tx: LedgerTransaction, job_id: int, **values: Any) -> None:
-    tx.connection.execute(
-        update(JOBS).where(JOBS.c.id == job_id).values(**values, updated_at=tx.now)
-    )

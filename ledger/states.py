@@ -5,7 +5,9 @@ make are listed here, and :func:`check_move` raises on anything else.  States
 are plain text in the ledger so an admin can read them in ``sqlite3``.
 """
 
+from collections.abc import Mapping
 from enum import StrEnum
+from typing import Any
 
 from errors import IllegalTransition
 
@@ -36,11 +38,17 @@ TRANSITIONS: dict[State | None, frozenset[State]] = {
 ON_DISK = frozenset({State.RECEIVED, State.CLAIMED, State.SUBMITTED, State.RECLAIMABLE})
 
 
-def check_move(current: State | None, target: State) -> None:
-    """Raise :class:`IllegalTransition` unless ``current -> target`` is allowed."""
-    if target not in TRANSITIONS[current]:
-        origin = "a new instance" if current is None else f"an instance in state '{current}'"
+def _check(table: Mapping[Any, frozenset[Any]], current: Any, target: Any, what: str) -> None:
+    """Raise :class:`IllegalTransition` unless ``table`` allows ``current -> target``."""
+    if target not in table[current]:
+        article = "an" if what[0] in "aeiou" else "a"
+        origin = f"a new {what}" if current is None else f"{article} {what} in state '{current}'"
         raise IllegalTransition(f"cannot move {origin} to '{target}'")
+
+
+def check_move(current: State | None, target: State) -> None:
+    """Raise :class:`IllegalTransition` unless the instance may go ``current -> target``."""
+    _check(TRANSITIONS, current, target, "instance")
 
 
 class JobState(StrEnum):
@@ -63,9 +71,7 @@ JOB_TRANSITIONS: dict[JobState | None, frozenset[JobState]] = {
 
 def check_job_move(current: JobState | None, target: JobState) -> None:
     """Raise :class:`IllegalTransition` unless the job may go ``current -> target``."""
-    if target not in JOB_TRANSITIONS[current]:
-        origin = "a new job" if current is None else f"a job in state '{current}'"
-        raise IllegalTransition(f"cannot move {origin} to '{target}'")
+    _check(JOB_TRANSITIONS, current, target, "job")
 
 
 class ExportState(StrEnum):
@@ -90,6 +96,4 @@ EXPORT_TRANSITIONS: dict[ExportState | None, frozenset[ExportState]] = {
 
 def check_export_move(current: ExportState | None, target: ExportState) -> None:
     """Raise :class:`IllegalTransition` unless the export may go ``current -> target``."""
-    if target not in EXPORT_TRANSITIONS[current]:
-        origin = "a new export" if current is None else f"an export in state '{current}'"
-        raise IllegalTransition(f"cannot move {origin} to '{target}'")
+    _check(EXPORT_TRANSITIONS, current, target, "export")

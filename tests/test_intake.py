@@ -151,9 +151,9 @@ def test_duplicate_replace_while_received(adapter: RunningAdapter, tmp_path: Pat
     assert send(adapter, second) == 0
     wait_for(lambda: adapter.ledger.get(row.id).patient_id == "SECOND")
     [row] = adapter.wait_rows(1)
-    assert sop_files(adapter) == [Path(row.path)]
+    wait_for(lambda: sop_files(adapter) == [Path(row.path)])  # discards follow the commit
     assert Path(row.path).name == "1.2.3.4.5.6~1.dcm"  # the newer copy's own file
-    assert not list((adapter.spool / ".tmp").iterdir())
+    wait_for(lambda: not list((adapter.spool / ".tmp").iterdir()))
     reasons = [reason for _, _, reason in events_of(adapter, row.id)]
     assert reasons[0] == "received" and "replaced by a newer copy" in reasons[1]
 
@@ -165,7 +165,7 @@ def test_identical_resend_is_idempotent(adapter: RunningAdapter, tmp_path: Path)
     assert send(adapter, first) == 0
     wait_for(lambda: len(events_of(adapter, row.id)) == 2)
     assert "identical copy" in events_of(adapter, row.id)[1][2]
-    assert sop_files(adapter) == [Path(row.path)]
+    wait_for(lambda: sop_files(adapter) == [Path(row.path)])  # discards follow the commit
 
 
 def test_duplicate_replace_after_claim_stores_a_new_row(
@@ -195,7 +195,7 @@ def test_duplicate_policies(start_adapter, tmp_path: Path, port: int, policy: st
         [row] = running.rows()
         assert row.patient_id == "FIRST"
         assert "discarded (duplicates=ignore)" in events_of(running, row.id)[1][2]
-        assert sop_files(running) == [Path(row.path)]
+        wait_for(lambda: sop_files(running) == [Path(row.path)])  # discards follow the commit
     else:
         rows = running.wait_rows(2)
         assert [r.patient_id for r in rows] == ["FIRST", "SECOND"]
@@ -230,7 +230,7 @@ def test_crash_before_a_replace_commits_never_leaves_a_stale_row(
     assert row.patient_id == "SECOND"
     with open(row.path, "rb") as handle:
         assert dataset_sha256(handle)[1] == row.sha256
-    assert sop_files(adapter) == [Path(row.path)]
+    wait_for(lambda: sop_files(adapter) == [Path(row.path)])  # discards follow the commit
     assert not list((adapter.spool / ".tmp").iterdir())
 
 

@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 CONFIG ?= config.ini
 
-.PHONY: run test install install-test install-service lint clean
+.PHONY: run test bench install install-test install-service lint clean
 
 $(BIN)/dicom-adapter: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -33,6 +33,10 @@ test: install-test
 install-service:
 	install -m 0644 systemd/dicom-adapter.service /etc/systemd/system/dicom-adapter.service
 	systemctl daemon-reload
+
+## Benchmarks against DCMTK storescp and a minimal pynetdicom receiver (minutes; see bench/README.md).
+bench: install-test
+	$(BIN)/python bench/run.py --corpus var/bench-corpus
 
 lint: install-test
 	$(BIN)/ruff check .

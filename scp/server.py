@@ -104,7 +104,7 @@ class StoreServer:
         return self._thread is not None and self._thread.is_alive()
 
     def stop(self) -> None:
-        """Stop accepting, let running associations finish within the grace, abort the rest.
+        """Stop accepting, let established associations finish within the grace, abort the rest.
 
         A C-STORE cut short was never acknowledged: its peer sends it again.
         """
@@ -112,7 +112,9 @@ class StoreServer:
         if server is not None:
             server.shutdown()  # no new associations from here on
             deadline = time.monotonic() + self.dicom.shutdown_grace
-            while server.active_associations and time.monotonic() < deadline:
+            while time.monotonic() < deadline and any(
+                assoc.is_established for assoc in server.active_associations
+            ):  # a connection that never associated is not worth waiting for
                 time.sleep(SHUTDOWN_POLL_SECONDS)
             for assoc in server.active_associations:
                 log.warning(

@@ -6,7 +6,7 @@ import signal
 import threading
 from pathlib import Path
 
-from tests.conftest import AdapterProcess, wait_for
+from tests.conftest import AdapterProcess, wait_for, write_config
 from tests.dicom import dataset_digest, make_large_multiframe
 from tests.peers.send import echo, send_files
 
@@ -45,3 +45,25 @@ def test_store_in_flight_finishes_and_is_recorded(
     except Exception:
         status = None
     assert status is None
+
+
+def test_a_connection_that_never_associates_does_not_hold_up_a_stop(
+    tmp_path: Path, port: int
+) -> None:
+    import socket
+    import time
+
+    config = write_config(tmp_path, port)  # waits of 30 s: ARTIM and the shutdown grace
+    config.write_text(config.read_text().replace("acse_timeout = 5", "acse_timeout = 30"))
+    process = AdapterProcess(config, port, tmp_path / "adapter.log")
+    process.start()
+    try:
+        with socket.create_connection(("127.0.0.1", port)):  # connects, says nothing
+            time.sleep(0.2)
+            started = time.monotonic()
+            process.process.send_signal(signal.SIGTERM)
+            assert process.process.wait(timeout=60) == 0
+        assert time.monotonic() - started < 15
+    finally:
+        if process.process.poll() is None:
+            process.kill()

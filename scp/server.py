@@ -117,10 +117,12 @@ class StoreServer:
             ):  # a connection that never associated is not worth waiting for
                 time.sleep(SHUTDOWN_POLL_SECONDS)
             for assoc in server.active_associations:
-                log.warning(
-                    "aborting an association still running after %gs: peer %s",
-                    self.dicom.shutdown_grace,
-                    assoc.requestor.address,
-                )
+                if assoc.is_established:  # the rest never associated: nothing to report
+                    log.warning(
+                        "aborting an association still running after the %gs shutdown grace: "
+                        "peer %s",
+                        self.dicom.shutdown_grace,
+                        assoc.requestor.address,
+                    )
                 assoc.abort()
         self.receiving.uninstall()

@@ -153,39 +153,21 @@ class Exports:
             failed = int(failed or 0)
             summary = f"{total - failed} of {total} files sent"
             if failed * 2 <= total:
-                EXPORT.move(tx, export_id, ExportState.SUCCEEDED, summary)
-                EXPORT.update(
-                    tx,
-                    export_id,
-                    failed_count=failed,
-                    finished_at=tx.now,
-                    next_attempt_at=None,
-                    last_error=_first_error(outcomes),
-                )
+                target, reason = ExportState.SUCCEEDED, summary
             elif retry_at is not None:
-                EXPORT.move(
-                    tx,
-                    export_id,
-                    ExportState.PENDING,
-                    f"{summary}: more than half failed, retry at {retry_at:%H:%M:%S}",
-                )
-                EXPORT.update(
-                    tx,
-                    export_id,
-                    failed_count=failed,
-                    next_attempt_at=retry_at,
-                    last_error=_first_error(outcomes),
-                )
+                target = ExportState.PENDING
+                reason = f"{summary}: more than half failed, retry at {retry_at:%H:%M:%S}"
             else:
-                EXPORT.move(tx, export_id, ExportState.FAILED, f"{summary}: no retries left")
-                EXPORT.update(
-                    tx,
-                    export_id,
-                    failed_count=failed,
-                    finished_at=tx.now,
-                    next_attempt_at=None,
-                    last_error=_first_error(outcomes),
-                )
+                target, reason = ExportState.FAILED, f"{summary}: no retries left"
+            EXPORT.move(tx, export_id, target, reason)
+            EXPORT.update(
+                tx,
+                export_id,
+                failed_count=failed,
+                last_error=_first_error(outcomes),
+                next_attempt_at=retry_at if target == ExportState.PENDING else None,
+                finished_at=None if target == ExportState.PENDING else tx.now,
+            )
         return self.get(export_id)
 
     def retry(self, export_id: int, now: datetime | None = None) -> ExportRecord:

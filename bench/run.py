@@ -1,13 +1,17 @@
-"""Receive throughput: the adapter against DCMTK storescp and a minimal pynetdicom SCP.
+"""Receive throughput: the adapter against storescp, a minimal pynetdicom SCP and Orthanc.
 
     python bench/run.py --corpus var/bench-corpus [--repeat 3] [--ct N] [--small N] [--full]
+        [--receivers storescp,minimal-nofsync,minimal,orthanc,adapter] [--assocs 1,4]
 
-For each corpus and each receiver, DCMTK ``storescu`` (with TCP_NODELAY=1)
-sends every file over one association; each repetition starts a fresh
-receiver on a free 127.0.0.1 port with an empty output folder. The wall time
-of the storescu process is measured and the median of the repetitions is
-reported. For the adapter, the time from storescu's exit until the ledger
-holds a row for every instance ("ledger lag") is reported as well.
+For each corpus, each number of associations and each receiver, DCMTK
+``storescu`` (with TCP_NODELAY=1) sends every file: one process over one
+association, or N processes at once, each with every N-th file. Each
+repetition starts a fresh receiver on a free port with an empty output
+folder. The wall time from the first sender's start to the last one's exit
+is measured and the median of the repetitions is reported. For the adapter,
+the per-instance ledger lag (C-STORE answer to ``received`` row, see
+``lag.py``) and the drain time (last sender's exit until the ledger holds
+every row) are reported as well.
 """
 
 from __future__ import annotations
@@ -25,20 +29,26 @@ import sys
 import tempfile
 import textwrap
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import corpus as corpus_mod
+import lag
+import orthanc
+from report import Result, table
 
 ROOT = Path(__file__).resolve().parent.parent
 HOST = "127.0.0.1"
 START_TIMEOUT = 30.0
 STOP_TIMEOUT = 60.0
 LEDGER_TIMEOUT = 120.0
-RECEIVERS = ("storescp", "minimal", "adapter")
+ORTHANC_MISSING = (
+    "Orthanc not found (apt-get install orthanc); leave it out with --receivers to run without it"
+)
 
 
 class BenchError(RuntimeError):
@@ -96,67 +106,115 @@ class Started:
     port: int
     ae_title: str
     ledger: Path | None = None
+    http_port: int | None = None  # Orthanc's REST API
+
+
+@dataclass
+class Plan:
+    """How to run one receiver: its command line and what to ask it afterwards."""
+
+    command: list[str]
+    ae_title: str
+    ledger: Path | None = None
+    http_port: int | None = None
+
+
+def _storescp(work: Path, port: int) -> Plan:
+    # --fork: a process per association, so four senders are served at once
+    # (without it storescp takes associations one after another).
+    out = work / "out"
+    out.mkdir()
+    ae = "STORESCP"
+    return Plan([tool("storescp"), "--fork", "+xa", "-aet", ae, "-od", str(out), str(port)], ae)
+
+
+def _minimal(work: Path, port: int, fsync: bool = True) -> Plan:
+    script = Path(__file__).resolve().parent / "minimal_scp.py"
+    ae = "MINIMAL"
+    cmd = [sys.executable, str(script), "--port", str(port), "--out", str(work / "out")]
+    cmd += ["--ae-title", ae] + ([] if fsync else ["--no-fsync"])
+    return Plan(cmd, ae)
+
+
+def _minimal_nofsync(work: Path, port: int) -> Plan:
+    return _minimal(work, port, fsync=False)
+
+
+def _adapter(work: Path, port: int) -> Plan:
+    ae = "BENCH"
+    ledger = work / "ledger.db"
+    config = work / "config.ini"
+    config.write_text(
+        textwrap.dedent(f"""\
+        [dicom]
+        ae_title = {ae}
+        host = {HOST}
+        port = {port}
+        [storage]
+        spool = spool
+        jobs = jobs
+        min_free = 0
+        [ledger]
+        url = sqlite:///{ledger}
+        [metrics]
+        port = 0
+        [ae:{ae}]
+        processor = none
+        """)
+    )
+    return Plan([*adapter_command(), "run", "--config", str(config)], ae, ledger=ledger)
+
+
+def _orthanc(work: Path, port: int) -> Plan:
+    binary = orthanc.find_binary()
+    if binary is None:
+        raise BenchError(ORTHANC_MISSING)
+    http_port = free_port()
+    config = orthanc.write_config(work, port, http_port)
+    return Plan(orthanc.command(binary, config), orthanc.AE_TITLE, http_port=http_port)
+
+
+PLANS: dict[str, Callable[[Path, int], Plan]] = {
+    "storescp": _storescp,
+    "minimal-nofsync": _minimal_nofsync,
+    "minimal": _minimal,
+    "orthanc": _orthanc,
+    "adapter": _adapter,
+}
+RECEIVERS = tuple(PLANS)
 
 
 def start_receiver(kind: str, work: Path) -> Started:
-    """Start one receiver in ``work`` (an empty folder) and wait for its port."""
-    port = free_port()
-    ledger = None
-    if kind == "storescp":
-        out = work / "out"
-        out.mkdir()
-        ae = "STORESCP"
-        cmd = [tool("storescp"), "+xa", "-aet", ae, "-od", str(out), str(port)]
-    elif kind == "minimal":
-        ae = "MINIMAL"
-        script = Path(__file__).resolve().parent / "minimal_scp.py"
-        cmd = [
-            sys.executable,
-            str(script),
-            "--port",
-            str(port),
-            "--out",
-            str(work / "out"),
-            "--ae-title",
-            ae,
-        ]
-    elif kind == "adapter":
-        ae = "BENCH"
-        ledger = work / "ledger.db"
-        config = work / "config.ini"
-        config.write_text(
-            textwrap.dedent(f"""\
-            [dicom]
-            ae_title = {ae}
-            host = {HOST}
-            port = {port}
-            [storage]
-            spool = spool
-            jobs = jobs
-            min_free = 0
-            [ledger]
-            url = sqlite:///{ledger}
-            [metrics]
-            port = 0
-            [ae:{ae}]
-            processor = none
-            """)
-        )
-        cmd = [*adapter_command(), "run", "--config", str(config)]
-    else:
+    """Start one receiver in ``work`` (an empty folder) and wait until it accepts work.
+
+    Every receiver runs with TCP_NODELAY=1 (DCMTK-based ones read it).
+    """
+    if kind not in PLANS:
         raise ValueError(kind)
+    port = free_port()
+    plan = PLANS[kind](work, port)
     log = (work / "receiver.log").open("wb")
     env = {**os.environ, "TCP_NODELAY": "1"}
     proc = subprocess.Popen(
-        cmd, cwd=work, stdout=log, stderr=subprocess.STDOUT, env=env, stdin=subprocess.DEVNULL
+        plan.command,
+        cwd=work,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=env,
+        stdin=subprocess.DEVNULL,
     )
     log.close()
     try:
         wait_port(port, proc, START_TIMEOUT)
+        if plan.http_port is not None:
+            orthanc.wait_http(plan.http_port, START_TIMEOUT)
+    except TimeoutError as exc:
+        stop(proc)
+        raise BenchError(str(exc)) from exc
     except BaseException:
         stop(proc)
         raise
-    return Started(proc, port, ae, ledger)
+    return Started(proc, port, plan.ae_title, plan.ledger, plan.http_port)
 
 
 def ledger_count(path: Path) -> int:
@@ -179,111 +237,140 @@ def wait_ledger(path: Path, count: int, timeout: float) -> float:
     return time.perf_counter() - start
 
 
-def send(port: int, ae: str, files: list[Path], timeout: float) -> float:
-    """Run storescu over one association; return its wall time in seconds."""
+def _storescu(port: int, ae: str, files: list[Path], log: IO[bytes]) -> subprocess.Popen[bytes]:
     cmd = [tool("storescu"), "-aec", ae, HOST, str(port), *map(str, files)]
     env = {**os.environ, "TCP_NODELAY": "1"}
-    start = time.perf_counter()
-    result = subprocess.run(cmd, env=env, capture_output=True, timeout=timeout, check=False)
-    elapsed = time.perf_counter() - start
-    if result.returncode != 0 or b"E: " in result.stderr:
-        raise BenchError(
-            f"storescu failed ({result.returncode}): "
-            f"{result.stderr.decode(errors='replace')[-2000:]}"
-        )
+    return subprocess.Popen(cmd, env=env, stdout=log, stderr=log, stdin=subprocess.DEVNULL)
+
+
+def _wait_all(procs: list[subprocess.Popen[bytes]], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    try:
+        for proc in procs:
+            proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+
+
+def send(port: int, ae: str, files: list[Path], timeout: float, assocs: int = 1) -> float:
+    """Send ``files`` with ``assocs`` storescu processes at once; return the wall time.
+
+    The files are dealt out in turn (file i goes to sender i mod ``assocs``) so
+    every sender gets the same mix. Timed from the first start to the last exit.
+    """
+    parts = [part for part in (files[i::assocs] for i in range(assocs)) if part]
+    with contextlib.ExitStack() as stack:
+        logs = [stack.enter_context(tempfile.TemporaryFile()) for _ in parts]
+        start = time.perf_counter()
+        procs = [_storescu(port, ae, part, log) for part, log in zip(parts, logs, strict=True)]
+        _wait_all(procs, timeout)
+        elapsed = time.perf_counter() - start
+        for proc, log in zip(procs, logs, strict=True):
+            _check_sender(proc, log)
     return elapsed
+
+
+def _check_sender(proc: subprocess.Popen[bytes], log: IO[bytes]) -> None:
+    log.seek(0)
+    output = log.read()
+    if proc.returncode != 0 or b"E: " in output:
+        text = output.decode(errors="replace")[-2000:]
+        raise BenchError(f"storescu failed ({proc.returncode}): {text}")
 
 
 def received_files(work: Path) -> int:
     out = work / ("spool" if (work / "spool").exists() else "out")
-    return sum(1 for p in out.rglob("*") if p.is_file() and not p.name.startswith("."))
+    return sum(
+        1
+        for p in out.rglob("*")
+        if p.is_file() and not any(part.startswith(".") for part in p.relative_to(out).parts)
+    )
 
 
-@dataclass
-class Result:
-    corpus: str
-    receiver: str
-    count: int
-    size: int
-    times: list[float] = field(default_factory=list)
-    lags: list[float] = field(default_factory=list)
-
-    @property
-    def median(self) -> float:
-        return statistics.median(self.times)
-
-    @property
-    def rate(self) -> float:
-        return self.count / self.median
-
-    @property
-    def mbps(self) -> float:
-        return self.size / 1e6 / self.median
+def kept(started: Started, work: Path) -> int:
+    """Instances the receiver holds: files on disk, or Orthanc's own count."""
+    if started.http_port is not None:
+        return orthanc.count_instances(started.http_port)
+    return received_files(work)
 
 
 @contextlib.contextmanager
 def scratch(base: Path) -> Iterator[Path]:
     base.mkdir(parents=True, exist_ok=True)
-    path = Path(tempfile.mkdtemp(prefix="run-", dir=base))
+    path = Path(tempfile.mkdtemp(prefix="run-", dir=base.resolve()))  # configs need it absolute
     try:
         yield path
     finally:
         shutil.rmtree(path, ignore_errors=True)
 
 
-def bench_one(name: str, files: list[Path], kind: str, repeat: int, workdir: Path) -> Result:
-    size = sum(f.stat().st_size for f in files)
-    result = Result(name, kind, len(files), size)
+def _measure_ledger(started: Started, work: Path, count: int, result: Result) -> None:
+    """Drain time (storescu exit to the last row) and per-instance lag, adapter only."""
+    assert started.ledger is not None
+    result.drains.append(wait_ledger(started.ledger, count, LEDGER_TIMEOUT))
+    lags = lag.instance_lags(started.ledger, work)
+    result.lag_medians.append(statistics.median(lags))
+    result.lag_p99s.append(lag.percentile(lags, 0.99))
+
+
+def _repetition(kind: str, files: list[Path], workdir: Path, result: Result) -> None:
+    """One fresh receiver, one timed send, then the checks; untimed start and stop."""
     # generous: 1 MB/s floor plus a fixed allowance
-    timeout = 120 + size / 1e6
+    timeout = 120 + result.size / 1e6
+    with scratch(workdir) as work:
+        started = start_receiver(kind, work)
+        try:
+            result.times.append(send(started.port, started.ae_title, files, timeout, result.assocs))
+            if started.ledger is not None:
+                _measure_ledger(started, work, len(files), result)
+            got = kept(started, work)
+        finally:
+            stop(started.proc)
+    if got != len(files):
+        raise BenchError(f"{kind} kept {got}/{len(files)} instances")
+
+
+def bench_one(
+    name: str, files: list[Path], kind: str, repeat: int, workdir: Path, assocs: int = 1
+) -> Result:
+    """``repeat`` runs of one receiver on one corpus with ``assocs`` senders."""
+    result = Result(name, kind, assocs, len(files), sum(f.stat().st_size for f in files))
     for rep in range(repeat):
-        with scratch(workdir) as work:
-            started = start_receiver(kind, work)
-            try:
-                result.times.append(send(started.port, started.ae_title, files, timeout))
-                if started.ledger is not None:
-                    result.lags.append(wait_ledger(started.ledger, len(files), LEDGER_TIMEOUT))
-            finally:
-                stop(started.proc)
-            got = received_files(work)
-            if got != len(files):
-                raise BenchError(f"{kind} kept {got}/{len(files)} files")
-        lag = f", ledger lag {result.lags[-1] * 1000:.0f} ms" if result.lags else ""
-        print(
-            f"  {name:6} {kind:9} run {rep + 1}/{repeat}: {result.times[-1]:.2f}s{lag}", flush=True
-        )
+        _repetition(kind, files, workdir, result)
+        print(f"  {name:6} x{assocs} {kind:15} run {rep + 1}/{repeat}: {result.last()}", flush=True)
     return result
 
 
-def table(results: list[Result]) -> str:
-    lines = [
-        "| corpus | receiver | instances | MB | median s | inst/s | MB/s | vs storescp "
-        "| vs minimal | ledger lag ms (median) |",
-        "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|",
-    ]
-    by = {(r.corpus, r.receiver): r for r in results}
-    for r in results:
-        ratios = []
-        for ref in ("storescp", "minimal"):
-            other = by.get((r.corpus, ref))
-            if r.receiver == "adapter" and other is not None:
-                ratios.append(f"{r.rate / other.rate:.2f}")
-            else:
-                ratios.append("")
-        lag = f"{statistics.median(r.lags) * 1000:.0f}" if r.lags else ""
-        lines.append(
-            f"| {r.corpus} | {r.receiver} | {r.count} | {r.size / 1e6:.1f} | {r.median:.2f} "
-            f"| {r.rate:.0f} | {r.mbps:.1f} | {ratios[0]} | {ratios[1]} | {lag} |"
-        )
-    return "\n".join(lines)
+def _kinds(text: str, parser: argparse.ArgumentParser) -> list[str]:
+    kinds = [k.strip() for k in text.split(",") if k.strip()]
+    for kind in kinds:
+        if kind not in RECEIVERS:
+            parser.error(f"unknown receiver {kind!r}")
+    return kinds
 
 
-def main() -> int:
+def _assocs(text: str, parser: argparse.ArgumentParser) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        values = []
+    if not values or min(values) < 1:
+        parser.error(f"--assocs: a comma list of positive numbers, not {text!r}")
+    return values
+
+
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     corpus_mod.add_arguments(parser)
     parser.add_argument("--repeat", type=int, default=3, help="repetitions (median is kept)")
     parser.add_argument(
         "--receivers", default=",".join(RECEIVERS), help=f"comma list from {', '.join(RECEIVERS)}"
+    )
+    parser.add_argument(
+        "--assocs", default="1,4", help="concurrent associations, a comma list (default 1,4)"
     )
     parser.add_argument(
         "--workdir",
@@ -293,19 +380,36 @@ def main() -> int:
         "not tmpfs, or fsync costs nothing)",
     )
     args = parser.parse_args()
-    kinds = [k.strip() for k in args.receivers.split(",") if k.strip()]
-    for kind in kinds:
-        if kind not in RECEIVERS:
-            parser.error(f"unknown receiver {kind!r}")
-    corpora = corpus_mod.resolve(args)
-    results = []
+    args.kinds = _kinds(args.receivers, parser)
+    args.assoc_counts = _assocs(args.assocs, parser)
+    return args
+
+
+def check_tools(kinds: list[str]) -> None:
+    """Fail at once, in one line, for a missing tool rather than halfway through."""
+    tool("storescu")
+    if "storescp" in kinds:
+        tool("storescp")
+    if "orthanc" in kinds and orthanc.find_binary() is None:
+        raise BenchError(ORTHANC_MISSING)
+
+
+def run_all(args: argparse.Namespace, results: list[Result]) -> None:
+    for name, folder in corpus_mod.resolve(args).items():
+        files = corpus_mod.corpus_files(folder)
+        print(f"{name}: {len(files)} files from {folder}", flush=True)
+        for assocs in args.assoc_counts:
+            for kind in args.kinds:
+                results.append(bench_one(name, files, kind, args.repeat, args.workdir, assocs))
+
+
+def main() -> int:
+    args = parse_args()
+    results: list[Result] = []
     try:
-        for name, folder in corpora.items():
-            files = corpus_mod.corpus_files(folder)
-            print(f"{name}: {len(files)} files from {folder}", flush=True)
-            for kind in kinds:
-                results.append(bench_one(name, files, kind, args.repeat, args.workdir))
-    except (BenchError, subprocess.TimeoutExpired) as exc:
+        check_tools(args.kinds)
+        run_all(args, results)
+    except (BenchError, subprocess.TimeoutExpired, OSError) as exc:
         print(f"Error: {exc}", file=sys.stderr)
         if results:
             print(table(results))

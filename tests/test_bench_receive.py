@@ -1,0 +1,78 @@
+"""bench/run.py runs end to end on a tiny corpus (a benchmark, so no speed asserts)."""
+
+import importlib.util
+import subprocess
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+from tests.conftest import require_tool
+
+ROOT = Path(__file__).resolve().parent.parent
+SCRIPT = ROOT / "bench" / "run.py"
+
+
+def _cells(line: str) -> list[str]:
+    return [cell.strip() for cell in line.strip().strip("|").split("|")]
+
+
+def test_receive_bench_prints_both_modes_with_ratios_and_lag(tmp_path: Path) -> None:
+    require_tool("storescu")
+    require_tool("storescp")
+    done = subprocess.run(
+        [
+            *(sys.executable, str(SCRIPT), "--corpus", str(tmp_path / "corpus")),
+            *("--workdir", str(tmp_path / "work"), "--ct", "5", "--small", "10", "--repeat", "1"),
+            *("--receivers", "storescp,minimal,adapter"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        cwd=tmp_path,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    lines = [line for line in done.stdout.splitlines() if line.startswith("| ")]  # no |---|
+    header = _cells(lines[0])
+    assert header[:3] == ["corpus", "assocs", "receiver"]
+    assert {"adapter/storescp", "adapter/minimal", "adapter/orthanc"} <= set(header)
+    assert header[-3:] == ["lag ms median", "lag ms p99", "drain ms"]
+    rows = [dict(zip(header, _cells(line), strict=True)) for line in lines[1:]]
+    assert {(r["corpus"], r["assocs"], r["receiver"]) for r in rows} == {
+        (corpus, assocs, receiver)
+        for corpus in ("ct", "small")
+        for assocs in ("1", "4")
+        for receiver in ("storescp", "minimal", "adapter")
+    }
+    for row in rows:
+        is_adapter = row["receiver"] == "adapter"
+        for column in ("adapter/storescp", "adapter/minimal", "lag ms median", "lag ms p99"):
+            assert (row[column] != "") == is_adapter, row
+        assert row["adapter/orthanc"] == ""  # left out
+        assert float(row["inst/s"]) > 0 and float(row["MB/s"]) >= 0
+    assert not list((tmp_path / "work").iterdir())  # every scratch folder removed
+
+
+def _load_run(monkeypatch: pytest.MonkeyPatch) -> ModuleType:
+    """bench/run.py as a module (it is a script, not in a package)."""
+    spec = importlib.util.spec_from_file_location("bench_run", SCRIPT)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "bench_run", module)  # dataclasses look it up
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_missing_orthanc_is_one_error_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    require_tool("storescu")
+    run = _load_run(monkeypatch)
+    monkeypatch.setattr(run.orthanc, "find_binary", lambda: None)
+    argv = ["run.py", "--corpus", str(tmp_path), "--receivers", "orthanc,adapter"]
+    monkeypatch.setattr(sys, "argv", argv)
+    assert run.main() == 1
+    err = capsys.readouterr().err
+    assert err.startswith("Error: Orthanc not found") and err.count("\n") == 1
+    assert not list(tmp_path.iterdir())  # failed before building any corpus

@@ -92,4 +92,7 @@ def wait_http(http_port: int, timeout: float) -> None:
 
 def count_instances(http_port: int) -> int:
     """Instances Orthanc holds (``GET /statistics``): its files are named by hash, not UID."""
-    return int(_get(http_port, "/statistics")["CountInstances"])  # type: ignore[call-overload]
+    count = _get(http_port, "/statistics")["CountInstances"]
+    if not isinstance(count, int):
+        raise ValueError(f"Orthanc's /statistics gave CountInstances {count!r}")
+    return count

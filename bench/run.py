@@ -102,6 +102,8 @@ def adapter_command() -> list[str]:
 
 @dataclass
 class Started:
+    """A running receiver and where to reach it."""
+
     proc: subprocess.Popen[bytes]
     port: int
     ae_title: str
@@ -237,10 +239,11 @@ def wait_ledger(path: Path, count: int, timeout: float) -> float:
     return time.perf_counter() - start
 
 
-def _storescu(port: int, ae: str, files: list[Path], log: IO[bytes]) -> subprocess.Popen[bytes]:
-    cmd = [tool("storescu"), "-aec", ae, HOST, str(port), *map(str, files)]
+def _storescu(cmd: list[str], files: list[Path], log: IO[bytes]) -> subprocess.Popen[bytes]:
     env = {**os.environ, "TCP_NODELAY": "1"}
-    return subprocess.Popen(cmd, env=env, stdout=log, stderr=log, stdin=subprocess.DEVNULL)
+    return subprocess.Popen(
+        [*cmd, *map(str, files)], env=env, stdout=log, stderr=log, stdin=subprocess.DEVNULL
+    )
 
 
 def _wait_all(procs: list[subprocess.Popen[bytes]], timeout: float) -> None:
@@ -262,10 +265,11 @@ def send(port: int, ae: str, files: list[Path], timeout: float, assocs: int = 1)
     every sender gets the same mix. Timed from the first start to the last exit.
     """
     parts = [part for part in (files[i::assocs] for i in range(assocs)) if part]
+    cmd = [tool("storescu"), "-aec", ae, HOST, str(port)]  # looked up outside the timing
     with contextlib.ExitStack() as stack:
         logs = [stack.enter_context(tempfile.TemporaryFile()) for _ in parts]
         start = time.perf_counter()
-        procs = [_storescu(port, ae, part, log) for part, log in zip(parts, logs, strict=True)]
+        procs = [_storescu(cmd, part, log) for part, log in zip(parts, logs, strict=True)]
         _wait_all(procs, timeout)
         elapsed = time.perf_counter() - start
         for proc, log in zip(procs, logs, strict=True):
@@ -409,7 +413,7 @@ def main() -> int:
     try:
         check_tools(args.kinds)
         run_all(args, results)
-    except (BenchError, subprocess.TimeoutExpired, OSError) as exc:
+    except (BenchError, subprocess.TimeoutExpired, OSError, ValueError) as exc:
         print(f"Error: {exc}", file=sys.stderr)
         if results:
             print(table(results))

@@ -75,6 +75,7 @@ class Instance(Base):
         Index("ix_instances_job_id", "job_id"),
         Index("ix_instances_sop", "called_ae", "sop_instance_uid"),
         Index("ix_instances_study", "called_ae", "study_instance_uid"),
+        Index("ix_instances_received_at", "received_at"),  # newest studies first (0005)
         Index(
             "ux_instances_live_path",
             "path",

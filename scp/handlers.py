@@ -17,6 +17,7 @@ from scp.admission import REJECT_LOCAL_LIMIT, REJECTION_NAMES, AdmissionPolicy
 from scp.association_log import AssociationLog
 from scp.placement import read_placement
 from scp.receiving import Receiving, provenance_of
+from scp.wakeful import wake_on_events
 from spool.incoming import IncomingFile
 from spool.layout import UnsafeName
 from spool.names import validate_uid
@@ -60,10 +61,11 @@ def handle_requested(event: evt.Event, server: object) -> None:
 
 
 def handle_conn_open(event: evt.Event) -> None:
-    """EVT_CONN_OPEN: disable Nagle, or small responses wait for delayed ACKs."""
+    """EVT_CONN_OPEN: disable Nagle (or small responses wait for delayed ACKs), no polling."""
     sock = event.assoc.dul.socket.socket
     if sock is not None:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    wake_on_events(event.assoc)
 
 
 def handle_echo(event: evt.Event) -> int:

@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 CONFIG ?= config.ini
 
-.PHONY: run test bench install install-test install-service lint clean
+.PHONY: run test bench bench-export bench-memory install install-test install-service lint clean
 
 $(BIN)/dicom-adapter: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -37,6 +37,14 @@ install-service:
 ## Benchmarks against DCMTK storescp and a minimal pynetdicom receiver (minutes; see bench/README.md).
 bench: install-test
 	$(BIN)/python bench/run.py --corpus var/bench-corpus
+
+## Export rate of the adapter's SCU against DCMTK storescu, 500 CT and 2000 small (minutes; see bench/export.py).
+bench-export: install-test
+	$(BIN)/python bench/export.py --corpus var/bench-corpus --full
+
+## Peak RSS of the adapter receiving one 1 GB multi-frame instance (builds it once, ~1 GB; see bench/memory.py).
+bench-memory: install-test
+	$(BIN)/python bench/memory.py --corpus var/bench-corpus --megabytes 1024
 
 lint: install-test
 	$(BIN)/ruff check .

@@ -71,9 +71,10 @@ class Instance(Base):
 
     __table_args__ = (
         Index("ix_instances_state", "state"),
-        Index("ix_instances_group", "called_ae", "state", "group_key"),
+        # received_at: open groups' first and last arrival from the index alone (0005).
+        Index("ix_instances_group", "called_ae", "state", "group_key", "received_at"),
         Index("ix_instances_job_id", "job_id"),
-        Index("ix_instances_sop", "called_ae", "sop_instance_uid"),
+        Index("ix_instances_sop", "sop_instance_uid", "called_ae"),  # UID first (0005)
         Index("ix_instances_study", "called_ae", "study_instance_uid"),
         Index("ix_instances_received_at", "received_at"),  # newest studies first (0005)
         Index(

@@ -2,6 +2,9 @@
 
 Failures print one ``Error: ...`` line; a broken config exits 2 (so systemd's
 ``RestartPreventExitStatus=2`` stops a restart loop), other failures exit 1.
+The service, the DICOM network and ``fsck`` are imported by the commands
+that use them: ``status`` is run by monitoring scripts and should answer in
+well under a second, not wait for pynetdicom, watchdog and APScheduler.
 """
 
 from __future__ import annotations
@@ -19,13 +22,8 @@ from typing import Any
 import click
 from sqlalchemy.exc import NoResultFound
 
-import fsck
-from adapter import Adapter, peer_for
 from config import Config, check_config, default_config_path, load_config
 from errors import EXIT_CONFIG, EXIT_FAILURE, AdapterError, ConfigError, IllegalTransition
-from exporters import cstore
-from exporters.cstore import ExportError
-from exporters.files import NotDicom, spec_for
 from health import health
 from ledger.db import make_engine
 from ledger.exports import Exports
@@ -35,7 +33,6 @@ from ledger.processing import Processing
 from ledger.records import ExportRecord, JobRecord
 from ledger.states import ExportState, JobState
 from ledger.store import Ledger
-from logs import configure_logging
 
 SIGNAL_POLL_SECONDS = 0.5
 
@@ -81,6 +78,9 @@ def run(config_path: Path | None) -> None:
     Example:
       dicom-adapter run --config config.ini
     """
+    from adapter import Adapter
+    from logs import configure_logging
+
     config = _load(config_path)
     configure_logging(config.log.level)
     # The handlers only record the signal; the main thread looks every half
@@ -313,6 +313,10 @@ def echo_command(name: str, config_path: Path | None) -> None:
     Example:
       dicom-adapter echo PACS
     """
+    from adapter import peer_for
+    from exporters import cstore
+    from exporters.cstore import ExportError
+
     config = _load(config_path)
     if name not in config.destinations:
         raise click.ClickException(f"no [destination:{name}] in {config.path}")
@@ -346,6 +350,8 @@ def send_command(
     Example:
       dicom-adapter send --dest PACS --wait results/
     """
+    from exporters.files import NotDicom, spec_for
+
     config = _load(config_path)
     if destination not in config.destinations:
         raise click.ClickException(f"no [destination:{destination}] in {config.path}")
@@ -497,6 +503,8 @@ def ledger_check(repair: bool, as_json: bool, config_path: Path | None) -> None:
     Example:
       sudo systemctl stop dicom-adapter && dicom-adapter ledger check
     """
+    import fsck
+
     config = _load(config_path)
     try:
         report = fsck.repair(config) if repair else fsck.check(config)

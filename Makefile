@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 CONFIG ?= config.ini
 
-.PHONY: run test bench bench-export bench-memory install install-test install-service lint clean
+.PHONY: run test bench bench-export bench-memory bench-ledger install install-test install-service lint clean
 
 $(BIN)/dicom-adapter: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -45,6 +45,10 @@ bench-export: install-test
 ## Peak RSS of the adapter receiving one 1 GB multi-frame instance (builds it once, ~1 GB; see bench/memory.py).
 bench-memory: install-test
 	$(BIN)/python bench/memory.py --corpus var/bench-corpus --megabytes 1024
+
+## Ledger at 1,000,000 instances: ingest rate, status and cookbook query times (minutes, ~1 GB in $TMPDIR).
+bench-ledger: install
+	$(BIN)/python bench/ledger_scale.py --instances 1000000
 
 lint: install-test
 	$(BIN)/ruff check .

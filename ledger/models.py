@@ -71,8 +71,9 @@ class Instance(Base):
 
     __table_args__ = (
         Index("ix_instances_state", "state"),
-        # received_at: open groups' first and last arrival from the index alone (0005).
-        Index("ix_instances_group", "called_ae", "state", "group_key", "received_at"),
+        # Not extended with received_at: a claim reads a group's rows in id order
+        # from it, which a fourth column would turn into a scan of ix_instances_state.
+        Index("ix_instances_group", "called_ae", "state", "group_key"),
         Index("ix_instances_job_id", "job_id"),
         Index("ix_instances_sop", "sop_instance_uid", "called_ae"),  # UID first (0005)
         Index("ix_instances_study", "called_ae", "study_instance_uid"),

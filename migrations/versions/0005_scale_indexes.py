@@ -5,10 +5,6 @@ studies; through the ``studies`` view alone that aggregates every row
 (seconds at a million instances), with this index the ledger walks the
 newest instances until it has seen enough studies.
 
-``ix_instances_group`` gains ``received_at``: the grouper's open groups and
-status's oldest open group (count, first and last arrival of the
-``received`` rows) are read from the index alone, not row by row.
-
 ``ix_instances_sop`` leads with the SOP Instance UID: intake's duplicate
 look-up (AE and UID) uses it as before, and the cookbook's "history of one
 instance" (UID only) no longer reads the whole table.
@@ -28,10 +24,6 @@ depends_on = None
 
 def upgrade() -> None:
     op.create_index("ix_instances_received_at", "instances", ["received_at"])
-    op.drop_index("ix_instances_group", table_name="instances")
-    op.create_index(
-        "ix_instances_group", "instances", ["called_ae", "state", "group_key", "received_at"]
-    )
     op.drop_index("ix_instances_sop", table_name="instances")
     op.create_index("ix_instances_sop", "instances", ["sop_instance_uid", "called_ae"])
 
@@ -39,6 +31,4 @@ def upgrade() -> None:
 def downgrade() -> None:
     op.drop_index("ix_instances_sop", table_name="instances")
     op.create_index("ix_instances_sop", "instances", ["called_ae", "sop_instance_uid"])
-    op.drop_index("ix_instances_group", table_name="instances")
-    op.create_index("ix_instances_group", "instances", ["called_ae", "state", "group_key"])
     op.drop_index("ix_instances_received_at", table_name="instances")

@@ -46,7 +46,7 @@ bench-export: install-test
 bench-memory: install-test
 	$(BIN)/python bench/memory.py --corpus var/bench-corpus --megabytes 1024
 
-## Ledger at 1,000,000 instances: ingest rate, status and cookbook query times (minutes, ~1 GB in $TMPDIR).
+## Ledger at 1,000,000 instances: ingest rate, status and cookbook query times (~5 minutes, 1.3 GB in $TMPDIR).
 bench-ledger: install
 	$(BIN)/python bench/ledger_scale.py --instances 1000000
 

@@ -9,6 +9,7 @@ is the same as the ``dicom-adapter`` command.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import threading
@@ -41,9 +42,8 @@ from processors.outbox import STAGING, OutboxScanner
 from processors.reclaimer import Reclaimer
 from processors.webhook import WebhookSubmitter
 from scp.admission import AdmissionPolicy, Source
-from scp.server import StoreServer
+from scp.process import ScpProcess
 from spool.layout import SpoolLayout
-from spool.writer import SpoolWriter
 from watchers.intake import Intake, IntakeWorker
 from watchers.reconcile import Reconciler
 from watchers.spool_watcher import SpoolWatcher
@@ -171,8 +171,9 @@ class Adapter:
             config.watcher.settle_seconds,
             stale_tmp_seconds=max(600.0, 2 * config.dicom.network_timeout),
         )
-        self.writer = SpoolWriter(self.layout, config.storage.min_free)
-        self.server = StoreServer(config.dicom, admission_policy(config), self.writer)
+        self.server = ScpProcess(
+            config.dicom, admission_policy(config), self.layout, config.storage.min_free
+        )
         # group, dispatch, reclaim, reconcile, outbox, watchdog, one per destination,
         # and room for destinations a reload adds
         self.scheduler = schedule.make_scheduler(16 + len(config.destinations))
@@ -186,9 +187,8 @@ class Adapter:
 
     def start(self) -> None:
         self.layout.ensure(self.config.aes)
-        # Stream every C-STORE dataset to a file (scp/receiving.py says where),
-        # so a 1 GB instance never sits in memory.
-        pynetdicom_config.STORE_RECV_CHUNKED_DATASET = True
+        # Exports stream each dataset from its file (the SCP process streams
+        # what it receives to files: scp/process.py).
         pynetdicom_config.STORE_SEND_CHUNKED_DATASET = True
         before, after = upgrade(self.engine)
         if before != after:
@@ -239,7 +239,7 @@ class Adapter:
             schedule.every(self.scheduler, "watchdog", seconds, self._watchdog_tick)
 
     def reload(self) -> bool:
-        """Take new AE titles, sources and destinations from the config file (SIGHUP).
+        """Take new AE titles, sources, destinations and min_free from the config file (SIGHUP).
 
         Running associations keep going; a broken file changes nothing.
         Listening address, spool, ledger and AE processors need a restart.
@@ -249,14 +249,19 @@ class Adapter:
         except ConfigError as exc:
             log.error("reload refused, keeping the running config: %s", exc)
             return False
-        if (new.dicom, new.storage, new.ledger) != (
+        storage = dataclasses.replace(new.storage, min_free=self.config.storage.min_free)
+        if (new.dicom, storage, new.ledger) != (
             self.config.dicom,
             self.config.storage,
             self.config.ledger,
         ):
-            log.warning("reload: [dicom], [storage] and [ledger] changes need a restart")
+            log.warning(
+                "reload: [dicom], [ledger] and [storage] changes other than min_free "
+                "need a restart"
+            )
         self.layout.ensure(new.aes)
         self.server.policy = admission_policy(new)
+        self.server.min_free = new.storage.min_free
         self.intake.intake.duplicates = {name: ae.duplicates for name, ae in new.aes.items()}
         self.intake.intake.group_by = {name: ae.group_by for name, ae in new.aes.items()}
         self._reload_destinations(new)

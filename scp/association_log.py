@@ -42,6 +42,11 @@ class AssociationLog:
         self.received_bytes: Counter[str] = Counter()
         self.rejected: Counter[str] = Counter()
 
+    def totals(self) -> tuple[Counter[str], Counter[str], Counter[str]]:
+        """Copies of (received, received_bytes, rejected), consistent with each other."""
+        with self._lock:
+            return Counter(self.received), Counter(self.received_bytes), Counter(self.rejected)
+
     def rejection(self, reason: str) -> None:
         with self._lock:
             self.rejected[reason] += 1

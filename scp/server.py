@@ -103,15 +103,17 @@ class StoreServer:
         """True while the accept loop runs."""
         return self._thread is not None and self._thread.is_alive()
 
-    def stop(self) -> None:
+    def stop(self, grace: float | None = None) -> None:
         """Stop accepting, let established associations finish within the grace, abort the rest.
 
-        A C-STORE cut short was never acknowledged: its peer sends it again.
+        ``grace`` defaults to ``[dicom] shutdown_grace``.  A C-STORE cut
+        short was never acknowledged: its peer sends it again.
         """
+        grace = self.dicom.shutdown_grace if grace is None else grace
         server, self._server = self._server, None
         if server is not None:
             server.shutdown()  # no new associations from here on
-            deadline = time.monotonic() + self.dicom.shutdown_grace
+            deadline = time.monotonic() + grace
             while time.monotonic() < deadline and any(
                 assoc.is_established for assoc in server.active_associations
             ):  # a connection that never associated is not worth waiting for
@@ -121,7 +123,7 @@ class StoreServer:
                     log.warning(
                         "aborting an association still running after the %gs shutdown grace: "
                         "peer %s",
-                        self.dicom.shutdown_grace,
+                        grace,
                         assoc.requestor.address,
                     )
                 assoc.abort()

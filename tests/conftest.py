@@ -138,8 +138,8 @@ def start_adapter() -> Iterator[Callable[[Path], RunningAdapter]]:
 
     def start(path: Path) -> RunningAdapter:
         running = RunningAdapter(load_config(path))
+        started.append(running)  # stopped at teardown even when start fails half way
         running.adapter.start()
-        started.append(running)
         return running
 
     yield start

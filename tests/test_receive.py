@@ -8,7 +8,6 @@ from pathlib import Path
 import pydicom
 import pytest
 
-from config import FreeSpaceRule
 from tests.conftest import RunningAdapter, wait_for, write_config
 from tests.dcmtk import echoscu, storescu
 from tests.dicom import dataset_bytes, make_instance, make_mixed_set, make_study
@@ -153,9 +152,18 @@ def test_unsafe_uids_refused_and_nothing_written(
     assert adapter.rows() == []
 
 
+def _echo_rejection(port: int) -> tuple[int, int, int] | None:
+    try:
+        echo("127.0.0.1", port, called_ae="DICOMADAPTER")
+    except AssociationRejected as exc:
+        return (exc.result, exc.source, exc.reason)
+    return None
+
+
 def test_low_disk_answers_a700_and_recovers(
-    adapter: RunningAdapter, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    adapter: RunningAdapter, config_path: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
+    """min_free raised and lowered again by a reload (SIGHUP) while an association runs."""
     from pynetdicom import AE
 
     files = make_study(tmp_path / "s", 3)
@@ -164,16 +172,17 @@ def test_low_disk_answers_a700_and_recovers(
     ae.add_requested_context(ds.SOPClassUID, ds.file_meta.TransferSyntaxUID)
     assoc = ae.associate("127.0.0.1", adapter.port, ae_title="DICOMADAPTER")
     assert assoc.is_established
-    writer = adapter.adapter.writer
+    original = config_path.read_text()
     try:
         assert assoc.send_c_store(files[0]).Status == 0x0000
-        writer.min_free = FreeSpaceRule(percent=99.999)
-        assert assoc.send_c_store(files[1]).Status == 0xA700
+        config_path.write_text(original.replace("min_free = 0", "min_free = 99.999%"))
+        assert adapter.adapter.reload()
         # A new association while the disk is short: transient 2/3/2.
-        with pytest.raises(AssociationRejected) as caught:
-            echo("127.0.0.1", adapter.port, called_ae="DICOMADAPTER")
-        assert (caught.value.result, caught.value.source, caught.value.reason) == (2, 3, 2)
-        writer.min_free = FreeSpaceRule()
+        wait_for(lambda: _echo_rejection(adapter.port) == (2, 3, 2), timeout=5)
+        assert assoc.send_c_store(files[1]).Status == 0xA700
+        config_path.write_text(original)
+        assert adapter.adapter.reload()
+        wait_for(lambda: _echo_rejection(adapter.port) is None, timeout=5)
         assert assoc.send_c_store(files[1]).Status == 0x0000
     finally:
         assoc.release()
@@ -184,11 +193,13 @@ def test_low_disk_answers_a700_and_recovers(
 
 @pytest.mark.filterwarnings("ignore:.*VR UI:UserWarning")  # the test writes a bad UID
 def test_one_log_line_per_association(
-    adapter: RunningAdapter, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    start_adapter, config_path: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     import logging
 
-    caplog.set_level(logging.INFO, logger="scp.associations")
+    # The SCP process takes its log level when it starts, as it does from [log] level.
+    caplog.set_level(logging.INFO)
+    adapter = start_adapter(config_path)
     good = make_study(tmp_path / "s", 3)
     bad = make_instance(tmp_path / "bad.dcm", study_uid="1.2.abc")
     results = send_files(

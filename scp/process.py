@@ -1,0 +1,297 @@
+"""The SCP in a process of its own, driven from the adapter over a pipe.
+
+Why a process: receiving is CPU-bound in pynetdicom's Python code, and in
+one interpreter it queued behind intake, the ledger and the scheduler for
+the one GIL; on a 2-core edge box that halved the receive rate.  The child
+shares nothing with the adapter but the spool folder, which is the design's
+one-way data flow anyway (network -> spool -> watcher -> ledger).
+
+Over the pipe, adapter -> child: ``("policy", AdmissionPolicy)`` and
+``("min_free", FreeSpaceRule)`` after a reload, ``("stop",)``.  Child ->
+adapter: ``("listening", port)`` or ``("failed", errno, text)`` once, then
+``("log", LogRecord)`` for every log record (so the adapter's log stream and
+level stay the only ones), ``("tally", Tally)`` whenever the counters
+changed, and ``("stopped",)``.
+The child ignores SIGTERM/SIGINT/SIGHUP, which systemd sends to the whole
+cgroup: the adapter decides.  If the adapter dies, the pipe reads EOF and
+the child aborts its associations and exits at once, freeing the port for
+the restart (nothing it had not acknowledged is lost: the peer resends).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import logging.handlers
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
+from typing import TYPE_CHECKING, Any
+
+from pynetdicom import _config as pynetdicom_config
+
+from scp.server import StoreServer
+from spool.writer import SpoolWriter
+
+if TYPE_CHECKING:
+    from config import DicomConfig, FreeSpaceRule
+    from scp.admission import AdmissionPolicy
+    from spool.layout import SpoolLayout
+
+log = logging.getLogger(__name__)
+START_TIMEOUT = 60.0
+TALLY_SECONDS = 0.5
+STOP_MARGIN = 15.0  # beyond the shutdown grace, for the child's own wind-down
+
+
+@dataclass
+class Tally:
+    """Totals since start, for metrics: called AE -> count / bytes; reason -> count."""
+
+    received: Counter[str] = field(default_factory=Counter)
+    received_bytes: Counter[str] = field(default_factory=Counter)
+    rejected: Counter[str] = field(default_factory=Counter)
+    active_associations: int = 0
+
+
+class ScpProcess:
+    """Parent side: start, reconfigure, watch and stop the SCP child."""
+
+    def __init__(
+        self,
+        dicom: DicomConfig,
+        policy: AdmissionPolicy,
+        layout: SpoolLayout,
+        min_free: FreeSpaceRule,
+    ) -> None:
+        self.dicom = dicom
+        self._policy = policy
+        self._layout = layout
+        self._min_free = min_free
+        self.tally = Tally()
+        self._port: int | None = None
+        self._process: subprocess.Popen[bytes] | None = None
+        self._conn: Connection | None = None
+        self._reader: threading.Thread | None = None
+        self._sending = threading.Lock()
+        self._stopped = threading.Event()
+
+    @property
+    def port(self) -> int:
+        assert self._port is not None, "SCP not started"
+        return self._port
+
+    @property
+    def policy(self) -> AdmissionPolicy:
+        return self._policy
+
+    @policy.setter
+    def policy(self, policy: AdmissionPolicy) -> None:
+        self._policy = policy
+        self._send(("policy", policy))
+
+    @property
+    def min_free(self) -> FreeSpaceRule:
+        return self._min_free
+
+    @min_free.setter
+    def min_free(self, rule: FreeSpaceRule) -> None:
+        self._min_free = rule
+        self._send(("min_free", rule))
+
+    @property
+    def active_associations(self) -> int:
+        return self.tally.active_associations
+
+    @property
+    def running(self) -> bool:
+        """True while the child serves and its messages are read."""
+        return (
+            self._process is not None
+            and self._process.poll() is None
+            and self._reader is not None
+            and self._reader.is_alive()
+        )
+
+    def start(self) -> None:
+        """Start the child and wait until it listens.
+
+        Raises
+        ------
+        OSError
+            When the child cannot listen (address in use, permission).
+        """
+        ours, theirs = socket.socketpair()
+        level = logging.getLogger().getEffectiveLevel()
+        # The child finds our modules where we found them, wherever it was started.
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+        self._process = subprocess.Popen(
+            [sys.executable, "-m", "scp.process", str(theirs.fileno())],
+            pass_fds=[theirs.fileno()],
+            env=env,
+            stdin=subprocess.DEVNULL,
+        )
+        theirs.close()
+        self._conn = Connection(ours.detach())
+        self._send(("serve", self.dicom, self._policy, self._layout, self._min_free, level))
+        first = self._first_word()
+        if first is None or first[0] != "listening":
+            self._reap(5)
+            if first is not None and first[0] == "failed":
+                raise OSError(first[1], first[2])
+            raise OSError("the SCP process exited while starting")
+        self._port = int(first[1])
+        self._reader = threading.Thread(target=self._read, name="scp-pipe", daemon=True)
+        self._reader.start()
+
+    def stop(self) -> None:
+        """Ask the child to stop (it waits out the shutdown grace) and reap it."""
+        process, self._process = self._process, None
+        if process is None:
+            return
+        self._send(("stop",))
+        try:
+            process.wait(self.dicom.shutdown_grace + STOP_MARGIN)
+        except subprocess.TimeoutExpired:
+            log.error("the SCP process did not stop: killing it")
+            process.kill()
+            process.wait(5)
+        if self._reader is not None:
+            self._reader.join(5)
+        if self._conn is not None:
+            self._conn.close()
+
+    def _reap(self, timeout: float) -> None:
+        assert self._process is not None
+        try:
+            self._process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self._process.kill()
+            self._process.wait(5)
+
+    def _first_word(self) -> tuple[Any, ...] | None:
+        """The child's "listening" or "failed", passing on the log records before it."""
+        deadline = time.monotonic() + START_TIMEOUT
+        while self._conn.poll(max(0.0, deadline - time.monotonic())):  # type: ignore[union-attr]
+            message = self._receive()
+            if message is None or message[0] != "log":
+                return message
+            self._log(message[1])
+        raise OSError(f"the SCP process did not start within {START_TIMEOUT:.0f}s")
+
+    @staticmethod
+    def _log(record: logging.LogRecord) -> None:
+        logging.getLogger(record.name).handle(record)
+
+    def _send(self, message: tuple[Any, ...]) -> None:
+        with self._sending, contextlib.suppress(OSError, AttributeError):
+            self._conn.send(message)  # type: ignore[union-attr]
+
+    def _receive(self) -> tuple[Any, ...] | None:
+        try:
+            return self._conn.recv()  # type: ignore[union-attr]
+        except (EOFError, OSError):
+            return None
+
+    def _read(self) -> None:
+        while (message := self._receive()) is not None:
+            kind = message[0]
+            if kind == "log":
+                self._log(message[1])
+            elif kind == "tally":
+                self.tally = message[1]
+            elif kind == "stopped":
+                break
+
+
+class _PipeQueue:
+    """What QueueHandler needs of a queue: records go down the pipe."""
+
+    def __init__(self, send: Any) -> None:
+        self._send = send
+
+    def put_nowait(self, record: logging.LogRecord) -> None:
+        self._send(("log", record))
+
+
+def serve(conn: Connection) -> None:
+    """Child side: run the SCP until told to stop or the adapter goes away."""
+    for number in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(number, signal.SIG_IGN)
+    try:
+        _, dicom, policy, layout, min_free, level = conn.recv()
+    except (EOFError, OSError):
+        return
+    sending = threading.Lock()
+
+    def send(message: tuple[Any, ...]) -> None:
+        with sending, contextlib.suppress(OSError):
+            conn.send(message)
+
+    root = logging.getLogger()
+    root.handlers[:] = [logging.handlers.QueueHandler(_PipeQueue(send))]  # type: ignore[arg-type]
+    root.setLevel(level)
+    logging.getLogger("pynetdicom").setLevel(max(logging.WARNING, level))
+
+    # Stream every C-STORE dataset to a file (scp/receiving.py says where),
+    # so a 1 GB instance never sits in memory.
+    pynetdicom_config.STORE_RECV_CHUNKED_DATASET = True
+    server = StoreServer(dicom, policy, SpoolWriter(layout, min_free))
+    try:
+        server.start()
+    except OSError as exc:
+        send(("failed", exc.errno, exc.strerror or str(exc)))
+        return
+    send(("listening", server.port))
+    done = threading.Event()
+    reporter = threading.Thread(target=_report, args=(server, send, done), name="tally")
+    reporter.start()
+    orphaned = _obey(conn, server)
+    grace = 0.0 if orphaned else None
+    server.stop(grace)
+    done.set()
+    reporter.join()
+    send(("tally", _snapshot(server)))
+    send(("stopped",))
+
+
+def _obey(conn: Connection, server: StoreServer) -> bool:
+    """Follow the adapter's messages until "stop"; True if the adapter vanished."""
+    while True:
+        try:
+            message = conn.recv()
+        except (EOFError, OSError):
+            return True
+        if message[0] == "policy":
+            server.policy = message[1]
+        elif message[0] == "min_free":
+            server.writer.min_free = message[1]
+        elif message[0] == "stop":
+            return False
+
+
+def _snapshot(server: StoreServer) -> Tally:
+    return Tally(*server.tally.totals(), server.active_associations)
+
+
+def _report(server: StoreServer, send: Any, done: threading.Event) -> None:
+    last = None
+    while not done.wait(TALLY_SECONDS):
+        tally = _snapshot(server)
+        if tally != last:
+            send(("tally", tally))
+            last = tally
+
+
+if __name__ == "__main__":
+    # Under its own name, so the Tally it pickles unpickles in the adapter.
+    from scp import process
+
+    process.serve(Connection(int(sys.argv[1])))

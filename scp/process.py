@@ -13,14 +13,15 @@ adapter: ``("listening", port)`` or ``("failed", errno, text)`` once, then
 level stay the only ones), ``("tally", Tally)`` whenever the counters
 changed, and ``("stopped",)``.
 The child ignores SIGTERM/SIGINT/SIGHUP, which systemd sends to the whole
-cgroup: the adapter decides.  If the adapter dies, the pipe reads EOF and
-the child aborts its associations and exits at once, freeing the port for
+cgroup: the adapter decides.  If the adapter dies,
+the kernel kills the child at once (:func:`die_with`), freeing the port for
 the restart (nothing it had not acknowledged is lost: the peer resends).
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import logging
 import logging.handlers
 import os
@@ -48,7 +49,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 START_TIMEOUT = 60.0
 TALLY_SECONDS = 0.5
-STOP_MARGIN = 15.0  # beyond the shutdown grace, for the child's own wind-down
+STOP_MARGIN = 15.0
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h  # beyond the shutdown grace, for the child's own wind-down
 
 
 @dataclass
@@ -133,7 +135,7 @@ class ScpProcess:
         # The child finds our modules where we found them, wherever it was started.
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
         self._process = subprocess.Popen(
-            [sys.executable, "-m", "scp.process", str(theirs.fileno())],
+            [sys.executable, "-m", "scp.process", str(theirs.fileno()), str(os.getpid())],
             pass_fds=[theirs.fileno()],
             env=env,
             stdin=subprocess.DEVNULL,
@@ -221,6 +223,19 @@ class _PipeQueue:
         self._send(("log", record))
 
 
+def die_with(parent_pid: int) -> None:
+    """Be killed the moment the adapter dies (Linux PR_SET_PDEATHSIG), port and all.
+
+    The kernel signals when the thread that started us ends: Adapter.start
+    runs in the main thread.  Nothing acknowledged is lost by dying: every
+    acknowledged instance is already durable in the spool.
+    """
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent_pid:  # it died before prctl took effect
+        os._exit(0)
+
+
 def serve(conn: Connection) -> None:
     """Child side: run the SCP until told to stop or the adapter goes away."""
     for number in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
@@ -294,4 +309,5 @@ if __name__ == "__main__":
     # Under its own name, so the Tally it pickles unpickles in the adapter.
     from scp import process
 
+    process.die_with(int(sys.argv[2]))
     process.serve(Connection(int(sys.argv[1])))

@@ -14,7 +14,7 @@ ALLOWED = {
     "ledger": {"errors"},
     "migrations": {"ledger"},
     "processors": {"ledger", "spool", "exporters"},
-    "exporters": {"ledger"},
+    "exporters": {"ledger", "spool"},  # spool.part10 (dataset offset), spool.incoming (our UIDs)
 }
 PROJECT = {
     "scp",

@@ -1,0 +1,107 @@
+"""DIMSE command sets for C-STORE and C-ECHO (PS3.7 section 9.3 and Annex E).
+
+A command set is always Implicit VR Little Endian (PS3.7 6.3.1), whatever
+transfer syntax the data set travels in, so it is a short run of
+``tag, 4-byte length, value`` elements: built here with ``struct`` in
+microseconds instead of through a pydicom Dataset.  Elements go in tag
+order, led by Command Group Length (0000,0000).
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+
+VERIFICATION = "1.2.840.10008.1.1"
+C_STORE_RQ, C_STORE_RSP = 0x0001, 0x8001
+C_ECHO_RQ, C_ECHO_RSP = 0x0030, 0x8030
+DATA_SET_PRESENT, NO_DATA_SET = 0x0000, 0x0101  # Command Data Set Type (0000,0800)
+MEDIUM = 0x0000  # Priority (0000,0700)
+
+_HEADER = struct.Struct("<HHL")  # group, element, value length
+_AFFECTED_SOP_CLASS = 0x0002
+_COMMAND_FIELD = 0x0100
+_MESSAGE_ID = 0x0110
+_RESPONDED_TO = 0x0120
+_PRIORITY = 0x0700
+_DATA_SET_TYPE = 0x0800
+_STATUS = 0x0900
+_AFFECTED_SOP_INSTANCE = 0x1000
+
+
+@dataclass(frozen=True)
+class Response:
+    """The fields of a response command set a sender acts on."""
+
+    command_field: int
+    responded_to: int  # Message ID Being Responded To (0000,0120)
+    status: int
+
+
+def _element(element: int, value: bytes) -> bytes:
+    return _HEADER.pack(0x0000, element, len(value)) + value
+
+
+def _ui(uid: str) -> bytes:
+    """A UID value, padded to even length with one NUL (PS3.5 9.1)."""
+    raw = uid.encode("ascii")
+    return raw + b"\x00" if len(raw) % 2 else raw
+
+
+def _us(value: int) -> bytes:
+    return struct.pack("<H", value)
+
+
+def _command(elements: list[tuple[int, bytes]]) -> bytes:
+    body = b"".join(_element(tag, value) for tag, value in elements)
+    return _element(0x0000, struct.pack("<L", len(body))) + body
+
+
+def c_store_rq(message_id: int, sop_class_uid: str, sop_instance_uid: str) -> bytes:
+    """A C-STORE-RQ command set (PS3.7 9.3.1.1), a data set to follow."""
+    return _command(
+        [
+            (_AFFECTED_SOP_CLASS, _ui(sop_class_uid)),
+            (_COMMAND_FIELD, _us(C_STORE_RQ)),
+            (_MESSAGE_ID, _us(message_id)),
+            (_PRIORITY, _us(MEDIUM)),
+            (_DATA_SET_TYPE, _us(DATA_SET_PRESENT)),
+            (_AFFECTED_SOP_INSTANCE, _ui(sop_instance_uid)),
+        ]
+    )
+
+
+def c_echo_rq(message_id: int) -> bytes:
+    """A C-ECHO-RQ command set (PS3.7 9.3.5.1), no data set."""
+    return _command(
+        [
+            (_AFFECTED_SOP_CLASS, _ui(VERIFICATION)),
+            (_COMMAND_FIELD, _us(C_ECHO_RQ)),
+            (_MESSAGE_ID, _us(message_id)),
+            (_DATA_SET_TYPE, _us(NO_DATA_SET)),
+        ]
+    )
+
+
+def parse_response(command: bytes) -> Response:
+    """Read Command Field, Message ID Being Responded To and Status from a command set.
+
+    Raises
+    ------
+    ValueError
+        One of the three is missing, or an element runs past the end.
+    """
+    values: dict[int, int] = {}
+    offset = 0
+    while offset + 8 <= len(command):
+        group, element, length = _HEADER.unpack_from(command, offset)
+        offset += 8
+        if offset + length > len(command):
+            raise ValueError(f"command element ({group:04X},{element:04X}) runs past the end")
+        if group == 0 and element in (_COMMAND_FIELD, _RESPONDED_TO, _STATUS) and length == 2:
+            values[element] = struct.unpack_from("<H", command, offset)[0]
+        offset += length
+    try:
+        return Response(values[_COMMAND_FIELD], values[_RESPONDED_TO], values[_STATUS])
+    except KeyError as missing:
+        raise ValueError(f"response has no (0000,{missing.args[0]:04X})") from None

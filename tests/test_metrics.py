@@ -38,8 +38,13 @@ def test_metrics_tell_what_happened(start_adapter, tmp_path: Path, port: int) ->
     running.wait_rows(3)
     with pytest.raises(AssociationRejected):
         echo("127.0.0.1", port, called_ae="NOTME")
-    # The rejected association's thread ends a moment after the reject is sent.
-    wait_for(lambda: scrape(metrics_port)["dicom_adapter_associations_active"] == 0)
+    # The SCP process reports its counters twice a second; the rejected
+    # association's thread ends a moment after the reject is sent.
+    rejected = 'dicom_adapter_associations_rejected_total{reason="called_ae"}'
+    wait_for(
+        lambda: scrape(metrics_port).get(rejected) == 1
+        and scrape(metrics_port)["dicom_adapter_associations_active"] == 0
+    )
     values = scrape(metrics_port)
     assert values['dicom_adapter_instances_received_total{called_ae="DICOMADAPTER"}'] == 3
     size = sum(p.stat().st_size for p in (tmp_path / "spool" / "DICOMADAPTER").rglob("*.dcm"))

@@ -1,13 +1,16 @@
 """Where pynetdicom's chunked receive writes: our IncomingFile in ``spool/.tmp/``.
 
 pynetdicom 3.0 writes a chunked C-STORE dataset into
-``NamedTemporaryFile(delete=False, mode="wb", suffix=".dcm")``, looked up in
-``pynetdicom.dimse_messages`` when each message starts, in the process's
-default temp folder, and lets an ENOSPC there kill the association without
-an answer.  :class:`Receiving` puts :meth:`SpoolWriter.open_incoming` in its
-place while the SCP runs, so the file is on the spool's filesystem, carries
-our file meta, and a full disk becomes a 0xA700.  The call comes from the
-association's DUL thread, which knows the association and so the provenance.
+``NamedTemporaryFile(delete=False, mode="wb", suffix=".dcm")``, in the
+process's default temp folder, and lets an ENOSPC there kill the
+association without an answer; it writes the file meta with pydicom's
+``write_file_meta_info(file, create_file_meta(...))``.  All three are looked
+up in ``pynetdicom.dimse_messages`` when each message starts.
+:class:`Receiving` puts its own in their place while the SCP runs: the file
+is :meth:`SpoolWriter.open_incoming`'s, on the spool's filesystem, a full
+disk becomes a 0xA700, and the meta is ours (provenance included), encoded
+without pydicom.  The calls come from the association's DUL thread, which
+knows the association and so the provenance.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from typing import Any
 
 from pynetdicom import dimse_messages
 
-from spool.incoming import IncomingFile, Provenance
+from spool.incoming import IncomingFile, MetaUids, Provenance
 from spool.writer import SpoolWriter
 
 
@@ -39,16 +42,22 @@ class Receiving:
     def __init__(self, writer: SpoolWriter) -> None:
         self.writer = writer
         self._files: weakref.WeakValueDictionary[str, IncomingFile] = weakref.WeakValueDictionary()
-        self._original: Any = None
+        self._originals: dict[str, Any] = {}
 
     def install(self) -> None:
-        self._original = dimse_messages.NamedTemporaryFile
-        dimse_messages.NamedTemporaryFile = self._open
+        ours = {
+            "NamedTemporaryFile": self._open,
+            "create_file_meta": _meta_uids,
+            "write_file_meta_info": _write_meta,
+        }
+        for name, replacement in ours.items():
+            self._originals[name] = getattr(dimse_messages, name)
+            setattr(dimse_messages, name, replacement)
 
     def uninstall(self) -> None:
-        if self._original is not None:
-            dimse_messages.NamedTemporaryFile = self._original
-            self._original = None
+        for name, original in self._originals.items():
+            setattr(dimse_messages, name, original)
+        self._originals.clear()
 
     def take(self, path: Path) -> IncomingFile | None:
         """The incoming file pynetdicom wrote ``path`` through."""
@@ -59,3 +68,13 @@ class Receiving:
         incoming = self.writer.open_incoming(provenance_of(assoc))
         self._files[incoming.name] = incoming
         return incoming
+
+
+def _meta_uids(sop_class_uid: str, sop_instance_uid: str, transfer_syntax: str) -> MetaUids:
+    """Stands in for pynetdicom's ``create_file_meta`` (called with these keywords)."""
+    return MetaUids(str(sop_class_uid), str(sop_instance_uid), str(transfer_syntax))
+
+
+def _write_meta(incoming: IncomingFile, uids: MetaUids) -> None:
+    """Stands in for pydicom's ``write_file_meta_info`` on our incoming file."""
+    incoming.write_meta(uids)

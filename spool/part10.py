@@ -58,36 +58,8 @@ def _tag_bytes(tag: int) -> bytes:
     return (tag >> 16).to_bytes(2, "little") + (tag & 0xFFFF).to_bytes(2, "little")
 
 
-def meta_values(part10_head: bytes) -> dict[int, bytes]:
-    """Raw values of the file meta elements in ``part10_head``, by tag.
-
-    ``part10_head`` is a file's start: preamble, ``DICM``, group 0002 and
-    perhaps more; the walk stops at the first element of another group.
-
-    Raises
-    ------
-    ValueError
-        An element runs past the end of ``part10_head``.
-    """
-    values = {}
-    offset = PREAMBLE + 4
-    while len(part10_head) >= offset + 8 and part10_head[offset : offset + 2] == b"\x02\x00":
-        tag = 0x00020000 | int.from_bytes(part10_head[offset + 2 : offset + 4], "little")
-        if part10_head[offset + 4 : offset + 6] in _LONG_LENGTH_VRS:
-            start = offset + 12
-            length = int.from_bytes(part10_head[offset + 8 : start], "little")
-        else:
-            start = offset + 8
-            length = int.from_bytes(part10_head[offset + 6 : start], "little")
-        offset = start + length
-        if offset > len(part10_head):
-            raise ValueError(f"file meta element ({tag >> 16:04X},{tag & 0xFFFF:04X}) is cut short")
-        values[tag] = part10_head[start:offset]
-    return values
-
-
 def encode_meta(elements: list[tuple[int, bytes, bytes]]) -> bytes:
-    """Preamble, ``DICM`` and a file meta group of ``(tag, VR, value)``, in that order.
+    """A file meta group of ``(tag, VR, value)`` elements, in that order.
 
     The group length comes first, as PS3.10 7.1 requires; odd values are
     padded to even length, UIDs and binary with NUL, text with a space
@@ -104,7 +76,7 @@ def encode_meta(elements: list[tuple[int, bytes, bytes]]) -> bytes:
             body += len(value).to_bytes(2, "little")
         body += value
     group_length = _tag_bytes(0x00020000) + b"UL" + (4).to_bytes(2, "little")
-    return b"\x00" * PREAMBLE + b"DICM" + group_length + len(body).to_bytes(4, "little") + body
+    return group_length + len(body).to_bytes(4, "little") + body
 
 
 def element_text(value: object) -> str | None:

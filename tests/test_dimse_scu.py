@@ -1,0 +1,358 @@
+"""The exporter's SCU against real peers (DCMTK storescp, a pynetdicom SCP) and scripted ones.
+
+Real peers show that what we send is stored byte for byte and that context
+negotiation and statuses are read right; :class:`ScriptedPeer` (PDUs written
+by hand, like pynetdicom's ``tests/parrot.py``) plays the misbehaviours a
+real peer will not do on cue: rejecting, aborting, hanging up, never
+answering, answering the wrong message, declaring a huge PDU.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import socket
+import struct
+import subprocess
+import threading
+import time
+import tracemalloc
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from exporters import cstore
+from exporters.cstore import ExportError, Peer
+from exporters.files import spec_for
+from ledger.records import ExportFileRecord
+from spool.part10 import dataset_offset
+from tests.conftest import free_port, port_open, require_tool, wait_for
+from tests.dicom import make_large_multiframe, make_mixed_set, make_study
+from tests.peers.flaky_scp import FlakyStorageSCP
+from tests.test_upper_layer import accept_pdu, command_set
+
+UNCOMPRESSED = {"1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.2"}
+
+
+def records(paths: list[Path]) -> list[ExportFileRecord]:
+    """Export file rows for ``paths``, as the ledger would hand them to the exporter."""
+    rows = []
+    for number, path in enumerate(paths, start=1):
+        spec = spec_for(path, owned=False)
+        rows.append(
+            ExportFileRecord(
+                id=number,
+                export_id=1,
+                path=spec.path,
+                owned=False,
+                sop_instance_uid=spec.sop_instance_uid,
+                sop_class_uid=spec.sop_class_uid,
+                transfer_syntax_uid=spec.transfer_syntax_uid,
+                size=spec.size,
+                state="pending",
+                status=None,
+                error=None,
+                sent_at=None,
+            )
+        )
+    return rows
+
+
+def dataset(path: Path) -> bytes:
+    """Everything after the file meta: exactly what goes on the wire."""
+    with path.open("rb") as handle:
+        handle.seek(dataset_offset(handle))
+        return handle.read()
+
+
+# -- real peers -----------------------------------------------------------------------
+
+
+@pytest.fixture
+def storescp(tmp_path: Path) -> Iterator[Callable[..., tuple[int, Path]]]:
+    """Start DCMTK storescp (TCP_NODELAY=1, ``+B``: datasets kept as received) with options."""
+    started: list[subprocess.Popen[bytes]] = []
+
+    def start(*options: str) -> tuple[int, Path]:
+        port, out = free_port(), tmp_path / f"scp-{len(started)}"
+        out.mkdir()
+        cmd = [require_tool("storescp"), "+B", *options, "-aet", "STORESCP", "-od", str(out)]
+        process = subprocess.Popen(
+            [*cmd, str(port)], env={"TCP_NODELAY": "1"}, stdout=subprocess.DEVNULL
+        )
+        started.append(process)
+        wait_for(lambda: port_open(port) or process.poll() is not None, timeout=10)
+        return port, out
+
+    yield start
+    for process in started:
+        process.kill()
+        process.wait(timeout=10)
+
+
+def peer(port: int, ae_title: str = "STORESCP", **timeouts: float) -> Peer:
+    return Peer(ae_title, "127.0.0.1", port, "EXPORTER", **timeouts)
+
+
+def received_datasets(out: Path) -> dict[str, bytes]:
+    """SOP Instance UID (storescp names files by modality and UID) -> dataset bytes."""
+    return {path.name.split(".", 1)[1]: dataset(path) for path in out.iterdir()}
+
+
+def test_1000_small_files_in_one_export_arrive_byte_identical(storescp, tmp_path: Path) -> None:
+    files = make_study(tmp_path / "study", 1000)
+    port, out = storescp("+xa")
+    rows = records(files)
+    began = time.perf_counter()
+    outcomes = cstore.send(peer(port), rows)
+    took = time.perf_counter() - began
+    assert outcomes == [(row.id, 0, None) for row in rows]
+    arrived = received_datasets(out)
+    assert sorted(arrived) == sorted(row.sop_instance_uid for row in rows)
+    for row, path in zip(rows, files, strict=True):
+        assert arrived[row.sop_instance_uid] == dataset(path), path.name
+    print(f"1000 small files in {took:.2f} s ({1000 / took:.0f}/s)")
+
+
+def test_a_peer_accepting_some_contexts_gets_only_those_files(storescp, tmp_path: Path) -> None:
+    files = make_mixed_set(tmp_path / "mixed")  # storescp without +xa: uncompressed only
+    port, out = storescp()
+    rows = records(files)
+    outcomes = {
+        file_id: (status, error) for file_id, status, error in cstore.send(peer(port), rows)
+    }
+    arrived = received_datasets(out)
+    for row, path in zip(rows, files, strict=True):
+        status, error = outcomes[row.id]
+        if row.transfer_syntax_uid in UNCOMPRESSED:
+            assert (status, error) == (0, None), path.name
+            assert arrived[row.sop_instance_uid] == dataset(path), path.name
+        else:
+            assert status is None and row.sop_instance_uid not in arrived, path.name
+            assert error == (
+                f"destination accepts no context for SOP class {row.sop_class_uid} "
+                f"in transfer syntax {row.transfer_syntax_uid}"
+            )
+    assert len(arrived) == 4
+
+
+def test_a_failure_status_fails_that_file_only(tmp_path: Path) -> None:
+    files = make_study(tmp_path / "study", 4)
+    rows = records(files)
+    with FlakyStorageSCP(fail={rows[1].sop_instance_uid}, failure_status=0xA900) as scp:
+        outcomes = cstore.send(peer(scp.port, "FLAKYSCP"), rows)
+        stores = scp.stores()
+    assert outcomes == [
+        (1, 0, None),
+        (2, 0xA900, "destination answered 0xA900"),
+        (3, 0, None),
+        (4, 0, None),
+    ]
+    assert [s.data for s in stores] == [dataset(path) for path in files]
+
+
+def test_a_large_file_streams_in_bounded_memory(storescp, tmp_path: Path) -> None:
+    path = make_large_multiframe(tmp_path / "large.dcm", 64 * 1024 * 1024)
+    port, out = storescp("+xa", "--max-pdu", "131072")
+    tracemalloc.start()
+    try:
+        outcomes = cstore.send(peer(port), records([path]))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert outcomes == [(1, 0, None)]
+    assert peak < 1024 * 1024, peak  # one 128 KiB fragment buffer, not 64 MiB
+    [stored] = out.iterdir()
+    assert hashlib.sha256(dataset(stored)).digest() == hashlib.sha256(dataset(path)).digest()
+
+
+def test_echo_a_real_peer(storescp) -> None:
+    port, _ = storescp()
+    assert cstore.echo(peer(port)) == 0
+
+
+# -- scripted peers ---------------------------------------------------------------------
+
+
+def read_pdu(conn: socket.socket) -> tuple[int, bytes]:
+    header = _exactly(conn, 6)
+    pdu_type, length = struct.unpack(">BxL", header)
+    return pdu_type, _exactly(conn, length)
+
+
+def _exactly(conn: socket.socket, count: int) -> bytes:
+    data = b""
+    while len(data) < count:
+        chunk = conn.recv(count - len(data))
+        if not chunk:
+            raise ConnectionError("closed")
+        data += chunk
+    return data
+
+
+def pdata(context_id: int, control: int, data: bytes) -> bytes:
+    return struct.pack(">BxLLBB", 4, len(data) + 6, len(data) + 2, context_id, control) + data
+
+
+class ScriptedPeer:
+    """Accepts one association and answers C-STOREs by script, recording what it got.
+
+    ``misbehave`` names what it does once the first dataset is complete
+    (``None``: answer Success, like any SCP); ``reject`` answers the
+    A-ASSOCIATE-RQ with that A-ASSOCIATE-RJ instead; ``max_length`` is the
+    maximum PDU length its A-ASSOCIATE-AC announces.
+    """
+
+    def __init__(self, misbehave: str | None = None, *, reject=None, max_length=16384) -> None:
+        self.misbehave, self.reject, self.max_length = misbehave, reject, max_length
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.pdus: list[tuple[int, int]] = []  # (type, length) of every PDU after the RQ
+        self.fragments: list[bytes] = []  # every PDV's data, in order
+        self.datasets: list[bytes] = []
+        self.thread = threading.Thread(target=self._serve, name="scripted-peer")
+        self.thread.start()
+
+    def close(self) -> None:
+        self.listener.close()
+        self.thread.join(10)
+
+    def _serve(self) -> None:
+        try:
+            conn, _ = self.listener.accept()
+        except OSError:
+            return
+        with conn:
+            _, rq = read_pdu(conn)
+            if self.reject:
+                conn.sendall(struct.pack(">BxLxBBB", 3, 4, *self.reject))
+                return
+            ids = self._context_ids(rq)
+            conn.sendall(accept_pdu([(i, 0, syntax) for i, syntax in ids], self.max_length))
+            with contextlib.suppress(ConnectionError):  # the scripted hang-ups end here
+                self._converse(conn)
+
+    @staticmethod
+    def _context_ids(rq: bytes) -> list[tuple[int, str]]:
+        from pynetdicom.pdu import A_ASSOCIATE_RQ
+
+        pdu = A_ASSOCIATE_RQ()
+        pdu.decode(struct.pack(">BxL", 1, len(rq)) + rq)
+        contexts = pdu.to_primitive().presentation_context_definition_list
+        return [(c.context_id, c.transfer_syntax[0]) for c in contexts]
+
+    def _converse(self, conn: socket.socket) -> None:
+        command, data = b"", b""
+        while True:
+            pdu_type, body = read_pdu(conn)
+            self.pdus.append((pdu_type, len(body)))
+            if pdu_type != 4:  # A-RELEASE-RQ or A-ABORT
+                if pdu_type == 5:
+                    conn.sendall(b"\x06\x00\x00\x00\x00\x04\x00\x00\x00\x00")
+                return
+            context_id, control, fragment = body[4], body[5], body[6:]
+            self.fragments.append(fragment)
+            if control & 1:
+                command += fragment
+                continue
+            data += fragment
+            if control & 2:
+                self.datasets.append(data)
+                self._answer(conn, context_id, command)
+                command, data = b"", b""
+
+    def _answer(self, conn: socket.socket, context_id: int, command: bytes) -> None:
+        message_id = struct.unpack_from("<H", command, command.index(b"\x00\x00\x10\x01") + 8)[0]
+        if self.misbehave == "abort":
+            conn.sendall(b"\x07\x00\x00\x00\x00\x04\x00\x00\x02\x00")
+        elif self.misbehave == "close":
+            conn.close()
+        elif self.misbehave == "huge pdu":
+            conn.sendall(struct.pack(">BxL", 4, 1 << 31))
+        elif self.misbehave != "silent":
+            responded_to = 99 if self.misbehave == "wrong id" else message_id
+            rsp = command_set(CommandField=0x8001, MessageIDBeingRespondedTo=responded_to, Status=0)
+            conn.sendall(pdata(context_id, 3, rsp))
+            return
+        if self.misbehave == "silent":  # the exporter must give up and abort
+            self.pdus.append((read_pdu(conn)[0], 0))
+        raise ConnectionError(self.misbehave)
+
+
+@pytest.fixture
+def scripted() -> Iterator[Callable[..., ScriptedPeer]]:
+    peers: list[ScriptedPeer] = []
+
+    def start(*args, **kwargs) -> ScriptedPeer:
+        peers.append(ScriptedPeer(*args, **kwargs))
+        return peers[-1]
+
+    yield start
+    for scripted_peer in peers:
+        scripted_peer.close()
+
+
+def test_fragments_fit_the_peer_maximum_pdu_length(scripted, tmp_path: Path) -> None:
+    files = make_study(tmp_path / "study", 2, rows=64, columns=64)  # ~8 KB each
+    scp = scripted(max_length=4096)
+    assert cstore.send(peer(scp.port), records(files)) == [(1, 0, None), (2, 0, None)]
+    scp.close()
+    assert scp.datasets == [dataset(path) for path in files]
+    assert max(length for pdu_type, length in scp.pdus if pdu_type == 4) <= 4096
+    assert all(len(fragment) % 2 == 0 for fragment in scp.fragments)
+    assert scp.pdus[-1] == (5, 4)  # released
+
+
+@pytest.mark.parametrize(
+    "reject, retryable", [((1, 1, 3), False), ((2, 3, 2), True)], ids=["permanent", "transient"]
+)
+def test_a_rejection_says_whether_to_retry(scripted, tmp_path, reject, retryable) -> None:
+    scp = scripted(reject=reject)
+    with pytest.raises(ExportError) as raised:
+        cstore.send(peer(scp.port), records(make_study(tmp_path, 1)))
+    where = f"STORESCP@127.0.0.1:{scp.port}"
+    assert str(raised.value) == f"{where} rejected the association {'/'.join(map(str, reject))}"
+    assert raised.value.retryable is retryable
+
+
+def test_a_refused_connection_is_retryable(tmp_path: Path) -> None:
+    port = free_port()
+    with pytest.raises(ExportError, match="did not answer") as raised:
+        cstore.send(peer(port), records(make_study(tmp_path, 1)))
+    assert raised.value.retryable
+
+
+def test_more_contexts_than_one_association_holds_is_not_retried(tmp_path: Path) -> None:
+    [row] = records(make_study(tmp_path, 1))
+    rows = [row.__class__(**{**row.__dict__, "sop_class_uid": f"1.2.3.{i}"}) for i in range(129)]
+    with pytest.raises(ExportError, match=r"129 SOP class/transfer syntax pairs") as raised:
+        cstore.send(peer(free_port()), rows)
+    assert not raised.value.retryable
+
+
+@pytest.mark.parametrize(
+    "misbehave, error",
+    [
+        ("abort", "not delivered: the destination aborted the association (source 2, reason 0)"),
+        ("close", "not delivered: the destination closed the connection"),
+        ("silent", "not delivered: no answer within 0.5 s"),
+        ("wrong id", "not delivered: response 0x8001 to message 99, expected 0x8001 to 1"),
+        ("huge pdu", "not delivered: a PDU of 2147483648 bytes, over the 262144 we take"),
+    ],
+)
+def test_a_lost_association_fails_the_file_and_the_rest(
+    scripted, tmp_path: Path, misbehave: str, error: str
+) -> None:
+    files = make_study(tmp_path, 3)
+    scp = scripted(misbehave)
+    outcomes = cstore.send(peer(scp.port, dimse_timeout=0.5), records(files))
+    assert outcomes == [
+        (1, None, error),
+        (2, None, "association lost before this file"),
+        (3, None, "association lost before this file"),
+    ]
+    scp.close()
+    assert scp.datasets == [dataset(files[0])]
+    if misbehave in ("silent", "wrong id"):
+        assert scp.pdus[-1][0] == 7  # we aborted

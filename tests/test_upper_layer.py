@@ -87,12 +87,12 @@ def test_parse_accept_keeps_only_accepted_contexts_and_the_max_length() -> None:
         [(1, 0, EXPLICIT), (3, 3, IMPLICIT), (5, 4, IMPLICIT), (7, 0, IMPLICIT)], 16384
     )
     assert encoded[0] == ul.A_ASSOCIATE_AC
-    accepted = ul.parseaccept_pdu(encoded[ul.PDU_HEADER :])
+    accepted = ul.parse_accept(encoded[ul.PDU_HEADER :])
     assert accepted == ul.Accepted({1: EXPLICIT, 7: IMPLICIT}, 16384)
 
 
 def test_parse_accept_without_maximum_length_means_no_limit() -> None:
-    accepted = ul.parseaccept_pdu(accept_pdu([(1, 0, EXPLICIT)], None)[ul.PDU_HEADER :])
+    accepted = ul.parse_accept(accept_pdu([(1, 0, EXPLICIT)], None)[ul.PDU_HEADER :])
     assert accepted.max_length == 0
 
 
@@ -162,7 +162,7 @@ def test_parse_response_reads_pydicom_encoded_c_store_rsp() -> None:
         ErrorComment="disk full",
         AffectedSOPInstanceUID="1.2.3.45",
     )
-    assert dimse.parsecommand_set(encoded) == dimse.Response(0x8001, 7, 0xA700)
+    assert dimse.parse_response(encoded) == dimse.Response(0x8001, 7, 0xA700)
 
 
 @pytest.mark.parametrize(
@@ -174,4 +174,4 @@ def test_parse_response_reads_pydicom_encoded_c_store_rsp() -> None:
 )
 def test_parse_response_refuses_incomplete_commands(encoded: bytes, problem: str) -> None:
     with pytest.raises(ValueError, match=problem.replace("(", r"\(").replace(")", r"\)")):
-        dimse.parsecommand_set(encoded)
+        dimse.parse_response(encoded)

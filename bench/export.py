@@ -23,6 +23,8 @@ smaller than what a PACS usually offers; 131072 is the largest storescp
 accepts.  ``--max-pdu 16384`` measures the default.
 
 Every repetition starts fresh processes and folders; every file must arrive.
+The senders take turns (storescu, adapter, storescu, ...), so load from
+anything else on the machine falls on both alike.
 """
 
 from __future__ import annotations
@@ -222,28 +224,38 @@ Sender = Callable[[Sink, list[Path], Path, float], tuple[float, float]]
 SEND: dict[str, Sender] = {"storescu": send_storescu, "adapter": send_adapter}
 
 
-def bench_one(name: str, files: list[Path], sender: str, args: argparse.Namespace) -> Result:
-    """Send ``files`` ``args.repeat`` times with ``sender``, each to a fresh storescp."""
+def run_once(result: Result, files: list[Path], args: argparse.Namespace, rep: int) -> None:
+    """Send ``files`` once with ``result.sender`` to a fresh storescp; record the times."""
+    timeout = 120 + result.size / 1e6  # generous: 1 MB/s floor plus a fixed allowance
+    with scratch(args.workdir) as work:
+        sink = start_sink(work, args.max_pdu)
+        try:
+            seconds, cli_seconds = SEND[result.sender](sink, files, work, timeout)
+        finally:
+            stop(sink.proc)
+        if sink.received() != len(files):
+            raise BenchError(f"{result.sender}: storescp got {sink.received()}/{len(files)} files")
+    result.times.append(seconds)
+    result.cli_times.append(cli_seconds)
+    print(
+        f"  {result.corpus:6} {result.sender:8} run {rep + 1}/{args.repeat}: {seconds:.2f}s "
+        f"(process {cli_seconds:.2f}s)",
+        flush=True,
+    )
+
+
+def bench_corpus(name: str, files: list[Path], args: argparse.Namespace) -> list[Result]:
+    """Every sender ``args.repeat`` times, interleaved (a, b, a, b, ...).
+
+    Interleaving spreads whatever else the machine is doing over both senders
+    instead of letting it land on one of them.
+    """
     size = sum(f.stat().st_size for f in files)
-    result = Result(name, sender, len(files), size)
-    timeout = 120 + size / 1e6  # generous: 1 MB/s floor plus a fixed allowance
+    results = [Result(name, sender, len(files), size) for sender in args.senders]
     for rep in range(args.repeat):
-        with scratch(args.workdir) as work:
-            sink = start_sink(work, args.max_pdu)
-            try:
-                seconds, cli_seconds = SEND[sender](sink, files, work, timeout)
-            finally:
-                stop(sink.proc)
-            if sink.received() != len(files):
-                raise BenchError(f"{sender}: storescp got {sink.received()}/{len(files)} files")
-        result.times.append(seconds)
-        result.cli_times.append(cli_seconds)
-        print(
-            f"  {name:6} {sender:8} run {rep + 1}/{args.repeat}: {seconds:.2f}s "
-            f"(process {cli_seconds:.2f}s)",
-            flush=True,
-        )
-    return result
+        for result in results:
+            run_once(result, files, args, rep)
+    return results
 
 
 def table(results: list[Result]) -> str:
@@ -314,8 +326,7 @@ def main() -> int:
         for name, folder in corpora(args).items():
             files = corpus_mod.corpus_files(folder)
             print(f"{name}: {len(files)} files from {folder}", flush=True)
-            for sender in args.senders:
-                results.append(bench_one(name, files, sender, args))
+            results.extend(bench_corpus(name, files, args))
     except (BenchError, subprocess.TimeoutExpired) as exc:
         print(f"Error: {exc}", file=sys.stderr)
         if results:

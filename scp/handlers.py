@@ -8,20 +8,27 @@ receive, pynetdicom skips removing its temporary file when a handler raises,
 so unexpected errors are logged here and answered 0xC211.
 """
 
+from __future__ import annotations
+
 import logging
 import socket
+from typing import TYPE_CHECKING
 
 from pynetdicom import events as evt
 
 from scp.admission import REJECT_LOCAL_LIMIT, REJECTION_NAMES, AdmissionPolicy
 from scp.association_log import AssociationLog
 from scp.placement import read_placement
+from scp.read_limits import limit_reads
 from scp.receiving import Receiving, provenance_of
 from scp.wakeful import wake_on_events
 from spool.incoming import IncomingFile
 from spool.layout import UnsafeName
 from spool.names import validate_uid
 from spool.writer import SpoolFull
+
+if TYPE_CHECKING:
+    from config import DicomConfig
 
 log = logging.getLogger(__name__)
 
@@ -60,12 +67,14 @@ def handle_requested(event: evt.Event, server: object) -> None:
     assoc.acceptor.ae_title = peer.called_ae  # echo the called AE title in the A-ASSOCIATE-AC
 
 
-def handle_conn_open(event: evt.Event) -> None:
-    """EVT_CONN_OPEN: disable Nagle (or small responses wait for delayed ACKs), no polling."""
+def handle_conn_open(event: evt.Event, dicom: DicomConfig) -> None:
+    """EVT_CONN_OPEN: no Nagle (small responses would wait for delayed ACKs), no
+    polling, and reads with a deadline and a length cap."""
     sock = event.assoc.dul.socket.socket
     if sock is not None:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     wake_on_events(event.assoc)
+    limit_reads(event.assoc, dicom.network_timeout, dicom.maximum_pdu_size)
 
 
 def handle_echo(event: evt.Event) -> int:

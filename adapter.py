@@ -14,7 +14,6 @@ import logging
 import os
 import threading
 
-from pynetdicom import _config as pynetdicom_config
 from sqlalchemy import literal, select
 
 import scheduler as schedule
@@ -187,9 +186,6 @@ class Adapter:
 
     def start(self) -> None:
         self.layout.ensure(self.config.aes)
-        # Exports stream each dataset from its file (the SCP process streams
-        # what it receives to files: scp/process.py).
-        pynetdicom_config.STORE_SEND_CHUNKED_DATASET = True
         before, after = upgrade(self.engine)
         if before != after:
             log.info("ledger migrated from %s to %s", before or "empty", after)

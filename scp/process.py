@@ -269,12 +269,13 @@ def serve(conn: Connection) -> None:
     reporter = threading.Thread(target=_report, args=(server, send, done), name="tally")
     reporter.start()
     orphaned = _obey(conn, server)
-    grace = 0.0 if orphaned else None
-    server.stop(grace)
-    done.set()
-    reporter.join()
-    send(("tally", _snapshot(server)))
-    send(("stopped",))
+    try:
+        server.stop(0.0 if orphaned else None)
+    finally:
+        done.set()
+        reporter.join()
+        send(("tally", _snapshot(server)))
+        send(("stopped",))
 
 
 def _obey(conn: Connection, server: StoreServer) -> bool:

@@ -30,6 +30,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 SHUTDOWN_POLL_SECONDS = 0.05
+LISTEN_BACKLOG = 128
 
 
 def build_ae(dicom: DicomConfig) -> AE:
@@ -49,6 +50,19 @@ def build_ae(dicom: DicomConfig) -> AE:
     if dicom.verification:
         ae.add_supported_context(Verification, syntaxes)
     return ae
+
+
+class _Listener(ThreadedAssociationServer):
+    """pynetdicom's server with a listen backlog for a burst of modalities.
+
+    socketserver's default backlog is 5: when more peers connect at once,
+    the kernel drops their handshakes' last ACK and retries the SYN-ACK
+    with backoff (1, 2, 4, 8, 16 s), so a peer could wait half a minute
+    before it is even accepted, long past its own ACSE timeout (measured:
+    64 clients at once left about a dozen hanging for 31 s).
+    """
+
+    request_queue_size = LISTEN_BACKLOG
 
 
 class StoreServer:
@@ -81,17 +95,20 @@ class StoreServer:
             (evt.EVT_CONN_CLOSE, self.tally.closed),
             (evt.EVT_REJECTED, self.tally.refused_by_pynetdicom),
         ]
-        before = set(threading.enumerate())
         try:
-            self._server = ae.start_server(
-                (self.dicom.host, self.dicom.port), block=False, evt_handlers=handlers
+            self._server = ae.make_server(
+                (self.dicom.host, self.dicom.port),
+                evt_handlers=handlers,
+                server_class=_Listener,
             )
         except BaseException:
             self.receiving.uninstall()
             raise
-        self._thread = next(
-            t for t in set(threading.enumerate()) - before if t.name.startswith("AcceptorServer@")
+        ae._servers.append(self._server)  # as start_server does: shutdown() removes it
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, name="AcceptorServer", daemon=True
         )
+        self._thread.start()
         log.info("listening on %s:%d as %s", self.dicom.host, self.port, self.dicom.ae_title)
 
     @property

@@ -81,13 +81,10 @@ class _WakefulDUL(DULServiceProvider):
             if self._wake_fd >= 0:
                 os.eventfd_write(self._wake_fd, 1)
 
-    def run_reactor(self) -> None:
-        try:
-            super().run_reactor()
-        finally:
-            with self._wake_lock:
-                os.close(self._wake_fd)
-                self._wake_fd = -1
+    def close_wake_fd(self) -> None:
+        with self._wake_lock:
+            os.close(self._wake_fd)
+            self._wake_fd = -1
 
     def _is_transport_event(self) -> bool:
         if super()._is_transport_event():
@@ -131,6 +128,17 @@ def wake_on_events(assoc: Any) -> None:
     dul._wake_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
     dul._run_loop_delay = 0
     dul.to_provider_queue = _SignallingQueue(dul.wake)
+    # The DUL thread's target was bound at construction, so wrap it rather
+    # than override run_reactor: the eventfd goes when the thread ends.
+    reactor = dul._target
+
+    def run_then_close() -> None:
+        try:
+            reactor()
+        finally:
+            dul.close_wake_fd()
+
+    dul._target = run_then_close
     dul.to_user_queue = _SignallingQueue(attention.set)
     dimse.__class__ = _WakefulDIMSE
     dimse._attention = attention

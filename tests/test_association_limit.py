@@ -1,0 +1,74 @@
+"""64 clients at once against max_associations = 16: the limit holds and nothing leaks.
+
+Rejected peers get a transient A-ASSOCIATE-RJ (2/3/2, local limit exceeded);
+accepted ones all store their instance; afterwards the SCP process is back to
+its baseline threads and file descriptors, and its memory stayed bounded.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter
+from pathlib import Path
+
+from tests.conftest import RunningAdapter, wait_for, write_config
+from tests.dicom import make_instance
+from tests.peers.send import AssociationRejected, send_files
+
+CLIENTS = 64
+LIMIT = 16
+
+
+def proc_status(pid: int) -> dict[str, int]:
+    """Threads, open fds and peak RSS (KiB) of process ``pid``."""
+    fields = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        key, _, value = line.partition(":")
+        if key in ("Threads", "VmHWM"):
+            fields[key] = int(value.split()[0])
+    fields["fds"] = len(list(Path(f"/proc/{pid}/fd").iterdir()))
+    return fields
+
+
+def test_64_clients_against_a_limit_of_16(start_adapter, tmp_path: Path, port: int) -> None:
+    config = write_config(tmp_path, port)
+    config.write_text(
+        config.read_text().replace("[dicom]\n", f"[dicom]\nmax_associations = {LIMIT}\n", 1)
+    )
+    running: RunningAdapter = start_adapter(config)
+    scp_pid = running.adapter.server._process.pid
+    before = proc_status(scp_pid)
+    files = [make_instance(tmp_path / "in" / f"{n}.dcm") for n in range(CLIENTS)]
+    start = threading.Barrier(CLIENTS)
+    outcomes: list[object] = [None] * CLIENTS
+
+    def client(n: int) -> None:
+        start.wait()
+        try:
+            outcomes[n] = send_files("127.0.0.1", port, [files[n]], called_ae="DICOMADAPTER")
+        except AssociationRejected as exc:
+            outcomes[n] = (exc.result, exc.source, exc.reason)
+
+    threads = [threading.Thread(target=client, args=(n,)) for n in range(CLIENTS)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert not any(thread.is_alive() for thread in threads)
+
+    stored = [o for o in outcomes if isinstance(o, list)]
+    kinds = Counter("stored" if isinstance(o, list) else o for o in outcomes)
+    assert set(kinds) <= {"stored", (2, 3, 2)}, kinds
+    assert all(status == 0 for result in stored for _, status in result), stored
+    assert kinds[(2, 3, 2)] > 0  # the limit was reached...
+    assert len(stored) >= LIMIT  # ...and every accepted association completed
+    running.wait_rows(len(stored), "received")
+    # Back to baseline once the associations' threads have ended.
+    wait_for(
+        lambda: proc_status(scp_pid)["Threads"] <= before["Threads"]
+        and proc_status(scp_pid)["fds"] <= before["fds"],
+        timeout=15,
+    )
+    after = proc_status(scp_pid)
+    assert after["VmHWM"] - before["VmHWM"] < 100 * 1024, (before, after)
+    print(f"\n{kinds}; SCP process before {before}, after {after}")

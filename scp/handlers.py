@@ -25,6 +25,7 @@ from scp.wakeful import wake_on_events
 from spool.incoming import IncomingFile
 from spool.layout import UnsafeName
 from spool.names import validate_uid
+from spool.text import one_line
 from spool.writer import SpoolFull
 
 if TYPE_CHECKING:
@@ -112,9 +113,10 @@ def _store(
         raise incoming.failed
     try:
         placement = read_placement(incoming.path)
-    except Exception as exc:  # pydicom raises many kinds on bad input
+    except Exception as exc:  # the structure walk or pydicom, on a bad dataset
         incoming.path.unlink(missing_ok=True)
-        return _refuse(CANNOT_UNDERSTAND, sop_instance_uid, f"unreadable dataset: {exc}")
+        reason = f"unreadable dataset: {one_line(exc)}"
+        return _refuse(CANNOT_UNDERSTAND, sop_instance_uid, reason)
     problem = None
     if placement.sop_instance_uid != sop_instance_uid:
         problem = (

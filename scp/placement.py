@@ -2,15 +2,19 @@
 
 The C-STORE handler must stay cheap, so it parses only up to Series Instance
 UID (0020,000E) and stops: the rest of the header, the checksum and the
-ledger row are intake's job, off the network path.
+ledger row are intake's job, off the network path.  The dataset is a peer's
+bytes, so it goes through the bounded structure walk first
+(:mod:`spool.bounded`): a length past the end, nesting deeper than 64
+sequences or a deflate bomb is refused before pydicom reads anything, and
+the SCP process never allocates or recurses on a peer's say-so.
 """
 
 from dataclasses import dataclass
 from pathlib import Path
 
-from pydicom.filereader import read_partial
 from pydicom.tag import BaseTag
 
+from spool.bounded import read_bounded
 from spool.part10 import element_text
 
 _SERIES_INSTANCE_UID = 0x0020000E
@@ -32,11 +36,13 @@ def read_placement(path: Path) -> Placement:
 
     Raises
     ------
+    spool.bounded.Malformed
+        The structure walk refused the file, with a one-line reason.
     Exception
         Whatever pydicom raises on a dataset it cannot parse.
     """
     with open(path, "rb") as handle:
-        ds = read_partial(handle, stop_when=_past_series_uid)
+        ds, _structure = read_bounded(handle, stop_when=_past_series_uid)
     return Placement(
         sop_instance_uid=element_text(ds.get("SOPInstanceUID")),
         study_instance_uid=element_text(ds.get("StudyInstanceUID")),

@@ -1,8 +1,14 @@
 """Read a spool file's header into what the ledger records about it.
 
-Header only (``stop_before_pixels``), never ``force=True``: pydicom returns
-an empty dataset for text or PNG files when forced, and such files belong in
-quarantine, not the ledger.  The checksum streams the file.
+Header only (up to Pixel Data), never ``force=True``: pydicom returns an
+empty dataset for text or PNG files when forced, and such files belong in
+quarantine, not the ledger.  Every file is untrusted (a peer sent it, or
+someone dropped it in), so pydicom only sees it after the bounded structure
+walk of :mod:`spool.bounded` passed it.  The checksum streams the file.
+
+A missing or malformed SOP Class UID is (no exporter could name the instance
+to a peer), but an unknown one is not: private SOP classes are legitimate,
+and the ledger records whatever the header says.
 """
 
 import hashlib
@@ -11,16 +17,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from pydicom import dcmread
 from pydicom.dataset import FileDataset
-from pydicom.uid import DeflatedExplicitVRLittleEndian
+from pydicom.uid import UID_dictionary
 
+from spool.bounded import Malformed, read_bounded
 from spool.names import validate_uid
 from spool.part10 import dataset_offset, element_text
 
 _HASH_CHUNK = 2**20
 STUDY_INSTANCE_UID = 0x0020000D
 _PIXEL_DATA = 0x7FE00010
+_ROWS = 0x00280010
 _UNDEFINED_LENGTH = 0xFFFFFFFF
 _SEQUENCE_DELIMITER = b"\xfe\xff\xdd\xe0\x00\x00\x00\x00"
 _DELIMITER_SEARCH = 64 * 1024
@@ -71,8 +78,11 @@ def read_header(path: Path, group_tag: int = STUDY_INSTANCE_UID) -> Header:
     """
     try:
         with open(path, "rb") as handle:
-            ds = dcmread(handle, stop_before_pixels=True)
-            _check_complete(handle, ds, os.fstat(handle.fileno()).st_size)
+            ds, structure = read_bounded(handle)
+            if structure.stopped_at is None and _expects_pixels(ds):
+                raise NotAnInstance("truncated: an image without Pixel Data")
+            if structure.inflated is None:  # the walk inflated a deflated one whole
+                _check_complete(handle, ds, os.fstat(handle.fileno()).st_size)
             size, digest = dataset_sha256(handle)
         meta = ds.file_meta
         group_element = ds.get(group_tag)
@@ -89,12 +99,21 @@ def read_header(path: Path, group_tag: int = STUDY_INSTANCE_UID) -> Header:
         }
     except NotAnInstance:
         raise
+    except Malformed as exc:
+        raise NotAnInstance(str(exc)) from None
     except Exception as exc:  # pydicom raises many types on bad input
         raise NotAnInstance(f"not readable as DICOM: {type(exc).__name__}: {exc}") from None
-    for keyword in ("SOPInstanceUID", "StudyInstanceUID"):
+    values["SOPClassUID"] = values["SOPClassUID"] or element_text(
+        meta.get("MediaStorageSOPClassUID")
+    )
+    for keyword in ("SOPInstanceUID", "StudyInstanceUID", "SOPClassUID"):
         ok, reason = validate_uid(values[keyword])
         if not ok:
             raise NotAnInstance(f"{keyword}: {reason}")
+    if values["SeriesInstanceUID"] is not None:
+        ok, reason = validate_uid(values["SeriesInstanceUID"])
+        if not ok:
+            raise NotAnInstance(f"SeriesInstanceUID: {reason}")
     address = element_text(meta.get("SendingPresentationAddress"))
     return Header(
         size=size,
@@ -102,13 +121,26 @@ def read_header(path: Path, group_tag: int = STUDY_INSTANCE_UID) -> Header:
         sop_instance_uid=values["SOPInstanceUID"],  # type: ignore[arg-type]
         study_instance_uid=values["StudyInstanceUID"],  # type: ignore[arg-type]
         series_instance_uid=values["SeriesInstanceUID"],
-        sop_class_uid=values["SOPClassUID"] or element_text(meta.get("MediaStorageSOPClassUID")),
+        sop_class_uid=values["SOPClassUID"],
         transfer_syntax_uid=element_text(meta.get("TransferSyntaxUID")),
         patient_id=values["PatientID"],
         calling_ae=element_text(meta.get("SourceApplicationEntityTitle")),
         peer_address=address.removeprefix("dicom://") if address else None,
         group_key=group_key,
     )
+
+
+def _expects_pixels(ds: FileDataset) -> bool:
+    """Whether the header says Pixel Data must follow: Rows, or an image storage class.
+
+    A file cut at an element boundary before Pixel Data looks like a shorter
+    valid dataset; only what the header promises can tell.  Unknown (private)
+    SOP classes promise nothing, so they are judged by Rows alone.
+    """
+    if _ROWS in ds:
+        return True
+    entry = UID_dictionary.get(element_text(ds.get("SOPClassUID")) or "")
+    return entry is not None and entry[0].endswith("Image Storage")
 
 
 def _check_complete(handle: BinaryIO, ds: FileDataset, size: int) -> None:
@@ -118,11 +150,9 @@ def _check_complete(handle: BinaryIO, ds: FileDataset, size: int) -> None:
     half-copied file would pass as an instance.  ``dcmread`` with
     ``stop_before_pixels`` leaves ``handle`` at the Pixel Data element, if
     any: a defined length must fit in the file; an encapsulated value must be
-    closed by its Sequence Delimitation Item near the end.  Deflated datasets
-    are not checked here (the position is in the inflated stream).
+    closed by its Sequence Delimitation Item near the end.  Not for deflated
+    datasets (the structure walk inflated those to their end).
     """
-    if ds.file_meta.get("TransferSyntaxUID") == DeflatedExplicitVRLittleEndian:
-        return
     start = handle.tell()
     implicit, little = ds.original_encoding
     header = handle.read(8 if implicit else 12)

@@ -27,6 +27,7 @@ from ledger.store import Ledger, LedgerTransaction
 from spool.layout import SpoolLayout
 from spool.names import validate_ae_title
 from spool.quarantine import quarantine
+from spool.text import one_line
 from watchers.inspect import STUDY_INSTANCE_UID, Header, NotAnInstance, read_header
 
 log = logging.getLogger(__name__)
@@ -161,12 +162,14 @@ class Intake:
             return None
 
     def _reject(self, tx: LedgerTransaction, path: Path, reason: str) -> None:
+        """Quarantine ``path``; its reason becomes one line (it may quote the file)."""
         try:
             target = quarantine(self.layout, path, reason)
         except FileNotFoundError:
             return
+        reason = one_line(reason)
         tx.add_rejected(str(target), self.layout.called_ae_of(path), reason)
-        log.warning("quarantined %s as %s: %s", path, target.name, reason)
+        log.warning("quarantined %s as %s: %s", one_line(path), one_line(target.name), reason)
 
     def _duplicate(
         self,

@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 CONFIG ?= config.ini
 
-.PHONY: run test bench bench-export bench-memory bench-ledger install install-test install-service lint clean
+.PHONY: run test fuzz bench bench-export bench-memory bench-ledger install install-test install-service lint clean
 
 $(BIN)/dicom-adapter: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +28,11 @@ run: install
 test: install-test
 	$(BIN)/ruff check .
 	$(BIN)/pytest
+
+## Protocol fuzzing for as long as asked: make fuzz FUZZ_SECONDS=600 [FUZZ_SEED=N] (default: a new seed).
+fuzz: install-test
+	FUZZ_SECONDS=$(or $(FUZZ_SECONDS),600) FUZZ_SEED=$(or $(FUZZ_SEED),$(shell date +%s)) \
+		$(BIN)/pytest -s -p no:cacheprovider tests/test_fuzz_protocol.py -k fuzzed
 
 ## Install the systemd unit (edit its paths first if the project is not in /opt/dicom-adapter).
 install-service:

@@ -28,7 +28,7 @@ class Placement:
 
 
 def _past_series_uid(tag: BaseTag, _vr: str | None, _length: int) -> bool:
-    return tag > _SERIES_INSTANCE_UID
+    return int(tag) > _SERIES_INSTANCE_UID  # BaseTag's own > converts its operand each call
 
 
 def read_placement(path: Path) -> Placement:

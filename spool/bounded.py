@@ -32,7 +32,8 @@ StopWhen = Callable[[BaseTag, str | None, int], bool]
 
 
 def _at_pixels(tag: BaseTag, _vr: str | None, _length: int) -> bool:
-    return tag >= 0x7FE00008
+    # As plain ints: BaseTag's own comparisons convert their operand each call.
+    return int(tag) >= 0x7FE00008
 
 
 def read_bounded(

@@ -86,7 +86,7 @@ def handle_echo(event: evt.Event) -> int:
 def handle_store(event: evt.Event, receiving: Receiving, tally: AssociationLog) -> int:
     """EVT_C_STORE: make the instance durable in the spool, then answer."""
     sop_instance_uid = str(event.request.AffectedSOPInstanceUID)
-    incoming = receiving.take(event.dataset_path)
+    incoming = receiving.take(event.assoc, event.dataset_path)
     try:
         if incoming is None:
             raise RuntimeError(f"no incoming file for {event.dataset_path}")

@@ -20,7 +20,7 @@ import weakref
 from pathlib import Path
 from typing import Any
 
-from pynetdicom import dimse_messages
+from pynetdicom import dimse_messages, evt
 
 from spool.incoming import IncomingFile, MetaUids, Provenance
 from spool.writer import SpoolWriter
@@ -37,11 +37,22 @@ def provenance_of(assoc: Any) -> Provenance:
 
 
 class Receiving:
-    """Creates incoming files for pynetdicom and finds them again for the handler."""
+    """Creates incoming files for pynetdicom and finds them again for the handler.
+
+    A C-STORE cut short (the peer hangs up, aborts or stalls past the read
+    deadline) never reaches the handler, and pynetdicom keeps its message,
+    and so our open file, as long as the association object lives: each
+    association's files not yet taken by the handler are closed and removed
+    when its connection closes.
+    """
 
     def __init__(self, writer: SpoolWriter) -> None:
         self.writer = writer
         self._files: weakref.WeakValueDictionary[str, IncomingFile] = weakref.WeakValueDictionary()
+        self._unfinished: weakref.WeakKeyDictionary[Any, dict[str, IncomingFile]] = (
+            weakref.WeakKeyDictionary()
+        )
+        self._lock = threading.Lock()
         self._originals: dict[str, Any] = {}
 
     def install(self) -> None:
@@ -59,15 +70,29 @@ class Receiving:
             setattr(dimse_messages, name, original)
         self._originals.clear()
 
-    def take(self, path: Path) -> IncomingFile | None:
-        """The incoming file pynetdicom wrote ``path`` through."""
+    def take(self, assoc: Any, path: Path) -> IncomingFile | None:
+        """The incoming file pynetdicom wrote ``path`` through; the handler's from now on."""
+        with self._lock:
+            self._unfinished.get(assoc, {}).pop(str(path), None)
         return self._files.get(str(path))
 
     def _open(self, *_args: object, **_kwargs: object) -> IncomingFile:
         assoc = threading.current_thread().assoc  # type: ignore[attr-defined]
         incoming = self.writer.open_incoming(provenance_of(assoc))
         self._files[incoming.name] = incoming
+        with self._lock:
+            if assoc not in self._unfinished:
+                self._unfinished[assoc] = {}
+                assoc.bind(evt.EVT_CONN_CLOSE, self._discard_unfinished)
+            self._unfinished[assoc][incoming.name] = incoming
         return incoming
+
+    def _discard_unfinished(self, event: evt.Event) -> None:
+        """EVT_CONN_CLOSE: the association's cut-short files go, descriptor and all."""
+        with self._lock:
+            left = self._unfinished.pop(event.assoc, {})
+        for incoming in left.values():
+            incoming.discard()
 
 
 def _meta_uids(sop_class_uid: str, sop_instance_uid: str, transfer_syntax: str) -> MetaUids:

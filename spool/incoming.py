@@ -100,11 +100,15 @@ class IncomingFile:
             os.close(self._fd)
             self._fd = None
 
-    def __del__(self) -> None:
-        """An aborted transfer's file goes when pynetdicom drops it."""
+    def discard(self) -> None:
+        """Close and remove, unless published: for a transfer that never finished."""
         self.close()
         if not self.published:
             Path(self.name).unlink(missing_ok=True)
+
+    def __del__(self) -> None:
+        """An aborted transfer's file goes when pynetdicom drops it, at the latest."""
+        self.discard()
 
     def _write(self, data: bytes) -> None:
         if self._fd is None:

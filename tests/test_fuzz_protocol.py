@@ -248,22 +248,9 @@ def _scp_pid(running: RunningAdapter) -> int:
     return process.pid
 
 
-# A known leak, with an xfail test below; while it is open the fuzz test leaves it out of
-# its counts.  Set to False with the fix.
-PART_LEAK_KNOWN = True  # a C-STORE cut short keeps its spool/.tmp/*.part file (and descriptor)
-
-
 def _usage(pid: int) -> tuple[int, int]:
-    """Threads and open file descriptors of a process (known leaks aside)."""
-    fds = 0
-    for fd in os.listdir(f"/proc/{pid}/fd"):
-        try:
-            target = os.readlink(f"/proc/{pid}/fd/{fd}")
-        except OSError:
-            continue  # closed meanwhile
-        known = PART_LEAK_KNOWN and target.endswith(".part") and f"/{TMP}/" in target
-        fds += not known
-    return len(os.listdir(f"/proc/{pid}/task")), fds
+    """Threads and open file descriptors of a process."""
+    return len(os.listdir(f"/proc/{pid}/task")), len(os.listdir(f"/proc/{pid}/fd"))
 
 
 def _settled_usage(pid: int, limit: tuple[int, int] | None, timeout: float = 20) -> tuple[int, int]:
@@ -289,7 +276,7 @@ def _check_no_leaks(running: RunningAdapter, baseline: tuple[int, int]) -> None:
     assert fds <= slack[1], f"SCP file descriptors {baseline[1]} before fuzzing, {fds} after"
     leftovers = list((running.spool / TMP).iterdir())
     print(f"files left in spool/{TMP}: {len(leftovers)}")
-    assert PART_LEAK_KNOWN or not leftovers, f"temporary files left behind: {leftovers}"
+    assert not leftovers, f"temporary files left behind: {leftovers}"
 
 
 def test_associations_leave_no_descriptors_behind(adapter: RunningAdapter) -> None:
@@ -306,14 +293,6 @@ def test_associations_leave_no_descriptors_behind(adapter: RunningAdapter) -> No
     assert count() <= before + 2, f"{before} descriptors before 20 C-ECHOs, {count()} after"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a C-STORE whose association ends before its last dataset fragment (peer hangs up, "
-    "aborts or times out) leaves its spool/.tmp/*.part file on disk and its descriptor open in "
-    "the SCP process until restart: pynetdicom never calls the C-STORE handler for it, and "
-    "nothing in scp/ removes the IncomingFile scp/receiving.py opened. A peer can fill the "
-    "disk (and the descriptor table) with cut-short C-STOREs.",
-)
 def test_a_c_store_cut_short_leaves_no_temporary_file(
     fuzzed: RunningAdapter, tmp_path: Path
 ) -> None:

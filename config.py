@@ -14,6 +14,7 @@ import ipaddress
 import os
 import re
 import shlex
+import ssl
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,6 +39,11 @@ PROCESSOR_NEEDS = {
     "forward": "destinations",
 }
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+TLS_VERSIONS = {"1.2": ssl.TLSVersion.TLSv1_2, "1.3": ssl.TLSVersion.TLSv1_3}
+# TLS 1.2 suites (TLS 1.3 ones are all AEAD and not affected): forward secrecy
+# and AEAD only, as BCP 195 (RFC 9325 4.2) recommends and DCMTK's default
+# "non-downgrading BCP 195" profile offers.
+DEFAULT_TLS_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20:DHE+AESGCM:!aNULL:!eNULL"
 
 
 @dataclass(frozen=True)
@@ -50,6 +56,63 @@ class FreeSpaceRule:
     def required_bytes(self, total_bytes: int) -> int:
         """Free bytes needed on a filesystem of ``total_bytes``."""
         return max(self.bytes, int(total_bytes * self.percent / 100))
+
+
+@dataclass(frozen=True)
+class TlsSettings:
+    """One end of a TLS connection (PS3.15 B.1 / BCP 195): builds the SSLContext.
+
+    The context is built from here both by ``config check`` and by whoever
+    connects, so a key that does not match its certificate or a cipher
+    string OpenSSL cannot use is found before the service starts.
+    """
+
+    certificate: Path | None
+    private_key: Path | None
+    ca_certificates: Path | None  # None: no client verification (server), system CAs (client)
+    minimum_version: str = "1.2"
+    ciphers: str = DEFAULT_TLS_CIPHERS
+    require_client_certificate: bool = False  # server side only
+    verify_hostname: bool = True  # client side only
+
+    def server_context(self) -> ssl.SSLContext:
+        """For the listener: a client certificate is verified when sent, required if asked."""
+        context = self._context(ssl.PROTOCOL_TLS_SERVER)
+        if self.require_client_certificate:
+            context.verify_mode = ssl.CERT_REQUIRED
+        elif self.ca_certificates is not None:
+            context.verify_mode = ssl.CERT_OPTIONAL
+        return context
+
+    def client_context(self) -> ssl.SSLContext:
+        """For exports: the destination's certificate is always verified."""
+        context = self._context(ssl.PROTOCOL_TLS_CLIENT)
+        context.check_hostname = self.verify_hostname
+        if self.ca_certificates is None:
+            context.load_default_certs(ssl.Purpose.SERVER_AUTH)
+        return context
+
+    def _context(self, protocol: ssl._SSLMethod) -> ssl.SSLContext:
+        context = ssl.SSLContext(protocol)
+        context.minimum_version = TLS_VERSIONS[self.minimum_version]
+        context.set_ciphers(self.ciphers)
+        if self.certificate is not None:
+            # An encrypted key would make OpenSSL prompt on the terminal: refuse instead.
+            context.load_cert_chain(self.certificate, self.private_key, password=_no_password)
+        if self.ca_certificates is not None:
+            context.load_verify_locations(cafile=self.ca_certificates)
+        return context
+
+
+def _no_password() -> bytes:
+    raise ValueError("encrypted private keys are not supported")
+
+
+def _ssl_reason(exc: Exception) -> str:
+    """OpenSSL's short reason (``KEY_VALUES_MISMATCH``) rather than its whole tuple."""
+    if isinstance(exc, ssl.SSLError) and exc.reason:
+        return f"{exc.reason} ({exc.library or 'SSL'})"
+    return str(exc) or type(exc).__name__
 
 
 @dataclass(frozen=True)
@@ -66,6 +129,27 @@ class DicomConfig:
     network_timeout: float
     maximum_pdu_size: int
     shutdown_grace: float
+    tls_port: int = 0  # 0: no TLS listener
+    certificate: Path | None = None
+    private_key: Path | None = None
+    ca_certificates: Path | None = None
+    require_client_certificate: bool = False
+    tls_minimum_version: str = "1.2"
+    tls_ciphers: str = DEFAULT_TLS_CIPHERS
+
+    @property
+    def tls(self) -> TlsSettings | None:
+        """The TLS listener's settings; None when ``tls_port`` is 0."""
+        if not self.tls_port:
+            return None
+        return TlsSettings(
+            self.certificate,
+            self.private_key,
+            self.ca_certificates,
+            self.tls_minimum_version,
+            self.tls_ciphers,
+            require_client_certificate=self.require_client_certificate,
+        )
 
 
 @dataclass(frozen=True)
@@ -138,6 +222,27 @@ class DestinationConfig:
     retries: int
     retry_delay: float
     retention: float
+    tls: bool = False
+    certificate: Path | None = None
+    private_key: Path | None = None
+    ca_certificates: Path | None = None
+    verify_hostname: bool = True
+    tls_minimum_version: str = "1.2"
+    tls_ciphers: str = DEFAULT_TLS_CIPHERS
+
+    @property
+    def tls_settings(self) -> TlsSettings | None:
+        """How to secure the connection; None without ``tls = true``."""
+        if not self.tls:
+            return None
+        return TlsSettings(
+            self.certificate,
+            self.private_key,
+            self.ca_certificates,
+            self.tls_minimum_version,
+            self.tls_ciphers,
+            verify_hostname=self.verify_hostname,
+        )
 
 
 @dataclass(frozen=True)
@@ -313,6 +418,25 @@ def _path(text: str, folder: Path) -> Path:
     return (folder / Path(text).expanduser()).resolve()
 
 
+def _readable_file(text: str, folder: Path) -> Path:
+    """A path to a file that exists and that we can read (certificates, keys)."""
+    path = _path(text, folder)
+    if not path.is_file():
+        raise ValueError(f"no such file: {path}")
+    if not os.access(path, os.R_OK):
+        raise ValueError(f"cannot be read: {path}")
+    return path
+
+
+def _tls_ciphers(text: str, _: Path) -> str:
+    """An OpenSSL cipher string that selects at least one suite."""
+    try:
+        ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).set_ciphers(text)
+    except ssl.SSLError:
+        raise ValueError(f"OpenSSL selects no cipher suite from {text!r}") from None
+    return text
+
+
 _SIZE_UNITS = {
     "": 1,
     "b": 1,
@@ -372,6 +496,14 @@ def _transfer_syntaxes(text: str, _: Path) -> tuple[str, ...]:
 # -- the schema: section -> key -> (parser, default or REQUIRED) -----------
 
 REQUIRED = object()
+# Keys of both TLS ends: [dicom] (the listener) and [destination:NAME].
+TLS_KEYS: dict[str, tuple[Parser, Any]] = {
+    "certificate": (_readable_file, None),
+    "private_key": (_readable_file, None),
+    "ca_certificates": (_readable_file, None),
+    "tls_minimum_version": (_choice(tuple(TLS_VERSIONS)), "1.2"),
+    "tls_ciphers": (_tls_ciphers, DEFAULT_TLS_CIPHERS),
+}
 LABELLED = ("ae", "source", "destination")
 UNLABELLED = (
     "dicom",
@@ -396,6 +528,9 @@ SCHEMA: dict[str, dict[str, tuple[Parser, Any]]] = {
         "network_timeout": (_seconds, "60"),
         "maximum_pdu_size": (_integer(4096, 2**24), "262144"),
         "shutdown_grace": (_retention, "30"),
+        "tls_port": (_integer(0, 65535), "0"),
+        **TLS_KEYS,
+        "require_client_certificate": (_boolean, "false"),
     },
     "storage": {
         "spool": (_path, "var/spool"),
@@ -440,6 +575,9 @@ SCHEMA: dict[str, dict[str, tuple[Parser, Any]]] = {
         "retries": (_integer(0, 100), "3"),
         "retry_delay": (_seconds, "30"),
         "retention": (_retention, "0"),
+        "tls": (_boolean, "false"),
+        **TLS_KEYS,
+        "verify_hostname": (_boolean, "true"),
     },
     "source": {"ae_title": (_calling_ae_title, REQUIRED), "host": (_source_host, None)},
 }
@@ -506,6 +644,7 @@ class _Reader:
             self.report(None, None, str(exc).splitlines()[0])
             return None
         sections = {kind: self.section(parser, kind, kind) for kind in UNLABELLED}
+        self.check_listener_tls(sections["dicom"])
         aes, sources, destinations = self.labelled(parser)
         if not any(section.startswith("ae:") for section in parser.sections()):
             self.report(None, None, "no [ae:NAME] section: the adapter would answer to no AE title")
@@ -553,6 +692,7 @@ class _Reader:
                         None,
                         "a destination name may only use letters, digits, '_', '.', '-'",
                     )
+                self.check_destination_tls(section, values)
                 if values.get("outbox") is None:
                     values["outbox"] = (self.folder / "var" / "outbox" / label).resolve()
                 if not self.problems:
@@ -597,6 +737,48 @@ class _Reader:
                 "allowed_sop_classes",
                 "give ignored_sop_classes or allowed_sop_classes, not both",
             )
+
+    def check_listener_tls(self, values: dict[str, Any]) -> None:
+        """``tls_port`` needs a certificate and key that load, and a port of its own."""
+        if not values.get("tls_port"):
+            return
+        if values["tls_port"] == values.get("port"):
+            self.report("dicom", "tls_port", "must differ from port")
+        for key in ("certificate", "private_key"):
+            if values.get(key) is None:
+                self.report("dicom", key, "is required with tls_port")
+        if values.get("require_client_certificate") and values.get("ca_certificates") is None:
+            self.report("dicom", "ca_certificates", "is required with require_client_certificate")
+        self.check_tls_loads("dicom", values, server_side=True)
+
+    def check_destination_tls(self, section: str, values: dict[str, Any]) -> None:
+        """A client certificate comes with its key; everything given must load."""
+        if not values.get("tls"):
+            return
+        if (values.get("certificate") is None) != (values.get("private_key") is None):
+            self.report(section, "private_key", "give certificate and private_key together")
+        self.check_tls_loads(section, values, server_side=False)
+
+    def check_tls_loads(self, section: str, values: dict[str, Any], server_side: bool) -> None:
+        """Build the SSLContext the service would build; report why OpenSSL refuses it."""
+        keys = ("certificate", "private_key", "ca_certificates", "tls_minimum_version")
+        if any(f"[{section}] {key}:" in str(p) for p in self.problems for key in keys):
+            return  # already reported, more precisely
+        if values.get("tls_ciphers") is None or (
+            values.get("certificate") is None and server_side
+        ):
+            return
+        settings = TlsSettings(
+            values["certificate"],
+            values["private_key"],
+            values["ca_certificates"],
+            values["tls_minimum_version"],
+            values["tls_ciphers"],
+        )
+        try:
+            settings.server_context() if server_side else settings.client_context()
+        except (ssl.SSLError, ValueError, OSError) as exc:
+            self.report(section, "certificate", f"TLS settings do not load: {_ssl_reason(exc)}")
 
     def value(self, section: str, key: str | None, parse: Parser, text: str) -> Any:
         try:

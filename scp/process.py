@@ -8,7 +8,7 @@ one-way data flow anyway (network -> spool -> watcher -> ledger).
 
 Over the pipe, adapter -> child: ``("policy", AdmissionPolicy)`` and
 ``("min_free", FreeSpaceRule)`` after a reload, ``("stop",)``.  Child ->
-adapter: ``("listening", port)`` or ``("failed", errno, text)`` once, then
+adapter: ``("listening", port, tls_port)`` or ``("failed", errno, text)`` once, then
 ``("log", LogRecord)`` for every log record (so the adapter's log stream and
 level stay the only ones), ``("tally", Tally)`` whenever the counters
 changed, and ``("stopped",)``.
@@ -79,6 +79,7 @@ class ScpProcess:
         self._min_free = min_free
         self.tally = Tally()
         self._port: int | None = None
+        self._tls_port = 0
         self._process: subprocess.Popen[bytes] | None = None
         self._conn: Connection | None = None
         self._reader: threading.Thread | None = None
@@ -89,6 +90,11 @@ class ScpProcess:
     def port(self) -> int:
         assert self._port is not None, "SCP not started"
         return self._port
+
+    @property
+    def tls_port(self) -> int:
+        """The bound TLS port; 0 without ``[dicom] tls_port``."""
+        return self._tls_port
 
     @property
     def policy(self) -> AdmissionPolicy:
@@ -149,7 +155,7 @@ class ScpProcess:
             if first is not None and first[0] == "failed":
                 raise OSError(first[1], first[2])
             raise OSError("the SCP process exited while starting")
-        self._port = int(first[1])
+        self._port, self._tls_port = int(first[1]), int(first[2])
         self._reader = threading.Thread(target=self._read, name="scp-pipe", daemon=True)
         self._reader.start()
 
@@ -264,7 +270,7 @@ def serve(conn: Connection) -> None:
     except OSError as exc:
         send(("failed", exc.errno, exc.strerror or str(exc)))
         return
-    send(("listening", server.port))
+    send(("listening", server.port, server.tls_port))
     done = threading.Event()
     reporter = threading.Thread(target=_report, args=(server, send, done), name="tally")
     reporter.start()

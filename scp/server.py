@@ -22,6 +22,7 @@ from scp.admission import AdmissionPolicy
 from scp.association_log import AssociationLog
 from scp.handlers import handle_conn_open, handle_echo, handle_requested, handle_store
 from scp.receiving import Receiving
+from scp.tls import HandshakeInThread
 from spool.incoming import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 from spool.writer import SpoolWriter
 
@@ -31,6 +32,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 SHUTDOWN_POLL_SECONDS = 0.05
 LISTEN_BACKLOG = 128
+# TLS handshakes in progress at once, per allowed association: honest peers
+# finish theirs in milliseconds; silent ones are dropped beyond this.
+HANDSHAKES_PER_ASSOCIATION = 4
 
 
 def build_ae(dicom: DicomConfig) -> AE:
@@ -65,6 +69,10 @@ class _Listener(ThreadedAssociationServer):
     request_queue_size = LISTEN_BACKLOG
 
 
+class _TlsListener(HandshakeInThread, _Listener):
+    """The same server on ``tls_port``, its TLS handshakes off the accept path (scp/tls.py)."""
+
+
 class StoreServer:
     """Starts and stops the SCP; holds the admission policy handlers read."""
 
@@ -74,16 +82,31 @@ class StoreServer:
         self.writer = writer
         self.receiving = Receiving(writer)
         self.tally = AssociationLog()
-        self._server: ThreadedAssociationServer | None = None
-        self._thread: threading.Thread | None = None
+        self._servers: list[ThreadedAssociationServer] = []
+        self._threads: list[threading.Thread] = []
 
     @property
     def port(self) -> int:
         """The bound port (useful when configured as 0)."""
-        assert self._server is not None, "server not started"
-        return int(self._server.server_address[1])
+        assert self._servers, "server not started"
+        return int(self._servers[0].server_address[1])
+
+    @property
+    def tls_port(self) -> int:
+        """The bound TLS port; 0 without a TLS listener."""
+        assert self._servers, "server not started"
+        return int(self._servers[1].server_address[1]) if len(self._servers) > 1 else 0
 
     def start(self) -> None:
+        """Listen on ``port``, and on ``tls_port`` if set: one AE, so one association limit.
+
+        Raises
+        ------
+        OSError
+            A port cannot be bound.
+        ssl.SSLError
+            The TLS settings do not load (``config check`` reports this first).
+        """
         ae = build_ae(self.dicom)
         self.receiving.install()
         handlers = [
@@ -96,29 +119,55 @@ class StoreServer:
             (evt.EVT_REJECTED, self.tally.refused_by_pynetdicom),
         ]
         try:
-            self._server = ae.make_server(
-                (self.dicom.host, self.dicom.port),
-                evt_handlers=handlers,
-                server_class=_Listener,
+            self._servers.append(
+                ae.make_server(
+                    (self.dicom.host, self.dicom.port),
+                    evt_handlers=handlers,
+                    server_class=_Listener,
+                )
             )
+            if self.dicom.tls is not None:
+                self._servers.append(self._make_tls_server(ae, handlers))
         except BaseException:
+            for server in self._servers:
+                server.server_close()
+            self._servers.clear()
             self.receiving.uninstall()
             raise
-        ae._servers.append(self._server)  # as start_server does: shutdown() removes it
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, name="AcceptorServer", daemon=True
-        )
-        self._thread.start()
+        for server in self._servers:
+            ae._servers.append(server)  # as start_server does: shutdown() removes it
+            thread = threading.Thread(
+                target=server.serve_forever, name="AcceptorServer", daemon=True
+            )
+            thread.start()
+            self._threads.append(thread)
         log.info("listening on %s:%d as %s", self.dicom.host, self.port, self.dicom.ae_title)
+        if self.tls_port:
+            log.info("listening for TLS on %s:%d", self.dicom.host, self.tls_port)
+
+    def _make_tls_server(self, ae: AE, handlers: list) -> _TlsListener:  # type: ignore[type-arg]
+        assert self.dicom.tls is not None
+        context = self.dicom.tls.server_context()
+        server = ae.make_server(
+            (self.dicom.host, self.dicom.tls_port),
+            evt_handlers=handlers,
+            server_class=_TlsListener,
+        )
+        server.setup_tls(
+            context,
+            self.dicom.acse_timeout,
+            HANDSHAKES_PER_ASSOCIATION * self.dicom.max_associations,
+        )
+        return server
 
     @property
     def active_associations(self) -> int:
-        return 0 if self._server is None else len(self._server.active_associations)
+        return sum(len(server.active_associations) for server in self._servers)
 
     @property
     def running(self) -> bool:
-        """True while the accept loop runs."""
-        return self._thread is not None and self._thread.is_alive()
+        """True while every accept loop runs."""
+        return bool(self._threads) and all(thread.is_alive() for thread in self._threads)
 
     def stop(self, grace: float | None = None) -> None:
         """Stop accepting, let established associations finish within the grace, abort the rest.
@@ -127,21 +176,21 @@ class StoreServer:
         short was never acknowledged: its peer sends it again.
         """
         grace = self.dicom.shutdown_grace if grace is None else grace
-        server, self._server = self._server, None
-        if server is not None:
+        servers, self._servers = self._servers, []
+        for server in servers:
             server.shutdown()  # no new associations from here on
-            deadline = time.monotonic() + grace
-            while time.monotonic() < deadline and any(
-                assoc.is_established for assoc in server.active_associations
-            ):  # a connection that never associated is not worth waiting for
-                time.sleep(SHUTDOWN_POLL_SECONDS)
-            for assoc in server.active_associations:
-                if assoc.is_established:  # the rest never associated: nothing to report
-                    log.warning(
-                        "aborting an association still running after the %gs shutdown grace: "
-                        "peer %s",
-                        grace,
-                        assoc.requestor.address,
-                    )
-                assoc.abort()
+        deadline = time.monotonic() + grace
+        while time.monotonic() < deadline and any(
+            assoc.is_established for server in servers for assoc in server.active_associations
+        ):  # a connection that never associated is not worth waiting for
+            time.sleep(SHUTDOWN_POLL_SECONDS)
+        for assoc in (assoc for server in servers for assoc in server.active_associations):
+            if assoc.is_established:  # the rest never associated: nothing to report
+                log.warning(
+                    "aborting an association still running after the %gs shutdown grace: "
+                    "peer %s",
+                    grace,
+                    assoc.requestor.address,
+                )
+            assoc.abort()
         self.receiving.uninstall()

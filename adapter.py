@@ -69,6 +69,7 @@ def peer_for(config: Config, name: str) -> Peer:
         acse_timeout=destination.acse_timeout,
         dimse_timeout=destination.dimse_timeout,
         network_timeout=destination.network_timeout,
+        tls=destination.tls_settings,
     )
 
 

@@ -18,6 +18,8 @@ PS3.4 Annex B: Success and the Warning statuses count as delivered.
 
 from __future__ import annotations
 
+import ssl
+
 from exporters.dimse import VERIFICATION
 from exporters.dimse_scu import Association, AssociationRejected, Peer
 from exporters.wire import AssociationLost
@@ -50,8 +52,16 @@ def associate(peer: Peer, pairs: list[tuple[str, str]]) -> Association:
         raise ExportError(
             f"{where} rejected the association {exc}", retryable=exc.result == 0x02
         ) from None
+    except ssl.SSLError as exc:  # retried: a fixed certificate should not need a manual retry
+        raise ExportError(f"{where}: TLS handshake failed: {_ssl_reason(exc)}") from None
     except OSError:  # refused, reset, timed out, aborted, or not DICOM
         raise ExportError(f"{where} did not answer (refused, aborted or timed out)") from None
+
+
+def _ssl_reason(exc: ssl.SSLError) -> str:
+    detail = getattr(exc, "verify_message", None)
+    reason = exc.reason or str(exc)
+    return f"{reason}: {detail}" if detail else str(reason)
 
 
 def echo(peer: Peer) -> int | None:

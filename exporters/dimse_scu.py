@@ -9,9 +9,11 @@ its response before the next goes out.
 
 Timeouts are the destination's (pynetdicom's names): ``acse_timeout`` for TCP
 connect, association set-up and release, ``dimse_timeout`` for a response,
-``network_timeout`` for each write.  Datasets stream from disk one PDV at a
-time, sized to the acceptor's maximum PDU length, so memory stays flat
-whatever the file size.
+``network_timeout`` for each write.  With TLS (``Peer.tls``, PS3.15 B.1)
+the handshake completes within ``acse_timeout`` before the A-ASSOCIATE-RQ
+goes out, and the destination's certificate is always verified.  Datasets
+stream from disk one PDV at a time, sized to the acceptor's maximum PDU
+length, so memory stays flat whatever the file size.
 """
 
 from __future__ import annotations
@@ -19,12 +21,15 @@ from __future__ import annotations
 import os
 import socket
 from dataclasses import dataclass
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
 from exporters import dimse
 from exporters import upper_layer as ul
 from exporters.wire import AssociationLost, Wire
 from spool.incoming import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
+
+if TYPE_CHECKING:
+    from config import TlsSettings
 
 # The largest P-DATA-TF variable field we accept.  Only response command sets
 # (a few hundred bytes) come our way; a finite bound lets the reader refuse a
@@ -44,6 +49,7 @@ class Peer:
     acse_timeout: float = 30
     dimse_timeout: float = 60
     network_timeout: float = 60
+    tls: TlsSettings | None = None  # None: plain TCP
 
 
 class AssociationRejected(Exception):
@@ -78,10 +84,9 @@ class Association:
             Refused, reset or timed out connection, A-ABORT or anything else.
         """
         proposed = [(2 * i + 1, abstract, transfer) for i, (abstract, transfer) in enumerate(pairs)]
-        sock = socket.create_connection((peer.host, peer.port), timeout=peer.acse_timeout)
+        sock = _connect(peer)
         wire = Wire(sock, MAX_RECEIVE, peer.network_timeout)
         try:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             implementation = (IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME)
             wire.send(
                 ul.associate_rq(
@@ -189,6 +194,29 @@ class Association:
     def abort(self) -> None:
         """A-ABORT and close.  Never raises."""
         self.wire.abort()
+
+
+def _connect(peer: Peer) -> socket.socket:
+    """A connected socket (TCP_NODELAY), TLS-wrapped and handshaken if the peer wants TLS.
+
+    Raises
+    ------
+    ssl.SSLError
+        The handshake failed (a certificate refused either way, no common
+        protocol version or cipher suite).
+    OSError
+        Refused, reset or timed out.
+    """
+    sock = socket.create_connection((peer.host, peer.port), timeout=peer.acse_timeout)
+    try:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if peer.tls is None:
+            return sock
+        # The handshake runs here, under the socket's timeout (acse_timeout).
+        return peer.tls.client_context().wrap_socket(sock, server_hostname=peer.host)
+    except BaseException:
+        sock.close()
+        raise
 
 
 def _read(dataset: BinaryIO, into: memoryview) -> int:

@@ -9,6 +9,7 @@ as :class:`AssociationLost`, so callers have one exception to map.
 from __future__ import annotations
 
 import socket
+import ssl
 import struct
 import time
 
@@ -31,6 +32,8 @@ class Wire:
         self.network_timeout = network_timeout
         self.open = True
         self._pending = bytearray()
+        # SSL sockets have no sendmsg(): their parts are joined into one write.
+        self._gather = not isinstance(sock, ssl.SSLSocket)
 
     def _timeout(self, seconds: float) -> None:
         if self.sock.gettimeout() != seconds:
@@ -40,6 +43,9 @@ class Wire:
         """Write ``parts`` in one system call where the socket takes them all."""
         self._timeout(self.network_timeout)
         try:
+            if not self._gather:
+                self.sock.sendall(b"".join(parts))
+                return
             sent = self.sock.sendmsg(parts)
             total = sum(len(part) for part in parts)
             if sent < total:  # a full socket buffer: the rest the ordinary way

@@ -40,6 +40,7 @@ import select
 import threading
 from typing import Any
 
+from pynetdicom import evt
 from pynetdicom.dimse import DIMSEServiceProvider
 from pynetdicom.dul import DULServiceProvider
 
@@ -137,6 +138,7 @@ def wake_on_events(assoc: Any) -> None:
             reactor()
         finally:
             dul.close_wake_fd()
+            _close_if_crashed(dul)
 
     dul._target = run_then_close
     dul.to_user_queue = _SignallingQueue(attention.set)
@@ -144,3 +146,19 @@ def wake_on_events(assoc: Any) -> None:
     dimse._attention = attention
     dimse.msg_queue = _SignallingQueue(attention.set)
 
+
+
+def _close_if_crashed(dul: Any) -> None:
+    """Close the connection of a DUL thread that died with it open.
+
+    pynetdicom's state machine raises (and its thread ends) on some invalid
+    event sequences a hostile peer can send (found by the fuzz test, e.g.
+    Evt9 in Sta13), without closing the socket or signalling EVT_CONN_CLOSE,
+    on which the connection's descriptor and unfinished files are released.
+    """
+    sock = dul.socket
+    if sock is None or sock.socket is None:
+        return  # closed the normal way
+    sock.close()
+    address = dul.assoc.requestor.address_info.as_tuple
+    evt.trigger(dul.assoc, evt.EVT_CONN_CLOSE, {"address": address})

@@ -73,6 +73,21 @@ class _TlsListener(HandshakeInThread, _Listener):
     """The same server on ``tls_port``, its TLS handshakes off the accept path (scp/tls.py)."""
 
 
+class _SharedContexts(list):  # type: ignore[type-arg]
+    """The supported presentation contexts, one list for every association.
+
+    pynetdicom deep-copies the server's contexts for each TCP connection
+    (``RequestHandler._create_association``): with every storage SOP class
+    and transfer syntax that is about 50 ms of CPU per connection, so a port
+    scanner or a modality sending one instance per association would take
+    the SCP's core.  pynetdicom 3.0 only reads them
+    (``presentation.negotiate_as_acceptor``), so sharing is safe.
+    """
+
+    def __deepcopy__(self, memo: dict[int, object]) -> _SharedContexts:
+        return self
+
+
 class StoreServer:
     """Starts and stops the SCP; holds the admission policy handlers read."""
 
@@ -136,6 +151,7 @@ class StoreServer:
             raise
         for server in self._servers:
             ae._servers.append(server)  # as start_server does: shutdown() removes it
+            server.contexts = _SharedContexts(server.contexts)
             thread = threading.Thread(
                 target=server.serve_forever, name="AcceptorServer", daemon=True
             )

@@ -46,7 +46,6 @@ TIMEOUT = 1.0  # the adapter's acse/dimse/network timeouts
 CASE_DEADLINE = 10.0  # a connection the adapter keeps open longer than this is a finding
 MAX_PDU = 4096  # the smallest the config allows: the dataset goes out in several fragments
 CALLED_AE = "DICOMADAPTER"
-EXPLICIT_LE, IMPLICIT_LE = "1.2.840.10008.1.2.1", "1.2.840.10008.1.2"
 FUZZ_UIDS = {"study": "2.25.4242.1", "series": "2.25.4242.2", "sop": "2.25.4242.3"}
 
 
@@ -64,10 +63,6 @@ def fuzzed(start_adapter: Callable[[Path], RunningAdapter], tmp_path: Path, port
             f"maximum_pdu_size = {MAX_PDU}",
         ),
         ("level = DEBUG", "level = WARNING"),  # thousands of refusals would flood caplog
-        # Two transfer syntaxes, not all 39: pynetdicom deep-copies every supported context
-        # for each connection (~50 ms of CPU with all of them, see the xfail test below),
-        # which would cap the fuzzing at about 15 cases a second.
-        ("[storage]", f"transfer_syntaxes = {EXPLICIT_LE}, {IMPLICIT_LE}\n[storage]"),
     ):
         text = text.replace(key, value)
     config.write_text(text)
@@ -308,14 +303,6 @@ def test_a_c_store_cut_short_leaves_no_temporary_file(
     assert not list(tmp.iterdir()), f"left behind: {list(tmp.iterdir())}"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="every accepted TCP connection costs the SCP process ~50-70 ms of CPU before a byte "
-    "is read: pynetdicom's AssociationServer._create_association deep-copies all supported "
-    "contexts (171 SOP classes x 39 transfer syntaxes with the default transfer_syntaxes = all), "
-    "so ~15-20 connections a second from anyone (a port scanner will do) take the SCP's whole "
-    "core and delay every real peer (scp/server.py builds that context list).",
-)
 def test_a_connection_costs_the_scp_little_cpu(adapter: RunningAdapter) -> None:
     pid = _scp_pid(adapter)
     before = _cpu_seconds(pid)

@@ -39,7 +39,7 @@ install-service:
 	install -m 0644 systemd/dicom-adapter.service /etc/systemd/system/dicom-adapter.service
 	systemctl daemon-reload
 
-## Benchmarks against DCMTK storescp and a minimal pynetdicom receiver (minutes; see bench/README.md).
+## Receive benchmark: the adapter against DCMTK storescp, minimal pynetdicom receivers and Orthanc (minutes; see bench/README.md).
 bench: install-test
 	$(BIN)/python bench/run.py --corpus var/bench-corpus
 

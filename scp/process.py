@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING, Any
 from pynetdicom import _config as pynetdicom_config
 
 from scp.server import StoreServer
+from spool.text import one_line
 from spool.writer import SpoolWriter
 
 if TYPE_CHECKING:
@@ -242,10 +243,27 @@ def die_with(parent_pid: int) -> None:
         os._exit(0)
 
 
+def _thread_died(args: threading.ExceptHookArgs) -> None:
+    """One log line, not a traceback on stderr, for a connection thread pynetdicom lost.
+
+    Its state machine raises on some invalid sequences a peer can send (e.g.
+    data before the association is accepted); a traceback per such peer
+    would let anyone flood the journal.  scp/wakeful.py closes the connection.
+    """
+    thread = args.thread.name if args.thread is not None else "?"
+    log.warning(
+        "connection thread %s ended on %s: %s",
+        thread,
+        args.exc_type.__name__,
+        one_line(args.exc_value),
+    )
+
+
 def serve(conn: Connection) -> None:
     """Child side: run the SCP until told to stop or the adapter goes away."""
     for number in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(number, signal.SIG_IGN)
+    threading.excepthook = _thread_died
     try:
         _, dicom, policy, layout, min_free, level = conn.recv()
     except (EOFError, OSError):

@@ -44,7 +44,7 @@ Pki = dict[str, Path]
 
 
 def _openssl(*args: str) -> None:
-    subprocess.run(["openssl", *args], check=True, capture_output=True)
+    subprocess.run([require_tool("openssl"), *args], check=True, capture_output=True)
 
 
 def _ca(folder: Path, name: str) -> None:

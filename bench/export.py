@@ -47,6 +47,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import corpus as corpus_mod
+from report import Throughput
 from run import (
     HOST,
     BenchError,
@@ -81,7 +82,7 @@ class Sink:
 
 
 @dataclass
-class Result:
+class Result(Throughput):
     """One corpus sent by one sender, ``repeat`` times."""
 
     corpus: str
@@ -91,17 +92,6 @@ class Result:
     times: list[float] = field(default_factory=list)
     cli_times: list[float] = field(default_factory=list)
 
-    @property
-    def median(self) -> float:
-        return statistics.median(self.times)
-
-    @property
-    def rate(self) -> float:
-        return self.count / self.median
-
-    @property
-    def mbps(self) -> float:
-        return self.size / 1e6 / self.median
 
 
 def start_sink(work: Path, max_pdu: int) -> Sink:

@@ -14,19 +14,12 @@ REFERENCES = ("storescp", "minimal", "orthanc")
 SUBJECT = "adapter"
 
 
-@dataclass
-class Result:
-    """Every repetition of one receiver, one corpus, one number of associations."""
+class Throughput:
+    """Median time, instances/s and MB/s of repeated runs over the same files."""
 
-    corpus: str
-    receiver: str
-    assocs: int
     count: int
-    size: int
-    times: list[float] = field(default_factory=list)
-    drains: list[float] = field(default_factory=list)  # sender exit -> last ledger row
-    lag_medians: list[float] = field(default_factory=list)  # per run, per instance
-    lag_p99s: list[float] = field(default_factory=list)
+    size: int  # bytes
+    times: list[float]
 
     @property
     def median(self) -> float:
@@ -39,6 +32,21 @@ class Result:
     @property
     def mbps(self) -> float:
         return self.size / 1e6 / self.median
+
+
+@dataclass
+class Result(Throughput):
+    """Every repetition of one receiver, one corpus, one number of associations."""
+
+    corpus: str
+    receiver: str
+    assocs: int
+    count: int
+    size: int
+    times: list[float] = field(default_factory=list)
+    drains: list[float] = field(default_factory=list)  # sender exit -> last ledger row
+    lag_medians: list[float] = field(default_factory=list)  # per run, per instance
+    lag_p99s: list[float] = field(default_factory=list)
 
     def last(self) -> str:
         """The latest repetition, for the progress line."""

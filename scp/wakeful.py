@@ -95,6 +95,8 @@ class _WakefulDUL(DULServiceProvider):
         return False
 
     def _wait_for_io(self) -> None:
+        if self.state_machine.current_state == "Sta1":
+            _stop_waiting_for_request(self)  # the connection ended before a request
         sock = self.socket.socket if self.socket is not None else None
         watched: list[Any] = [self._wake_fd]
         if sock is not None and sock.fileno() >= 0:
@@ -139,6 +141,7 @@ def wake_on_events(assoc: Any) -> None:
         finally:
             dul.close_wake_fd()
             _close_if_crashed(dul)
+            _stop_waiting_for_request(dul)
 
     dul._target = run_then_close
     dul.to_user_queue = _SignallingQueue(attention.set)
@@ -162,3 +165,17 @@ def _close_if_crashed(dul: Any) -> None:
     sock.close()
     address = dul.assoc.requestor.address_info.as_tuple
     evt.trigger(dul.assoc, evt.EVT_CONN_CLOSE, {"address": address})
+
+
+def _stop_waiting_for_request(dul: Any) -> None:
+    """Free the slot of a connection that ended before its A-ASSOCIATE-RQ.
+
+    pynetdicom's acceptor waits ``acse_timeout`` (30 s) for the request
+    even when the connection is already gone, holding one of
+    ``max_associations`` all that time: 16 connect-and-close probes from a
+    port scanner would lock every modality out.  An empty hand-over ends
+    that wait at once (pynetdicom treats it as the timeout).
+    """
+    if dul.assoc.requestor.primitive is None and not getattr(dul, "_gave_up", False):
+        dul._gave_up = True
+        dul.to_user_queue.put(None)

@@ -120,14 +120,30 @@ def build_all(base: Path, ct: int, small: int, large: bool) -> dict[str, Path]:
     return corpora
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Corpus options shared by this script and ``bench/run.py``."""
+def add_corpus_folder(parser: argparse.ArgumentParser) -> None:
+    """``--corpus``, for every bench script."""
     parser.add_argument(
         "--corpus",
         type=Path,
         default=ROOT / "var" / "bench-corpus",
         help="cache folder for the corpora (default: var/bench-corpus)",
     )
+
+
+def add_workdir(parser: argparse.ArgumentParser) -> None:
+    """``--workdir``, for the bench scripts that start receivers."""
+    parser.add_argument(
+        "--workdir",
+        type=Path,
+        default=ROOT / "var" / "bench-work",
+        help="where receivers write (default var/bench-work; use a real disk, "
+        "not tmpfs, or fsync costs nothing)",
+    )
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Corpus folder and sizes, shared by this script, ``run.py`` and ``export.py``."""
+    add_corpus_folder(parser)
     parser.add_argument(
         "--ct",
         type=int,

@@ -59,7 +59,6 @@ from run import (
     wait_port,
 )
 
-ROOT = Path(__file__).resolve().parent.parent
 START_TIMEOUT = 30.0
 SENDERS = ("storescu", "adapter")
 SINK_AE = "STORESCP"
@@ -287,12 +286,7 @@ def parse_args() -> argparse.Namespace:
         help=f"storescp's maximum PDU (default {DCMTK_MAX_PDU}, DCMTK's largest; its own "
         "default is 16384)",
     )
-    parser.add_argument(
-        "--workdir",
-        type=Path,
-        default=ROOT / "var" / "bench-work",
-        help="scratch folders for storescp and the adapter (default var/bench-work)",
-    )
+    corpus_mod.add_workdir(parser)
     args = parser.parse_args()
     args.senders = [s.strip() for s in args.senders.split(",") if s.strip()]
     for sender in args.senders:

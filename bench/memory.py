@@ -41,7 +41,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import corpus as corpus_mod
 from run import HOST, BenchError, scratch, start_receiver, stop, tool
 
-ROOT = Path(__file__).resolve().parent.parent
 MIB = 1 << 20
 BAR_MB = 200
 LEDGER_TIMEOUT = 300.0
@@ -259,21 +258,11 @@ NOTE = (
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "--corpus",
-        type=Path,
-        default=ROOT / "var" / "bench-corpus",
-        help="cache folder for the corpora (default: var/bench-corpus)",
-    )
+    corpus_mod.add_corpus_folder(parser)
     parser.add_argument(
         "--megabytes", type=int, default=1024, help="pixel data size in MiB (default 1024)"
     )
-    parser.add_argument(
-        "--workdir",
-        type=Path,
-        default=ROOT / "var" / "bench-work",
-        help="where the adapter writes (default var/bench-work; a real disk, not tmpfs)",
-    )
+    corpus_mod.add_workdir(parser)
     return parser.parse_args()
 
 

@@ -376,13 +376,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument(
         "--assocs", default="1,4", help="concurrent associations, a comma list (default 1,4)"
     )
-    parser.add_argument(
-        "--workdir",
-        type=Path,
-        default=ROOT / "var" / "bench-work",
-        help="where receivers write (default var/bench-work; use a real disk, "
-        "not tmpfs, or fsync costs nothing)",
-    )
+    corpus_mod.add_workdir(parser)
     args = parser.parse_args()
     args.kinds = _kinds(args.receivers, parser)
     args.assoc_counts = _assocs(args.assocs, parser)

@@ -113,7 +113,7 @@ def _store(
         raise incoming.failed
     try:
         placement = read_placement(incoming.path)
-    except Exception as exc:  # the structure walk or pydicom, on a bad dataset
+    except Exception as exc:  # the structure walk's Malformed, or anything odder
         incoming.path.unlink(missing_ok=True)
         reason = f"unreadable dataset: {one_line(exc)}"
         return _refuse(CANNOT_UNDERSTAND, sop_instance_uid, reason)

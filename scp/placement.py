@@ -1,23 +1,22 @@
 """Read the few header elements that decide where an instance goes.
 
-The C-STORE handler must stay cheap, so it parses only up to Series Instance
-UID (0020,000E) and stops: the rest of the header, the checksum and the
-ledger row are intake's job, off the network path.  The dataset is a peer's
-bytes, so it goes through the bounded structure walk first
-(:mod:`spool.bounded`): a length past the end, nesting deeper than 64
-sequences or a deflate bomb is refused before pydicom reads anything, and
-the SCP process never allocates or recurses on a peer's say-so.
+The C-STORE handler must stay cheap, so it reads only the three UIDs that
+name the file's place: the rest of the header, the checksum and the ledger
+row are intake's job, off the network path.  The dataset is a peer's bytes,
+so it is read by the bounded structure walk (:mod:`spool.header`): a length
+past the end, nesting deeper than 64 sequences or a deflate bomb is refused,
+and the SCP process never allocates or recurses on a peer's say-so.
 """
 
 from dataclasses import dataclass
 from pathlib import Path
 
-from pydicom.tag import BaseTag
+from spool.header import read_values
 
-from spool.bounded import read_bounded
-from spool.part10 import element_text
-
-_SERIES_INSTANCE_UID = 0x0020000E
+SOP_INSTANCE_UID = 0x00080018
+STUDY_INSTANCE_UID = 0x0020000D
+SERIES_INSTANCE_UID = 0x0020000E
+_WANTED = (SOP_INSTANCE_UID, STUDY_INSTANCE_UID, SERIES_INSTANCE_UID)
 
 
 @dataclass(frozen=True)
@@ -27,24 +26,18 @@ class Placement:
     series_instance_uid: str | None
 
 
-def _past_series_uid(tag: BaseTag, _vr: str | None, _length: int) -> bool:
-    return int(tag) > _SERIES_INSTANCE_UID  # BaseTag's own > converts its operand each call
-
-
 def read_placement(path: Path) -> Placement:
     """The UIDs that place ``path`` in the spool; None where an element is absent.
 
     Raises
     ------
-    spool.bounded.Malformed
+    spool.header.Malformed
         The structure walk refused the file, with a one-line reason.
-    Exception
-        Whatever pydicom raises on a dataset it cannot parse.
     """
-    with open(path, "rb") as handle:
-        ds, _structure = read_bounded(handle, stop_when=_past_series_uid)
+    with open(path, "rb", buffering=0) as handle:
+        values = read_values(handle, _WANTED)
     return Placement(
-        sop_instance_uid=element_text(ds.get("SOPInstanceUID")),
-        study_instance_uid=element_text(ds.get("StudyInstanceUID")),
-        series_instance_uid=element_text(ds.get("SeriesInstanceUID")),
+        sop_instance_uid=values.text(SOP_INSTANCE_UID),
+        study_instance_uid=values.text(STUDY_INSTANCE_UID),
+        series_instance_uid=values.text(SERIES_INSTANCE_UID),
     )

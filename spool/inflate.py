@@ -96,10 +96,6 @@ class Inflated:
             self._length = length
         return self._length
 
-    def header(self, end: int) -> bytes:
-        """The kept inflated bytes before ``end``: what pydicom reads."""
-        return bytes(self._kept[:end])
-
 
 def inflate_dataset(handle: BinaryIO, offset: int) -> Inflated:
     """An :class:`Inflated` view of the deflated dataset at ``offset`` in ``handle``."""

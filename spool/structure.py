@@ -19,7 +19,8 @@ so, or, for private tags, when its value starts with an item.
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass
+from collections.abc import Collection
+from dataclasses import dataclass, field
 from typing import BinaryIO
 
 from pydicom.datadict import DicomDictionary
@@ -27,10 +28,13 @@ from pydicom.datadict import DicomDictionary
 from spool.inflate import Inflated, inflate_dataset
 from spool.window import FileWindow, Malformed
 
-__all__ = ["MAX_DEPTH", "MAX_ELEMENTS", "Malformed", "Structure", "survey"]
+__all__ = ["MAX_DEPTH", "MAX_ELEMENTS", "Malformed", "RawElement", "Structure", "survey"]
 
 MAX_DEPTH = 64
 MAX_ELEMENTS = 500_000
+# Longest value the walk keeps for its caller: the adapter wants UIDs, IDs
+# and short text; a longer value counts as absent.
+MAX_KEPT_VALUE = 64 * 1024
 _SKIM_WINDOW = 64 * 1024
 _FIRST_PIXEL_TAG = 0x7FE00008  # Float Pixel Data; pydicom stops before any of the three
 _PREAMBLE_AND_PREFIX = 132
@@ -46,23 +50,45 @@ _SEQUENCE, _ITEM_BODY, _FRAGMENTS = 0, 1, 2
 
 
 @dataclass(frozen=True)
+class RawElement:
+    """One element's value bytes as the file stores them.
+
+    ``vr`` is the explicit VR, or None where the dataset is implicit VR (the
+    data dictionary's applies).
+    """
+
+    vr: str | None
+    value: bytes
+
+
+@dataclass(frozen=True)
 class Structure:
     """What the walk learned: where the dataset starts and where it stopped.
 
-    ``inflated`` holds a deflated file's dataset up to its Pixel Data (bounded
-    by :data:`spool.inflate.MAX_HEADER`); pydicom must read that instead of
-    inflating the file itself.  ``stopped_at`` is the top-level pixel tag the
-    walk stopped at, or None when the dataset has none.
+    ``stopped_at`` is the top-level pixel tag the walk stopped at, or None
+    when the dataset has none; ``pixel_offset`` is where that element starts
+    (in the file, or in the inflated dataset) and ``pixel_length`` its
+    declared length (0xFFFFFFFF when encapsulated).  ``elements`` holds every file
+    meta element and the wanted top-level elements of the dataset, each of
+    at most :data:`MAX_KEPT_VALUE` bytes.  A deflated dataset has been
+    inflated (within its caps) to its end.
     """
 
     dataset_offset: int
     transfer_syntax_uid: str
     stopped_at: int | None
-    inflated: bytes | None = None
+    little_endian: bool
+    deflated: bool
+    pixel_offset: int | None = None
+    pixel_length: int | None = None
+    elements: dict[int, RawElement] = field(default_factory=dict)
 
 
-def survey(handle: BinaryIO, size: int) -> Structure:
+def survey(handle: BinaryIO, size: int, wanted: Collection[int] = frozenset()) -> Structure:
     """Check ``handle`` (``size`` bytes) up to its Pixel Data; see the module docstring.
+
+    The values of the top-level elements tagged in ``wanted`` are kept on
+    the way, so callers need no second parse.
 
     Raises
     ------
@@ -71,21 +97,30 @@ def survey(handle: BinaryIO, size: int) -> Structure:
         the end, nesting deeper than :data:`MAX_DEPTH`, a deflate bomb.
     """
     window = FileWindow(handle, size)
-    offset, syntax = _walk_meta(window, size)
+    elements: dict[int, RawElement] = {}
+    offset, syntax = _walk_meta(window, size, elements)
     if offset >= size:
         raise Malformed("truncated after the file meta: the file has no dataset")
-    if syntax == _DEFLATED:
-        inflated = inflate_dataset(handle, offset)
-        walk = _Walk(inflated, 0, implicit=False, little=True)
-        stopped = walk.run()
-        return Structure(offset, syntax, stopped, inflated.header(walk.pos))
-    implicit = syntax == _IMPLICIT_LITTLE
-    walk = _Walk(window, offset, implicit=implicit, little=syntax != _EXPLICIT_BIG)
-    return Structure(offset, syntax, walk.run())
+    deflated = syntax == _DEFLATED
+    little = syntax != _EXPLICIT_BIG
+    if deflated:
+        walk = _Walk(inflate_dataset(handle, offset), 0, False, True, wanted, elements)
+    else:
+        walk = _Walk(window, offset, syntax == _IMPLICIT_LITTLE, little, wanted, elements)
+    stopped = walk.run()
+    pixel_offset = walk.pos if stopped is not None else None
+    return Structure(
+        offset, syntax, stopped, little, deflated, pixel_offset, walk.pixel_length, elements
+    )
 
 
-def _walk_meta(window: FileWindow, size: int) -> tuple[int, str]:
-    """The dataset offset and Transfer Syntax UID, from the explicit VR LE meta group."""
+def _walk_meta(
+    window: FileWindow, size: int, elements: dict[int, RawElement]
+) -> tuple[int, str]:
+    """The dataset offset and Transfer Syntax UID, from the explicit VR LE meta group.
+
+    Every meta element goes into ``elements``.
+    """
     if size == 0:
         raise Malformed("not readable as DICOM: empty file (zero bytes)")
     if size < _PREAMBLE_AND_PREFIX:
@@ -104,11 +139,15 @@ def _walk_meta(window: FileWindow, size: int) -> tuple[int, str]:
         else:
             length, start = struct.unpack("<H", head[6:8])[0], offset + 8
         window.require(start, length, "a file meta element")
-        if head[2:4] == b"\x10\x00":  # (0002,0010) Transfer Syntax UID
-            syntax = window.get(start, min(length, 64), "the file meta").rstrip(b"\x00 ")
         offset = start + length
         if offset > _PREAMBLE_AND_PREFIX + _MAX_META:
             raise Malformed("file meta group longer than 64 KiB")
+        value = window.get(start, length, "a file meta element")
+        elements[0x00020000 | struct.unpack("<H", head[2:4])[0]] = RawElement(
+            head[4:6].decode("latin-1"), value
+        )
+        if head[2:4] == b"\x10\x00":  # (0002,0010) Transfer Syntax UID
+            syntax = value[:64].rstrip(b"\x00 ")
     if offset + 8 > size and offset < size:
         raise Malformed("truncated in the file meta")
     if not syntax:
@@ -119,8 +158,18 @@ def _walk_meta(window: FileWindow, size: int) -> tuple[int, str]:
 class _Walk:
     """One iterative pass over a dataset's elements, a stack instead of recursion."""
 
-    def __init__(self, data: FileWindow | Inflated, start: int, implicit: bool, little: bool):
+    def __init__(
+        self,
+        data: FileWindow | Inflated,
+        start: int,
+        implicit: bool,
+        little: bool,
+        wanted: Collection[int],
+        kept: dict[int, RawElement],
+    ):
         self.data, self.pos = data, start
+        self.wanted, self.kept = wanted, kept
+        self.pixel_length: int | None = None
         order = "<" if little else ">"
         self._implicit_header = struct.Struct(order + "HHI").unpack
         self._explicit_header = struct.Struct(order + "HH2sH").unpack
@@ -168,6 +217,7 @@ class _Walk:
         if self.stack and self.stack[-1][1] is not None:
             limit = min(limit, self.stack[-1][1])  # the item's own end
         unpack, long, dictionary = self._implicit_header_from, self._long_from, DicomDictionary
+        wanted = self.wanted if not self.stack else ()
         count = 0
         while pos + 12 <= limit:
             group, element, length = unpack(buf, pos - base)
@@ -178,22 +228,30 @@ class _Walk:
                 entry = dictionary.get(tag)
                 if length == _UNDEFINED or entry is None or entry[0] == "SQ":
                     break
-                end = pos + 8 + length
+                start = pos + 8
             else:
                 vr = buf[pos - base + 4 : pos - base + 6]
                 if vr in _LONG_VRS:
                     length = long(buf, pos - base + 8)[0]
                     if vr == b"SQ" or length == _UNDEFINED:
                         break
-                    end = pos + 12 + length
+                    start = pos + 12
                 elif b"AA" <= vr <= b"ZZ":
-                    end = pos + 8 + (length >> 16 if self.little else length & 0xFFFF)
+                    start = pos + 8
+                    length = length >> 16 if self.little else length & 0xFFFF
                 else:
                     break
+            end = start + length
             if end > limit:
                 break
+            if tag in wanted:
+                self._keep(tag, None if implicit else vr, buf[start - base : end - base])
             pos, count = end, count + 1
         self.pos, self.elements = pos, self.elements + count
+
+    def _keep(self, tag: int, vr: bytes | None, value: bytes) -> None:
+        if len(value) <= MAX_KEPT_VALUE:
+            self.kept[tag] = RawElement(None if vr is None else vr.decode("latin-1"), value)
 
     def _close_finished(self) -> None:
         """Pop containers of defined length whose end the walk has reached."""
@@ -238,8 +296,9 @@ class _Walk:
             self.pos += 8
             self._pop()
             return
-        vr = header[4:6]
-        if self.implicit or not b"AA" <= vr <= b"ZZ":  # pydicom reads a bad VR as implicit
+        vr: bytes | None = header[4:6]
+        if self.implicit or not b"AA" <= header[4:6] <= b"ZZ":  # pydicom reads a bad VR as implicit
+            vr = None
             self.pos += 8
             sequence = self._implicit_sequence(tag, length)
         elif vr in _LONG_VRS:
@@ -255,7 +314,10 @@ class _Walk:
         elif length == _UNDEFINED:  # encapsulated: fragments up to a sequence delimiter
             self.stack.append((_FRAGMENTS, None, self.implicit))
         else:
+            start = self.pos
             self._skip(length, f"element ({group:04X},{element:04X})")
+            if not self.stack and tag in self.wanted and length <= MAX_KEPT_VALUE:
+                self._keep(tag, vr, self.data.get(start, length, "a kept value"))
 
     def _open_sequence(self, length: int) -> None:
         self.depth += 1
@@ -291,6 +353,7 @@ class _Walk:
             return
         header = 8 if implicit else 12
         length = self._long(self.data.get(self.pos + header - 4, 4, "the Pixel Data header"))[0]
+        self.pixel_length = length
         start = self.pos + header
         if length != _UNDEFINED and start + length > self.data.total():
             raise Malformed(

@@ -112,9 +112,11 @@ def _store(
             return _refuse(OUT_OF_RESOURCES, sop_instance_uid, f"spool full: {incoming.failed}")
         raise incoming.failed
     try:
-        placement = read_placement(incoming.path)
+        placement = read_placement(incoming)
     except Exception as exc:  # the structure walk's Malformed, or anything odder
         incoming.path.unlink(missing_ok=True)
+        if incoming.out_of_space:
+            return _refuse(OUT_OF_RESOURCES, sop_instance_uid, f"spool full: {incoming.failed}")
         reason = f"unreadable dataset: {one_line(exc)}"
         return _refuse(CANNOT_UNDERSTAND, sop_instance_uid, reason)
     problem = None

@@ -9,9 +9,9 @@ and the SCP process never allocates or recurses on a peer's say-so.
 """
 
 from dataclasses import dataclass
-from pathlib import Path
 
 from spool.header import read_values
+from spool.incoming import IncomingFile
 
 SOP_INSTANCE_UID = 0x00080018
 STUDY_INSTANCE_UID = 0x0020000D
@@ -26,16 +26,18 @@ class Placement:
     series_instance_uid: str | None
 
 
-def read_placement(path: Path) -> Placement:
-    """The UIDs that place ``path`` in the spool; None where an element is absent.
+def read_placement(incoming: IncomingFile) -> Placement:
+    """The UIDs that place ``incoming`` in the spool; None where an element is absent.
 
     Raises
     ------
     spool.header.Malformed
         The structure walk refused the file, with a one-line reason.
+    OSError
+        Writing the received bytes failed (the disk is full, say).
     """
-    with open(path, "rb", buffering=0) as handle:
-        values = read_values(handle, _WANTED)
+    with incoming.reading() as (handle, size):
+        values = read_values(handle, size, _WANTED)
     return Placement(
         sop_instance_uid=values.text(SOP_INSTANCE_UID),
         study_instance_uid=values.text(STUDY_INSTANCE_UID),

@@ -15,7 +15,6 @@ reads exactly as pydicom would show it.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Collection
 from typing import BinaryIO
 
@@ -64,8 +63,8 @@ class HeaderValues:
         return element_text(convert_raw_data_element(raw, encoding=self._encodings).value)
 
 
-def read_values(handle: BinaryIO, wanted: Collection[int]) -> HeaderValues:
-    """Walk the file open as ``handle``, keeping the top-level elements in ``wanted``.
+def read_values(handle: BinaryIO, size: int, wanted: Collection[int]) -> HeaderValues:
+    """Walk the ``size`` bytes of ``handle``, keeping the top-level elements in ``wanted``.
 
     The file meta elements are always kept.
 
@@ -74,5 +73,4 @@ def read_values(handle: BinaryIO, wanted: Collection[int]) -> HeaderValues:
     Malformed
         The structure walk refused the file (a one-line reason).
     """
-    size = os.fstat(handle.fileno()).st_size
     return HeaderValues(survey(handle, size, frozenset(wanted) | {SPECIFIC_CHARACTER_SET}))

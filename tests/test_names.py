@@ -71,3 +71,16 @@ def test_any_text_stays_under_the_spool_or_is_refused(
     assert resolved.is_relative_to(Path("/srv/spool").resolve())
     assert resolved.parent.parent.parent.parent == Path("/srv/spool").resolve()
     assert layout.is_candidate(path)
+
+
+def test_a_symlinked_folder_in_the_spool_is_refused(tmp_path: Path) -> None:
+    """Someone with access to the spool links a study folder elsewhere: no file follows it."""
+    layout = SpoolLayout(tmp_path / "spool")
+    layout.ensure(["AE"])
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (layout.root / "AE" / "1.2.3").symlink_to(elsewhere, target_is_directory=True)
+    with pytest.raises(UnsafeName, match="symlink"):
+        layout.series_folder("AE", "1.2.3", "1.2.3.4")
+    (layout.root / "AE" / "1.2.5").mkdir()
+    assert layout.series_folder("AE", "1.2.5", "1.2.5.6") == layout.root / "AE/1.2.5/1.2.5.6"

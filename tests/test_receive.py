@@ -125,7 +125,16 @@ def test_max_associations_rejects_beyond_limit(start_adapter, tmp_path: Path, po
     finally:
         for assoc in held:
             assoc.release()
-    assert echo("127.0.0.1", running.port, called_ae="DICOMADAPTER") == 0
+
+    def slot_free() -> bool:
+        # A slot is free once the server sees the connection close, a few
+        # milliseconds after release() returns here on the A-RELEASE-RP.
+        try:
+            return echo("127.0.0.1", running.port, called_ae="DICOMADAPTER") == 0
+        except AssociationRejected:
+            return False
+
+    wait_for(slot_free, timeout=5, interval=0.05)
 
 
 UNSAFE = ["../../../../tmp/evil", "1.2.3/../../x", "1.2.abc", "1" * 70]

@@ -11,6 +11,7 @@ and the ledger records whatever the header says.
 """
 
 import hashlib
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -87,7 +88,7 @@ def read_header(path: Path, group_tag: int = STUDY_INSTANCE_UID) -> Header:
     wanted += (SERIES_INSTANCE_UID, ROWS, group_tag)
     try:
         with open(path, "rb", buffering=0) as handle:
-            values = read_values(handle, wanted)
+            values = read_values(handle, os.fstat(handle.fileno()).st_size, wanted)
             structure = values.structure
             if structure.stopped_at is None and _expects_pixels(values):
                 raise NotAnInstance("truncated: an image without Pixel Data")

@@ -63,6 +63,10 @@ class SpoolWriter:
             folder = self.layout.series_folder(incoming.provenance.called_ae, study_uid, series_uid)
             self.layout.instance_name(sop_instance_uid)  # validate before any change
             incoming.sync()
+            # Closed before the rename: the close event then fires in .tmp/,
+            # which the watcher ignores, not on the published file, which
+            # would ring intake a second time for the same instance.
+            incoming.close()
             make_dirs_durable(folder, self.layout.root)
             final = self._rename_into(incoming.path, folder, sop_instance_uid)
             incoming.published = True

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import ssl
 
-from exporters.dimse import VERIFICATION
+from dimse.commands import VERIFICATION
 from exporters.dimse_scu import Association, AssociationRejected, Peer
 from exporters.wire import AssociationLost
 from ledger.records import ExportFileRecord

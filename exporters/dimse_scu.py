@@ -23,8 +23,8 @@ import socket
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, BinaryIO
 
-from exporters import dimse
-from exporters import upper_layer as ul
+from dimse import commands as dimse
+from dimse import upper_layer as ul
 from exporters.wire import AssociationLost, Wire
 from spool.incoming import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 

@@ -13,7 +13,7 @@ import ssl
 import struct
 import time
 
-from exporters import upper_layer as ul
+from dimse import upper_layer as ul
 
 _HEADER = struct.Struct(">BxL")
 _RELEASE_ENDS = (ul.A_RELEASE_RP, ul.A_ABORT)

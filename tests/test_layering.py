@@ -8,16 +8,19 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 # package -> the project packages it may import (besides itself).
 ALLOWED = {
-    "scp": {"spool"},
+    "scp": {"spool", "dimse"},
     "spool": set(),
+    "dimse": set(),
     "watchers": {"spool", "ledger"},
     "ledger": {"errors"},
     "migrations": {"ledger"},
     "processors": {"ledger", "spool", "exporters"},
-    "exporters": {"ledger", "spool"},  # spool.part10 (dataset offset), spool.incoming (our UIDs)
+    # spool.part10 (dataset offset), spool.incoming (our UIDs)
+    "exporters": {"ledger", "spool", "dimse"},
 }
 PROJECT = {
     "scp",
+    "dimse",
     "spool",
     "watchers",
     "ledger",

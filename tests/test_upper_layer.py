@@ -1,6 +1,6 @@
 """The exporter's PDUs and command sets, checked against independent codecs.
 
-What ``exporters.upper_layer`` and ``exporters.dimse`` encode is decoded by
+What ``dimse.upper_layer`` and ``dimse.commands`` encode is decoded by
 pynetdicom's PDU classes and pydicom's Implicit VR Little Endian reader, and
 what they decode is encoded by those, so a misreading of PS3.8 or PS3.7 would
 have to be shared by two projects to pass.
@@ -25,8 +25,8 @@ from pynetdicom.pdu_primitives import (
 )
 from pynetdicom.presentation import PresentationContext
 
-from exporters import dimse
-from exporters import upper_layer as ul
+from dimse import commands as dimse
+from dimse import upper_layer as ul
 
 CT = "1.2.840.10008.5.1.4.1.1.2"
 MR = "1.2.840.10008.5.1.4.1.1.4"

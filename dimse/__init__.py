@@ -1,0 +1,1 @@
+"""DICOM network encodings shared by the SCP and the exporters: PDUs and command sets."""

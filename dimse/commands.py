@@ -30,6 +30,17 @@ _AFFECTED_SOP_INSTANCE = 0x1000
 
 
 @dataclass(frozen=True)
+class Request:
+    """The fields of a C-STORE-RQ or C-ECHO-RQ command set a receiver acts on."""
+
+    command_field: int
+    message_id: int
+    sop_class_uid: str
+    sop_instance_uid: str | None  # C-STORE only
+    data_set_present: bool
+
+
+@dataclass(frozen=True)
 class Response:
     """The fields of a response command set a sender acts on."""
 
@@ -81,6 +92,81 @@ def c_echo_rq(message_id: int) -> bytes:
             (_DATA_SET_TYPE, _us(NO_DATA_SET)),
         ]
     )
+
+
+def c_store_rsp(message_id: int, sop_class_uid: str, sop_instance_uid: str, status: int) -> bytes:
+    """A C-STORE-RSP command set (PS3.7 9.3.1.2), no data set."""
+    return _command(
+        [
+            (_AFFECTED_SOP_CLASS, _ui(sop_class_uid)),
+            (_COMMAND_FIELD, _us(C_STORE_RSP)),
+            (_RESPONDED_TO, _us(message_id)),
+            (_DATA_SET_TYPE, _us(NO_DATA_SET)),
+            (_STATUS, _us(status)),
+            (_AFFECTED_SOP_INSTANCE, _ui(sop_instance_uid)),
+        ]
+    )
+
+
+def c_echo_rsp(message_id: int, status: int) -> bytes:
+    """A C-ECHO-RSP command set (PS3.7 9.3.5.2), no data set."""
+    return _command(
+        [
+            (_AFFECTED_SOP_CLASS, _ui(VERIFICATION)),
+            (_COMMAND_FIELD, _us(C_ECHO_RSP)),
+            (_RESPONDED_TO, _us(message_id)),
+            (_DATA_SET_TYPE, _us(NO_DATA_SET)),
+            (_STATUS, _us(status)),
+        ]
+    )
+
+
+def _elements(command: bytes) -> dict[int, bytes]:
+    """The command set's elements by element number; ValueError unless every one is
+    group 0000 and fits."""
+    values: dict[int, bytes] = {}
+    offset = 0
+    while offset < len(command):
+        if offset + 8 > len(command):
+            raise ValueError("command set ends inside an element header")
+        group, element, length = _HEADER.unpack_from(command, offset)
+        offset += 8
+        if group != 0 or offset + length > len(command):
+            raise ValueError(f"command element ({group:04X},{element:04X}) is not a command's")
+        values[element] = command[offset : offset + length]
+        offset += length
+    return values
+
+
+def _uid_text(value: bytes) -> str:
+    return value.rstrip(b"\x00 ").decode("ascii")
+
+
+def parse_request(command: bytes) -> Request:
+    """A C-STORE-RQ or C-ECHO-RQ command set, read strictly.
+
+    Raises
+    ------
+    ValueError
+        Not one of the two, a field missing or of the wrong size, a UID that
+        is not ASCII, or an element that runs past the end.
+    """
+    values = _elements(command)
+    try:
+        field, message_id, data_set = (
+            struct.unpack("<H", values[tag])[0]
+            for tag in (_COMMAND_FIELD, _MESSAGE_ID, _DATA_SET_TYPE)
+        )
+        sop_class = _uid_text(values[_AFFECTED_SOP_CLASS])
+        if field == C_STORE_RQ:
+            sop_instance: str | None = _uid_text(values[_AFFECTED_SOP_INSTANCE])
+        elif field == C_ECHO_RQ:
+            sop_instance = None
+        else:
+            raise ValueError(f"command field 0x{field:04X} is not C-STORE-RQ or C-ECHO-RQ")
+    except (KeyError, struct.error, UnicodeDecodeError) as exc:
+        raise ValueError(f"not a usable request: {type(exc).__name__}") from None
+    return Request(field, message_id, sop_class, sop_instance, data_set != NO_DATA_SET)
 
 
 def parse_response(command: bytes) -> Response:

@@ -134,10 +134,32 @@ def pdata(context_id: int, control: int, data: bytes) -> bytes:
     return pdata_header(context_id, control, len(data)) + data
 
 
-def pdvs(body: bytes) -> Iterator[tuple[int, int, bytes]]:
-    """``(context ID, message control header, fragment)`` of each PDV in a P-DATA-TF body."""
+def pdvs(body: bytes) -> list[tuple[int, int, bytes]]:
+    """``(context ID, message control header, fragment)`` of each PDV in a P-DATA-TF body.
+
+    Raises
+    ------
+    ValueError
+        An item shorter than its context ID and control header, or running
+        past the end of the body (PS3.8 9.3.5.1).
+    """
+    found = []
     offset = 0
-    while offset + PDV_HEADER <= len(body):
+    while offset < len(body):
+        if offset + PDV_HEADER > len(body):
+            raise ValueError("P-DATA-TF ends inside a PDV item header")
         length = int.from_bytes(body[offset : offset + 4], "big")
-        yield body[offset + 4], body[offset + 5], body[offset + 6 : offset + 4 + length]
+        if length < 2 or offset + 4 + length > len(body):
+            raise ValueError(f"PDV item of length {length} does not fit its P-DATA-TF")
+        found.append((body[offset + 4], body[offset + 5], body[offset + 6 : offset + 4 + length]))
         offset += 4 + length
+    return found
+
+
+def pdata_many(items: list[tuple[int, int, bytes]]) -> bytes:
+    """A whole P-DATA-TF carrying several PDVs, as :func:`pdvs` reads them."""
+    body = b"".join(
+        (len(data) + 2).to_bytes(4, "big") + bytes((context_id, control)) + data
+        for context_id, control, data in items
+    )
+    return _PDU.pack(P_DATA_TF, 0, len(body)) + body

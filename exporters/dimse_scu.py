@@ -166,7 +166,12 @@ class Association:
         fragments = []
         while True:
             body = self.wire.expect_pdata(self.peer.dimse_timeout)
-            for _, control, fragment in ul.pdvs(body):
+            try:
+                items = ul.pdvs(body)
+            except ValueError as exc:
+                self.wire.abort()
+                raise AssociationLost(f"unreadable response: {exc}") from None
+            for _, control, fragment in items:
                 if not control & ul.COMMAND:
                     continue  # a data set with a response: nothing we need
                 fragments.append(fragment)

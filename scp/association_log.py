@@ -58,22 +58,21 @@ class AssociationLog:
         self.rejection(REJECTION_NAMES.get(triple, "{}/{}/{}".format(*triple)))
 
     def opened(self, event: evt.Event) -> None:
-        """EVT_ESTABLISHED."""
+        """EVT_ESTABLISHED (the direct path may have stored its first instance already)."""
         with self._lock:
-            self._tallies[event.assoc] = _Tally()
+            self._tallies.setdefault(event.assoc, _Tally())
 
     def stored(self, assoc: object, called_ae: str, size: int) -> None:
         with self._lock:
             self.received[called_ae] += 1
             self.received_bytes[called_ae] += size
-            if (tally := self._tallies.get(assoc)) is not None:
-                tally.stored += 1
-                tally.bytes += size
+            tally = self._tallies.setdefault(assoc, _Tally())
+            tally.stored += 1
+            tally.bytes += size
 
     def refused(self, assoc: object) -> None:
         with self._lock:
-            if (tally := self._tallies.get(assoc)) is not None:
-                tally.refused += 1
+            self._tallies.setdefault(assoc, _Tally()).refused += 1
 
     def closed(self, event: evt.Event) -> None:
         """EVT_CONN_CLOSE: the one line, for associations that were established."""

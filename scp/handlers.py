@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import logging
 import socket
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from pynetdicom import events as evt
 
 from scp.admission import REJECT_LOCAL_LIMIT, REJECTION_NAMES, AdmissionPolicy
 from scp.association_log import AssociationLog
+from scp.direct import serve_directly
 from scp.placement import read_placement
 from scp.read_limits import limit_reads
 from scp.receiving import Receiving, provenance_of
@@ -68,14 +69,22 @@ def handle_requested(event: evt.Event, server: object) -> None:
     assoc.acceptor.ae_title = peer.called_ae  # echo the called AE title in the A-ASSOCIATE-AC
 
 
-def handle_conn_open(event: evt.Event, dicom: DicomConfig) -> None:
+def handle_conn_open(
+    event: evt.Event, dicom: DicomConfig, receiving: Receiving, tally: AssociationLog
+) -> None:
     """EVT_CONN_OPEN: no Nagle (small responses would wait for delayed ACKs), no
-    polling, and reads with a deadline and a length cap."""
-    sock = event.assoc.dul.socket.socket
+    polling, reads with a deadline and a length cap, and the direct C-STORE path."""
+    assoc = event.assoc
+    sock = assoc.dul.socket.socket
     if sock is not None:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    wake_on_events(event.assoc)
-    limit_reads(event.assoc, dicom.network_timeout, dicom.maximum_pdu_size)
+    wake_on_events(assoc)
+    limit_reads(assoc, dicom.network_timeout, dicom.maximum_pdu_size)
+
+    def store_received(assoc: Any, incoming: IncomingFile, sop_class: str, sop: str) -> int:
+        return store(assoc, receiving, tally, receiving.take(assoc, incoming.path), sop_class, sop)
+
+    serve_directly(assoc, receiving.open_for, store_received)
 
 
 def handle_echo(event: evt.Event) -> int:
@@ -85,26 +94,46 @@ def handle_echo(event: evt.Event) -> int:
 
 def handle_store(event: evt.Event, receiving: Receiving, tally: AssociationLog) -> int:
     """EVT_C_STORE: make the instance durable in the spool, then answer."""
-    sop_instance_uid = str(event.request.AffectedSOPInstanceUID)
-    incoming = receiving.take(event.assoc, event.dataset_path)
+    return store(
+        event.assoc,
+        receiving,
+        tally,
+        receiving.take(event.assoc, event.dataset_path),
+        str(event.request.AffectedSOPClassUID),
+        str(event.request.AffectedSOPInstanceUID),
+    )
+
+
+def store(
+    assoc: Any,
+    receiving: Receiving,
+    tally: AssociationLog,
+    incoming: IncomingFile | None,
+    sop_class_uid: str,
+    sop_instance_uid: str,
+) -> int:
+    """Make a received instance durable in the spool; the status to answer.
+
+    For pynetdicom's C-STORE path and for :mod:`scp.direct` alike.
+    """
     try:
         if incoming is None:
-            raise RuntimeError(f"no incoming file for {event.dataset_path}")
-        status = _store(event, receiving, incoming, sop_instance_uid)
+            raise RuntimeError(f"no incoming file for sop={sop_instance_uid!r}")
+        status = _store(receiving, incoming, sop_class_uid, sop_instance_uid)
     except Exception:
         log.exception("C-STORE failed unexpectedly sop=%r: answering 0xC211", sop_instance_uid)
         if incoming is not None and not incoming.published:
             incoming.path.unlink(missing_ok=True)
         status = PROCESSING_FAILURE
     if status == SUCCESS:
-        tally.stored(event.assoc, incoming.provenance.called_ae, incoming.size)  # type: ignore[union-attr]
+        tally.stored(assoc, incoming.provenance.called_ae, incoming.size)  # type: ignore[union-attr]
     else:
-        tally.refused(event.assoc)
+        tally.refused(assoc)
     return status
 
 
 def _store(
-    event: evt.Event, receiving: Receiving, incoming: IncomingFile, sop_instance_uid: str
+    receiving: Receiving, incoming: IncomingFile, sop_class_uid: str, sop_instance_uid: str
 ) -> int:
     if incoming.failed is not None:
         incoming.path.unlink(missing_ok=True)
@@ -125,7 +154,7 @@ def _store(
             f"dataset SOP Instance UID {placement.sop_instance_uid!r} differs from the request's"
         )
     for name, uid in (
-        ("SOP Class UID", str(event.request.AffectedSOPClassUID)),
+        ("SOP Class UID", sop_class_uid),
         ("Study Instance UID", placement.study_instance_uid),
         ("Series Instance UID", placement.series_instance_uid),
     ):

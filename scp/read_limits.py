@@ -83,6 +83,11 @@ class _LimitedSocket(AssociationSocket):
             self._pdu_type = data[0]
         return data
 
+    def unread(self, data: bytes) -> None:
+        """Put ``data`` back in front: the next reads return it first."""
+        self._inbox[0:0] = data
+        self._pdu_type = None
+
     def _read(self, nr_bytes: int) -> bytearray:
         """``nr_bytes`` from the buffer, filled within the deadline; fewer if the peer closed."""
         inbox = self._inbox

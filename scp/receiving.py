@@ -77,7 +77,10 @@ class Receiving:
         return self._files.get(str(path))
 
     def _open(self, *_args: object, **_kwargs: object) -> IncomingFile:
-        assoc = threading.current_thread().assoc  # type: ignore[attr-defined]
+        return self.open_for(threading.current_thread().assoc)  # type: ignore[attr-defined]
+
+    def open_for(self, assoc: Any) -> IncomingFile:
+        """A new incoming file for ``assoc``, removed if its connection closes first."""
         incoming = self.writer.open_incoming(provenance_of(assoc))
         self._files[incoming.name] = incoming
         with self._lock:

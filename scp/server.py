@@ -125,7 +125,7 @@ class StoreServer:
         ae = build_ae(self.dicom)
         self.receiving.install()
         handlers = [
-            (evt.EVT_CONN_OPEN, handle_conn_open, [self.dicom]),
+            (evt.EVT_CONN_OPEN, handle_conn_open, [self.dicom, self.receiving, self.tally]),
             (evt.EVT_REQUESTED, handle_requested, [self]),
             (evt.EVT_C_ECHO, handle_echo),
             (evt.EVT_C_STORE, handle_store, [self.receiving, self.tally]),

@@ -88,7 +88,11 @@ class _WakefulDUL(DULServiceProvider):
             self._wake_fd = -1
 
     def _is_transport_event(self) -> bool:
-        if super()._is_transport_event():
+        direct = self.__dict__.get("_direct")
+        served = direct.serve() if direct is not None and direct.active else None
+        if served:
+            return True
+        if served is None and super()._is_transport_event():
             return True
         if self.event_queue.empty() and self.to_provider_queue.empty():
             self._wait_for_io()

@@ -27,7 +27,7 @@ from io import BytesIO
 from pathlib import Path
 from typing import BinaryIO
 
-from spool.part10 import encode_meta
+from spool.part10 import PREAMBLE, encode_meta
 
 # A UID of our own under the 2.25 (UUID) root, PS3.5 Annex B.2.
 IMPLEMENTATION_CLASS_UID = "2.25.163359237101938412089463516829934576211"
@@ -97,6 +97,11 @@ class IncomingFile:
     def write_meta(self, uids: MetaUids) -> None:
         """The file meta group, after pynetdicom's preamble and ``DICM``."""
         self.write(meta_group(uids, self.provenance))
+
+    def write_header(self, uids: MetaUids) -> None:
+        """Preamble, ``DICM`` and the file meta group: what pynetdicom writes first."""
+        self.write(bytes(PREAMBLE) + b"DICM")
+        self.write_meta(uids)
 
     def flush(self) -> None:
         """pynetdicom flushes after every fragment: the buffer decides instead."""

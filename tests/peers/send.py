@@ -19,6 +19,7 @@ from pathlib import Path
 from pydicom.filereader import read_file_meta_info
 from pynetdicom import AE, _config
 from pynetdicom.association import Association
+from pynetdicom.pdu_primitives import A_ASSOCIATE
 from pynetdicom.sop_class import Verification
 
 # A-ASSOCIATE-RQ can carry at most 128 presentation contexts (odd IDs 1..255).
@@ -225,9 +226,12 @@ def _associate(ae: AE, host: str, port: int, called_ae: str) -> Association:
     * A bounded send queue, see :class:`_BoundedSendQueue`.
     """
     assoc = ae.associate(host, port, ae_title=called_ae)
-    if assoc.is_rejected:
-        # The A-ASSOCIATE-RJ primitive is kept as the acceptor's primitive.
-        reject = assoc.acceptor.primitive
+    # The A-ASSOCIATE-RJ primitive is kept as the acceptor's primitive, or
+    # (pynetdicom race) left in the DUL's queue: when the RJ arrives and the
+    # connection closes before the requesting thread looks at the socket,
+    # pynetdicom reports a failed connection instead of the rejection.
+    reject = assoc.acceptor.primitive if assoc.is_rejected else _unread_rejection(assoc)
+    if reject is not None:
         raise AssociationRejected(
             int(reject.result), int(reject.result_source), int(reject.diagnostic)
         )
@@ -238,6 +242,16 @@ def _associate(ae: AE, host: str, port: int, called_ae: str) -> Association:
         # Nothing is queued once established, so swapping the queue is safe.
         assoc.dul.to_provider_queue = _BoundedSendQueue(assoc, _SEND_BACKLOG)
     return assoc
+
+
+def _unread_rejection(assoc: Association) -> object | None:
+    """An A-ASSOCIATE-RJ the DUL received that pynetdicom's requestor never read."""
+    if assoc.is_established:
+        return None
+    for primitive in list(assoc.dul.to_user_queue.queue):
+        if isinstance(primitive, A_ASSOCIATE) and primitive.result in (0x01, 0x02):
+            return primitive
+    return None
 
 
 class _BoundedSendQueue(queue.Queue):

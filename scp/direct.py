@@ -165,6 +165,8 @@ class DirectPath:
         """Give pynetdicom these PDVs, and every PDU after them."""
         self.active = False
         self.dul.socket.unread(ul.pdata_many(items))
+        peer = self.assoc.requestor
+        log.info("association from %s:%s handed to pynetdicom", peer.address, peer.port)
 
     def _invalid(self, reason: str) -> None:
         peer = self.assoc.requestor

@@ -1,10 +1,11 @@
-"""DICOM Upper Layer PDUs an association requestor sends and reads (PS3.8 section 9.3).
+"""DICOM Upper Layer PDUs (PS3.8 section 9.3) the exporters' SCU and the SCP's direct path use.
 
-Written from the standard rather than taken from pynetdicom, whose requestor
-costs milliseconds of Python per message: these are plain byte layouts, built
-with ``struct`` and read by offset.  Only what a Storage SCU needs is here:
-it sends A-ASSOCIATE-RQ, P-DATA-TF, A-RELEASE-RQ and A-ABORT, and reads
-A-ASSOCIATE-AC/RJ, P-DATA-TF, A-RELEASE-RP and A-ABORT.  Every multi-byte
+Written from the standard rather than taken from pynetdicom, which costs
+milliseconds of Python per message: these are plain byte layouts, built
+with ``struct`` and read by offset.  Only what is needed is here: a Storage
+SCU sends A-ASSOCIATE-RQ, P-DATA-TF, A-RELEASE-RQ and A-ABORT, and reads
+A-ASSOCIATE-AC/RJ, P-DATA-TF, A-RELEASE-RP and A-ABORT; the SCP's direct
+path (:mod:`scp.direct`) reads and writes P-DATA-TF only.  Every multi-byte
 number in a PDU header or item is big endian (PS3.8 9.3.1).
 """
 

@@ -176,7 +176,9 @@ class AdapterProcess:
         return self.process.wait(timeout=60)
 
     def kill(self) -> None:
+        """SIGKILL, as a crash; the listener process follows (PR_SET_PDEATHSIG) a moment later."""
         self.signal(signal.SIGKILL)
+        wait_for(lambda: not port_open(self.port), timeout=10)
 
     def ledger(self) -> Ledger:
         return Ledger(make_engine(load_config(self.config).ledger.url))

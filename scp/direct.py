@@ -107,7 +107,7 @@ class DirectPath:
         for index, (context_id, control, data) in enumerate(items):
             receiving = self._receiving
             if receiving is None:
-                if not self._start(context_id, control, data, last_item=index == len(items) - 1):
+                if not self._start(context_id, control, data):
                     self._hand_over(items[index:])
                     return
                 continue
@@ -118,7 +118,7 @@ class DirectPath:
                 self._receiving = None
                 self._finish(receiving)
 
-    def _start(self, context_id: int, control: int, data: bytes, *, last_item: bool) -> bool:
+    def _start(self, context_id: int, control: int, data: bytes) -> bool:
         """Begin serving the message this PDV starts; False if it is not one for this path."""
         syntax = self._accepted().get(context_id)
         if syntax is None or control != ul.COMMAND | ul.LAST:

@@ -30,6 +30,7 @@ from spool.part10 import dataset_offset
 from tests.conftest import free_port, port_open, require_tool, wait_for
 from tests.dicom import make_large_multiframe, make_mixed_set, make_study
 from tests.peers.flaky_scp import FlakyStorageSCP
+from tests.peers.raw import read_pdu
 from tests.test_upper_layer import accept_pdu, command_set
 
 UNCOMPRESSED = {"1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.2"}
@@ -174,21 +175,6 @@ def test_echo_a_real_peer(storescp) -> None:
 
 # -- scripted peers ---------------------------------------------------------------------
 
-
-def read_pdu(conn: socket.socket) -> tuple[int, bytes]:
-    header = _exactly(conn, 6)
-    pdu_type, length = struct.unpack(">BxL", header)
-    return pdu_type, _exactly(conn, length)
-
-
-def _exactly(conn: socket.socket, count: int) -> bytes:
-    data = b""
-    while len(data) < count:
-        chunk = conn.recv(count - len(data))
-        if not chunk:
-            raise ConnectionError("closed")
-        data += chunk
-    return data
 
 
 def pdata(context_id: int, control: int, data: bytes) -> bytes:

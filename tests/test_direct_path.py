@@ -22,6 +22,7 @@ from dimse import upper_layer as ul
 from tests.conftest import RunningAdapter, wait_for
 from tests.dcmtk import storescu
 from tests.dicom import dataset_bytes, make_instance, make_study
+from tests.peers.raw import read_pdu
 
 CT_IMAGE = "1.2.840.10008.5.1.4.1.1.2"
 EXPLICIT_LE = "1.2.840.10008.1.2.1"
@@ -46,22 +47,6 @@ def associate(port: int) -> socket.socket:
     assert pdu_type == ul.A_ASSOCIATE_AC
     assert ul.parse_accept(body).contexts == {CONTEXT: EXPLICIT_LE, 3: EXPLICIT_LE}
     return sock
-
-
-def read_pdu(sock: socket.socket) -> tuple[int, bytes]:
-    header = receive(sock, 6)
-    pdu_type, length = struct.unpack(">BxL", header)
-    return pdu_type, receive(sock, length)
-
-
-def receive(sock: socket.socket, count: int) -> bytes:
-    data = b""
-    while len(data) < count:
-        chunk = sock.recv(count - len(data))
-        if not chunk:
-            raise ConnectionError(f"closed after {len(data)} of {count} bytes")
-        data += chunk
-    return data
 
 
 def store_status(sock: socket.socket) -> int:

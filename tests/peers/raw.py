@@ -286,3 +286,19 @@ def _pump(source: socket.socket, dest: socket.socket, copy: bytearray | None) ->
         for sock in (source, dest):
             with contextlib.suppress(OSError):
                 sock.shutdown(socket.SHUT_RDWR)
+
+
+def read_pdu(sock: socket.socket) -> tuple[int, bytes]:
+    """The next whole PDU on ``sock``: (type, body); ConnectionError if it closes first."""
+    pdu_type, length = _HEADER.unpack(_exactly(sock, 6))
+    return pdu_type, _exactly(sock, length)
+
+
+def _exactly(sock: socket.socket, count: int) -> bytes:
+    data = b""
+    while len(data) < count:
+        chunk = sock.recv(count - len(data))
+        if not chunk:
+            raise ConnectionError(f"closed after {len(data)} of {count} bytes")
+        data += chunk
+    return data

@@ -10,12 +10,9 @@ and the SCP process never allocates or recurses on a peer's say-so.
 
 from dataclasses import dataclass
 
-from spool.header import read_values
+from spool.header import SERIES_INSTANCE_UID, SOP_INSTANCE_UID, STUDY_INSTANCE_UID, read_values
 from spool.incoming import IncomingFile
 
-SOP_INSTANCE_UID = 0x00080018
-STUDY_INSTANCE_UID = 0x0020000D
-SERIES_INSTANCE_UID = 0x0020000E
 _WANTED = (SOP_INSTANCE_UID, STUDY_INSTANCE_UID, SERIES_INSTANCE_UID)
 
 

@@ -28,6 +28,10 @@ from spool.structure import Malformed, Structure, survey
 __all__ = ["HeaderValues", "Malformed", "read_values"]
 
 SPECIFIC_CHARACTER_SET = 0x00080005
+# The UIDs that name an instance's place in the spool (SCP) and its ledger row (intake).
+SOP_INSTANCE_UID = 0x00080018
+STUDY_INSTANCE_UID = 0x0020000D
+SERIES_INSTANCE_UID = 0x0020000E
 _PLAIN_VRS = frozenset({"UI", "AE", "UR"})
 
 

@@ -18,17 +18,21 @@ from typing import BinaryIO
 
 from pydicom.uid import UID_dictionary
 
-from spool.header import HeaderValues, Malformed, read_values
+from spool.header import (
+    SERIES_INSTANCE_UID,
+    SOP_INSTANCE_UID,
+    STUDY_INSTANCE_UID,
+    HeaderValues,
+    Malformed,
+    read_values,
+)
 from spool.names import validate_uid
 from spool.part10 import dataset_offset
 
 _HASH_CHUNK = 2**20
-STUDY_INSTANCE_UID = 0x0020000D
 # Tags of the elements the ledger records, besides the AE's group_by element.
 SOP_CLASS_UID = 0x00080016
-SOP_INSTANCE_UID = 0x00080018
 PATIENT_ID = 0x00100020
-SERIES_INSTANCE_UID = 0x0020000E
 ROWS = 0x00280010
 MEDIA_STORAGE_SOP_CLASS_UID = 0x00020002
 TRANSFER_SYNTAX_UID = 0x00020010

@@ -27,7 +27,7 @@ from ledger.migrate import require_head, upgrade
 from ledger.processing import Processing
 from ledger.records import InstanceRecord
 from ledger.states import ExportState, JobState, State
-from ledger.store import Ledger
+from ledger.store import Ledger, chunked
 from processors.command import kill_leftovers
 from spool.layout import SpoolLayout
 from watchers.intake import Intake
@@ -152,17 +152,18 @@ def _spool_findings(layout: SpoolLayout, ledger: Ledger) -> list[Finding]:
         Finding("temporary", f"{path}: temporary file, never acknowledged")
         for path in _temporary_files(layout)
     ]
-    recorded = ledger.recorded_paths()
-    findings += [
-        Finding("orphan", f"{path}: in the spool, not in the ledger")
-        for path in sorted(layout.candidate_files())
-        if str(path) not in recorded
-    ]
+    for chunk in chunked(sorted(layout.candidate_files())):
+        recorded = ledger.recorded([str(path) for path in chunk])
+        findings += [
+            Finding("orphan", f"{path}: in the spool, not in the ledger")
+            for path in chunk
+            if str(path) not in recorded
+        ]
     # A row already flagged missing is known to the ledger: reconcile has
     # nothing left to do for it, so only unflagged rows disagree.
     findings += [
         Finding("missing", f"instance {instance_id}: {path} is gone")
-        for path, (instance_id, flagged) in sorted(ledger.live_files().items())
+        for path, instance_id, flagged in sorted(ledger.live_files())
         if not flagged and not os.path.lexists(path)
     ]
     return findings + _claim_findings(ledger)

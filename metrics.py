@@ -56,6 +56,11 @@ class AdapterCollector(Collector):
             "Associations running now",
             value=adapter.server.active_associations,
         )
+        yield GaugeMetricFamily(
+            f"{PREFIX}_intake_queued",
+            "Spool files waiting for intake",
+            value=adapter.intake.queued,
+        )
         yield _by_state(
             f"{PREFIX}_ledger_instances",
             "Instances in the ledger, by state",

@@ -9,11 +9,11 @@ records whole batches with a few set-based statements (SQLAlchemy Core, one
 """
 
 import logging
-from collections.abc import Collection, Iterator
+from collections.abc import Collection, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import fields
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import Connection, Engine, func, insert, select, text, update
 
@@ -30,6 +30,7 @@ _RECORD_FIELDS = [f.name for f in fields(InstanceRecord)]
 _NEW_FIELDS = [f.name for f in fields(NewInstance)]
 _LIVE = [str(state) for state in ON_DISK]
 _CHUNK = 500  # bound parameters per IN (...) list
+T = TypeVar("T")
 
 
 def to_record(row: Any) -> InstanceRecord:
@@ -42,10 +43,27 @@ def _columns(new: NewInstance) -> dict[str, Any]:
     return {name: getattr(new, name) for name in _NEW_FIELDS}
 
 
-def _chunks(values: Collection[Any]) -> Iterator[list[Any]]:
-    items = list(values)
-    for start in range(0, len(items), _CHUNK):
-        yield items[start : start + _CHUNK]
+def _recorded(connection: Connection, paths: Collection[str]) -> set[str]:
+    """Those of ``paths`` a row still owns (``ux_instances_live_path`` finds each)."""
+    found: set[str] = set()
+    for chunk in chunked(paths):
+        query = select(INSTANCES.c.path).where(
+            INSTANCES.c.path.in_(chunk), INSTANCES.c.state != State.RECLAIMED
+        )
+        found.update(connection.scalars(query))
+    return found
+
+
+def chunked(values: Iterable[T], size: int = _CHUNK) -> Iterator[list[T]]:
+    """``values`` in lists of at most ``size``, taken lazily."""
+    chunk: list[T] = []
+    for value in values:
+        chunk.append(value)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
 
 
 class LedgerTransaction:
@@ -58,13 +76,7 @@ class LedgerTransaction:
 
     def recorded(self, paths: Collection[str]) -> set[str]:
         """Those of ``paths`` a row still owns."""
-        found: set[str] = set()
-        for chunk in _chunks(paths):
-            query = select(INSTANCES.c.path).where(
-                INSTANCES.c.path.in_(chunk), INSTANCES.c.state != State.RECLAIMED
-            )
-            found.update(self.connection.scalars(query))
-        return found
+        return _recorded(self.connection, paths)
 
     def live_copies(
         self, called_ae: str, sop_instance_uids: Collection[str]
@@ -76,7 +88,7 @@ class LedgerTransaction:
         the AE per batch, where ``ix_instances_sop`` finds the few copies.
         """
         copies: dict[str, list[InstanceRecord]] = {}
-        for chunk in _chunks(sop_instance_uids):
+        for chunk in chunked(sop_instance_uids):
             query = (
                 select(INSTANCES)
                 .where(
@@ -163,7 +175,7 @@ class LedgerTransaction:
         if not ids:
             return
         check_move(source, target)
-        for chunk in _chunks(ids):
+        for chunk in chunked(ids):
             moved = self.connection.execute(
                 update(INSTANCES)
                 .where(INSTANCES.c.id.in_(chunk), INSTANCES.c.state == source)
@@ -262,7 +274,7 @@ class Ledger:
 
     def instances_by_id(self, ids: Collection[int]) -> list[InstanceRecord]:
         rows: list[Any] = []
-        for chunk in _chunks(list(ids)):
+        for chunk in chunked(list(ids)):
             rows += self.read(select(INSTANCES).where(INSTANCES.c.id.in_(chunk)))
         return sorted((to_record(row) for row in rows), key=lambda record: record.id)
 
@@ -272,17 +284,31 @@ class Ledger:
             query = query.where(INSTANCES.c.state == state)
         return [to_record(row) for row in self.read(query)]
 
-    def live_files(self) -> dict[str, tuple[int, bool]]:
-        """path -> (id, flagged missing) for every row whose file should be on disk."""
-        query = select(INSTANCES.c.path, INSTANCES.c.id, INSTANCES.c.missing_since).where(
-            INSTANCES.c.state.in_(_LIVE)
-        )
-        return {path: (id_, missing is not None) for path, id_, missing in self.read(query)}
+    def live_files(self, page: int = 10_000) -> Iterator[tuple[str, int, bool]]:
+        """``(path, id, flagged missing)`` of every row whose file should be on disk.
 
-    def recorded_paths(self) -> set[str]:
-        """Every path a row still owns (live or quarantined)."""
-        query = select(INSTANCES.c.path).where(INSTANCES.c.state != State.RECLAIMED)
-        return {path for (path,) in self.read(query)}
+        Read a page at a time, by id, each page its own short read: memory
+        stays flat at a million rows, and no read transaction stays open for
+        the whole scan (a long WAL snapshot would hold back checkpoints).
+        """
+        last = 0
+        while True:
+            rows = self.read(
+                select(INSTANCES.c.id, INSTANCES.c.path, INSTANCES.c.missing_since)
+                .where(INSTANCES.c.state.in_(_LIVE), INSTANCES.c.id > last)
+                .order_by(INSTANCES.c.id)
+                .limit(page)
+            )
+            for id_, path, missing in rows:
+                yield path, id_, missing is not None
+            if len(rows) < page:
+                return
+            last = rows[-1][0]
+
+    def recorded(self, paths: Collection[str]) -> set[str]:
+        """Those of ``paths`` a row still owns (live or quarantined)."""
+        with self.engine.connect() as connection:
+            return _recorded(connection, paths)
 
     def counts_by_state(self) -> dict[str, int]:
         query = select(INSTANCES.c.state, func.count()).group_by(INSTANCES.c.state)

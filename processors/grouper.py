@@ -73,8 +73,16 @@ class Grouper:
                 why = f"open for {open_for:.1f}s (max_wait {self.rules.max_wait_seconds:g}s)"
             else:
                 continue
+            # The claim filters the SOP classes itself: an instance of a declined
+            # class that committed after the decline pass must not join a job.
             job = self.processing.claim_group(
-                self.rules.called_ae, group.group_key, self.rules.processor, why, now
+                self.rules.called_ae,
+                group.group_key,
+                self.rules.processor,
+                why,
+                now,
+                ignored=self.rules.ignored_sop_classes,
+                allowed=self.rules.allowed_sop_classes,
             )
             created += job is not None
         return created

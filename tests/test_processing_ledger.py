@@ -206,3 +206,34 @@ def test_oldest_open_group_counts_only_processed_aes(processing: Processing) -> 
     add(processing, "1.2", "9.2", T0 + timedelta(seconds=5), ae="AE1")
     assert processing.oldest_open_group(["AE1"]).group_key == "9.2"
     assert processing.oldest_open_group([]) is None
+
+
+def test_an_ignored_class_committed_after_the_decline_pass_stays_out_of_the_job(
+    tmp_path: Path,
+) -> None:
+    """The grouper's race: the decline pass ran, then an instance of an ignored
+    class committed, then the group was claimed.  The claim must filter too."""
+    from processors.grouper import Grouper, GroupRules
+
+    mr_class = "1.2.840.10008.5.1.4.1.1.4"
+
+    class RacingProcessing(Processing):
+        def open_groups(self, called_ae: str) -> list:
+            if not self.ledger.instances():
+                add(self, "1.1", "9.1", T0)
+                mr = add(self, "1.2", "9.1", T0)  # commits after the decline pass
+                with self.ledger.transaction(T0) as tx:
+                    tx.connection.execute(
+                        update(INSTANCES).where(INSTANCES.c.id == mr).values(sop_class_uid=mr_class)
+                    )
+            return super().open_groups(called_ae)
+
+    engine = make_engine(f"sqlite:///{tmp_path / 'ledger.db'}")
+    upgrade(engine)
+    racing = RacingProcessing(Ledger(engine))
+    rules = GroupRules("AE1", "command", 5, 3600, ignored_sop_classes=frozenset({mr_class}))
+    assert Grouper(rules, racing).tick(T0 + timedelta(seconds=10)) == 1
+    [job] = racing.jobs()
+    assert [i.sop_instance_uid for i in racing.job_instances(job.id)] == ["1.1"]
+    [mr] = [i for i in racing.ledger.instances() if i.sop_instance_uid == "1.2"]
+    assert (mr.state, mr.job_id) == ("received", None)

@@ -7,6 +7,8 @@ import shutil
 import time
 from pathlib import Path
 
+import pytest
+
 from config import load_config
 from tests.conftest import RunningAdapter, write_config
 from tests.dicom import make_study
@@ -125,3 +127,41 @@ def test_a_dead_watcher_is_restarted_before_the_next_scan(
     [original] = make_study(tmp_path / "s", 1)
     shutil.copyfile(original, adapter.spool / AE / "after.dcm")
     adapter.wait_rows(1, "received")  # the doorbell rings again, no scan needed
+
+
+def test_reconcile_queues_a_file_once_and_intake_skips_recorded_files_unread(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Reconcile and intake must not feed each other: a file reported by every
+    pass is queued once, and a recorded file is never read (hashed) again."""
+    import watchers.intake as intake_module
+    from ledger.db import make_engine
+    from ledger.migrate import upgrade
+    from ledger.store import Ledger
+    from spool.layout import SpoolLayout
+    from tests.dicom import make_instance
+    from watchers.intake import Intake, IntakeWorker
+    from watchers.reconcile import Reconciler
+
+    layout = SpoolLayout(tmp_path / "spool")
+    layout.ensure(["AE"])
+    engine = make_engine(f"sqlite:///{tmp_path / 'ledger.db'}")
+    upgrade(engine)
+    ledger = Ledger(engine)
+    intake = Intake(layout, ledger, {"AE": "replace"})
+    worker = IntakeWorker(intake)  # not started: nothing drains its queue
+    reconciler = Reconciler(layout, ledger, worker.submit, 0.0, stale_tmp_seconds=600)
+    files = [make_instance(layout.root / "AE" / f"{n}.dcm") for n in range(3)]
+    for _ in range(5):
+        assert reconciler.tick(startup=True).adopted == 3
+    assert worker.queued == 3
+
+    read = []
+    real = intake_module.read_header
+    monkeypatch.setattr(
+        intake_module, "read_header", lambda path, *a: read.append(path) or real(path, *a)
+    )
+    assert intake.process(files) == 3
+    assert intake.process(files + files) == 0
+    assert read == files, "a recorded file was read again"
+    engine.dispose()

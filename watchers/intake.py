@@ -59,8 +59,15 @@ class Intake:
         self.log_phi = log_phi
 
     def process(self, paths: Iterable[Path]) -> int:
-        """Record ``paths``; return how many rows were written or changed."""
-        inspected = [(path, self._inspect(path)) for path in dict.fromkeys(paths)]
+        """Record ``paths``; return how many rows were written or changed.
+
+        A path a row already owns is skipped before its file is read or
+        hashed: reconcile and the watcher may both report a file, and a
+        report must cost a look-up, not a read of the whole file.
+        """
+        unique = list(dict.fromkeys(paths))
+        known = self.ledger.recorded([str(path) for path in unique])
+        inspected = [(path, self._inspect(path)) for path in unique if str(path) not in known]
         inspected = [(path, result) for path, result in inspected if result is not None]
         if not inspected:
             return 0
@@ -236,11 +243,25 @@ class IntakeWorker:
     def __init__(self, intake: Intake) -> None:
         self.intake = intake
         self._queue: queue.Queue[Path | None] = queue.Queue()
+        # Paths queued and not yet taken: each is queued once, however often
+        # the watcher and reconcile report it, so the queue is bounded by the
+        # files waiting, not by how many passes saw them.
+        self._queued: set[Path] = set()
+        self._queued_lock = threading.Lock()
         self._thread = threading.Thread(target=self._run, name="intake", daemon=True)
 
     def submit(self, paths: Iterable[Path]) -> None:
-        for path in paths:
+        with self._queued_lock:
+            fresh = [p for p in dict.fromkeys(paths) if p not in self._queued]
+            self._queued.update(fresh)
+        for path in fresh:
             self._queue.put(path)
+
+    @property
+    def queued(self) -> int:
+        """Paths waiting for intake."""
+        with self._queued_lock:
+            return len(self._queued)
 
     def wait_idle(self) -> None:
         """Block until everything submitted so far is recorded."""
@@ -269,6 +290,8 @@ class IntakeWorker:
                 except queue.Empty:
                     break
             stop = None in batch
+            with self._queued_lock:
+                self._queued.difference_update(batch)  # type: ignore[arg-type]
             try:
                 self.intake.process(p for p in batch if p is not None)
             except Exception:

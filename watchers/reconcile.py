@@ -17,11 +17,12 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from ledger.store import Ledger
+from ledger.store import Ledger, chunked
 from spool.layout import SpoolLayout
 from spool.settle import is_open_for_writing
 
 log = logging.getLogger(__name__)
+_CHUNK = 2000  # spool paths looked up in the ledger at a time
 
 
 @dataclass(frozen=True)
@@ -59,9 +60,7 @@ class Reconciler:
         now = time.time() if now is None else now
         removed = self._clean_tmp(None if startup else now - self.stale_tmp_seconds)
         scp_idle = startup or shutdown
-        on_disk = set(self._spool_files(now if scp_idle else now - self.settle_seconds))
-        recorded = self.ledger.recorded_paths()
-        orphans = sorted(path for path in on_disk if str(path) not in recorded)
+        orphans = self._orphans(now if scp_idle else now - self.settle_seconds)
         if orphans:
             self.submit(orphans)
         missing, found = self._check_rows()
@@ -74,19 +73,27 @@ class Reconciler:
             )
         return report
 
-    def _spool_files(self, settled_before: float) -> Iterable[Path]:
-        """Candidate files quiet since ``settled_before`` and open for writing by nobody."""
-        for path in self.layout.candidate_files():
-            try:
-                settled = os.lstat(path).st_mtime <= settled_before
-            except FileNotFoundError:
-                continue
-            if settled and not is_open_for_writing(path):
-                yield path
+    def _orphans(self, settled_before: float) -> list[Path]:
+        """Unrecorded candidate files, quiet since ``settled_before``, open for writing by nobody.
+
+        The spool is walked in chunks, each looked up in the ledger by path
+        (an index), and only a file with no row is checked further: at a
+        million recorded files a pass costs a walk and a look-up each, and
+        memory holds one chunk, not every path.
+        """
+        orphans = []
+        for chunk in chunked(self.layout.candidate_files(), _CHUNK):
+            recorded = self.ledger.recorded([str(path) for path in chunk])
+            orphans += [
+                path
+                for path in chunk
+                if str(path) not in recorded and _settled(path, settled_before)
+            ]
+        return sorted(orphans)
 
     def _check_rows(self) -> tuple[int, int]:
         changes = []
-        for path, (instance_id, flagged) in self.ledger.live_files().items():
+        for path, instance_id, flagged in self.ledger.live_files():
             exists = os.path.lexists(path)
             if exists == flagged:
                 changes.append((instance_id, not exists))
@@ -107,3 +114,13 @@ class Reconciler:
             except (FileNotFoundError, IsADirectoryError, PermissionError):
                 continue
         return removed
+
+
+def _settled(path: Path, settled_before: float) -> bool:
+    """Quiet since ``settled_before`` and open for writing by nobody."""
+    try:
+        settled = os.lstat(path).st_mtime <= settled_before
+    except FileNotFoundError:
+        return False
+    return settled and not is_open_for_writing(path)
+

@@ -31,8 +31,9 @@ from ledger.migrate import SchemaError, head_revision, require_head, upgrade
 from ledger.models import TIME_FORMAT, utcnow
 from ledger.processing import Processing
 from ledger.records import ExportRecord, JobRecord
-from ledger.states import ExportState, JobState
+from ledger.states import ExportState, FileState, JobState
 from ledger.store import Ledger
+from ledger.wording import plural
 
 SIGNAL_POLL_SECONDS = 0.5
 
@@ -137,6 +138,7 @@ def status(config_path: Path | None, as_json: bool, studies: int) -> None:
         "counts": ledger.counts_by_state(),
         "jobs": processing.job_counts(),
         "exports": Exports(ledger).counts(),
+        "export_files": Exports(ledger).file_counts(),
         "health": health(config, ledger),
         "oldest_open_group": None
         if oldest is None
@@ -170,8 +172,14 @@ def _status_text(report: dict[str, Any]) -> str:
                 facts["failed_jobs"],
             ),
             (
-                f"failed exports {facts['failed_exports']} (dicom-adapter exports retry ID)",
+                f"failed exports {facts['failed_exports']} "
+                "(dicom-adapter exports retry ID, or exports discard ID)",
                 facts["failed_exports"],
+            ),
+            (
+                f"{facts['undelivered_files']} undelivered export files, kept on disk "
+                "(dicom-adapter exports --state failed)",
+                facts["undelivered_files"],
             ),
         )
         if present
@@ -189,6 +197,8 @@ def _status_text(report: dict[str, Any]) -> str:
     lines += [f"  {state:<12} {count:>8}" for state, count in report["jobs"].items()]
     lines += ["", "Exports by state:"]
     lines += [f"  {state:<12} {count:>8}" for state, count in report["exports"].items()]
+    lines += ["", "Export files by state:"]
+    lines += [f"  {state:<12} {count:>8}" for state, count in report["export_files"].items()]
     group = report["oldest_open_group"]
     lines += [
         "",
@@ -447,6 +457,74 @@ def exports_retry(export_id: int, config_path: Path | None) -> None:
     finally:
         engine.dispose()
     click.echo(f"export {task.id} is pending again ({task.file_count} files)")
+
+
+@exports.command("discard")
+@click.argument("export_id", type=int)
+@click.option(
+    "--delete-files",
+    is_flag=True,
+    help="Also delete its undelivered outbox and forward files (default: keep them).",
+)
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@_config_option
+def exports_discard(
+    export_id: int, delete_files: bool, yes: bool, config_path: Path | None
+) -> None:
+    """Close a failed export: its undelivered files are given up, and no longer unhealthy.
+
+    The files stay where they are unless --delete-files is given (files
+    named on a 'send' command line are never deleted); the decision is an
+    event in export_events.
+
+    \b
+    Example:
+      dicom-adapter exports discard 12 --yes
+    """
+    processing, engine = _open_processing(config_path)
+    exports = Exports(processing.ledger)
+    try:
+        try:
+            task = exports.get(export_id)
+        except ValueError:
+            raise click.ClickException(f"no export {export_id}") from None
+        undelivered = exports.files(export_id, FileState.FAILED)
+        fate = "deleted" if delete_files else "kept on disk"
+        if task.state == ExportState.FAILED and not yes:
+            click.confirm(
+                f"Discard export {export_id} to {task.destination}: "
+                f"{plural(len(undelivered), 'undelivered file')} will not be sent "
+                f"(their files {fate})?",
+                abort=True,
+            )
+        task = exports.discard(export_id, f"dicom-adapter exports discard (files {fate})")
+        if delete_files:
+            deleted = _delete_discarded(exports, export_id)
+            click.echo(f"deleted {plural(deleted, 'file')}")
+    except IllegalTransition as exc:
+        raise click.ClickException(f"export {export_id}: {exc}") from None
+    finally:
+        engine.dispose()
+    click.echo(f"export {task.id} discarded ({plural(len(undelivered), 'undelivered file')})")
+
+
+def _delete_discarded(exports: Exports, export_id: int) -> int:
+    """Delete a discarded task's owned, undelivered files, inside their staging folders only."""
+    from processors.export_reclaimer import delete_staged
+    from processors.outbox import STAGING
+
+    deleted = []
+    for file in exports.owned_files([FileState.DISCARDED], export_id):
+        path = Path(file.path)
+        root = next((p for p in path.parents if p.name == STAGING), None)
+        if root is None:
+            click.echo(f"kept {path}: not in an outbox's {STAGING}/ folder", err=True)
+            continue
+        delete_staged(path, root)
+        deleted.append(file.id)
+    if deleted:
+        exports.mark_reclaimed(deleted, "its undelivered files were deleted (exports discard)")
+    return len(deleted)
 
 
 @main.group("config")

@@ -21,6 +21,7 @@ from pathlib import Path
 from config import Config
 from errors import AdapterError
 from health import listening
+from ledger import delivery
 from ledger.db import make_engine
 from ledger.exports import Exports
 from ledger.migrate import require_head, upgrade
@@ -39,9 +40,11 @@ class Finding:
     """One disagreement or stuck state.
 
     ``kind`` is a stable word (``orphan``, ``missing``, ``temporary``,
-    ``stuck-claim``, ``interrupted-job``, ``interrupted-export``,
+    ``lost``, ``stuck-claim``, ``interrupted-job``, ``interrupted-export``,
     ``failed-job``, ``failed-export``) for scripts; ``detail`` is one line
-    for a human, naming the path or the row and its state.
+    for a human, naming the path or the row and its state.  ``lost`` is the
+    one that must never appear: an acknowledged instance whose file is gone
+    though no destination confirmed it (:mod:`ledger.delivery`).
     """
 
     kind: str
@@ -78,6 +81,7 @@ def check(config: Config) -> Report:
     with _open_ledger(config) as ledger:
         require_head(ledger.engine, config.ledger.url)
         findings = _spool_findings(SpoolLayout(config.storage.spool), ledger)
+        findings += _lost_findings(ledger)
         findings += _job_findings(Processing(ledger)) + _export_findings(Exports(ledger))
     return Report(tuple(findings), repaired=False)
 
@@ -152,8 +156,8 @@ def _spool_findings(layout: SpoolLayout, ledger: Ledger) -> list[Finding]:
         Finding("temporary", f"{path}: temporary file, never acknowledged")
         for path in _temporary_files(layout)
     ]
-    for chunk in chunked(sorted(layout.candidate_files())):
-        recorded = ledger.recorded([str(path) for path in chunk])
+    for chunk in chunked(sorted(layout.candidate_paths())):
+        recorded = ledger.recorded(chunk)
         findings += [
             Finding("orphan", f"{path}: in the spool, not in the ledger")
             for path in chunk
@@ -167,6 +171,32 @@ def _spool_findings(layout: SpoolLayout, ledger: Ledger) -> list[Finding]:
         if not flagged and not os.path.lexists(path)
     ]
     return findings + _claim_findings(ledger)
+
+
+def _lost_findings(ledger: Ledger) -> list[Finding]:
+    """Instances gone from disk without having been handed over or delivered."""
+    findings = [
+        Finding("lost", f"instance {instance_id}: reclaimed, but its job did not succeed")
+        for instance_id in delivery.reclaimed_without_a_finished_job(ledger)
+    ]
+    owed = delivery.forwarded_not_delivered(ledger) + delivery.owned_not_delivered(ledger)
+    seen: set[tuple[int | None, int | None]] = set()
+    for item in owed:
+        if (item.instance_id, item.export_id) in seen:
+            continue
+        seen.add((item.instance_id, item.export_id))
+        if item.path is not None and os.path.lexists(item.path):
+            continue  # undelivered, but kept: a failed-export finding covers it
+        subject = "a file" if item.instance_id is None else f"instance {item.instance_id}"
+        carrier = "no file" if item.path is None else f"{item.path} is gone"
+        findings.append(
+            Finding(
+                "lost",
+                f"{subject}: not delivered to {item.destination} (export {item.export_id}), "
+                f"and {carrier}",
+            )
+        )
+    return findings
 
 
 def _temporary_files(layout: SpoolLayout) -> list[Path]:

@@ -15,7 +15,7 @@ from typing import Any
 from config import Config
 from ledger.exports import Exports
 from ledger.processing import Processing
-from ledger.states import ExportState, JobState
+from ledger.states import ExportState, FileState, JobState
 from ledger.store import Ledger
 
 _LISTEN = "0A"  # TCP state in /proc/net/tcp
@@ -36,7 +36,7 @@ def listening(port: int) -> bool:
 
 
 def health(config: Config, ledger: Ledger) -> dict[str, Any]:
-    """The health facts, and ``healthy``: listening, room on disk, nothing failed."""
+    """The health facts, and ``healthy``: listening, room on disk, nothing failed or undelivered."""
     state = ledger.service_state()
     folder = config.storage.spool
     while not folder.exists() and folder != folder.parent:
@@ -48,7 +48,11 @@ def health(config: Config, ledger: Ledger) -> dict[str, Any]:
     except OSError:
         free, needed = 0, 1
     failed_jobs = [job.id for job in Processing(ledger).jobs(JobState.FAILED)]
-    failed_exports = [task.id for task in Exports(ledger).tasks(ExportState.FAILED)]
+    exports = Exports(ledger)
+    failed_exports = [task.id for task in exports.tasks(ExportState.FAILED)]
+    # Export files refused or out of retries: kept on disk, waiting for
+    # ``exports retry`` or ``exports discard``.
+    undelivered = exports.file_counts()[FileState.FAILED]
     facts = {
         "listening": listening(config.dicom.port),
         "last_reconcile_at": state.get("last_reconcile_at"),
@@ -56,8 +60,13 @@ def health(config: Config, ledger: Ledger) -> dict[str, Any]:
         "spool_min_free_bytes": needed,
         "failed_jobs": failed_jobs,
         "failed_exports": failed_exports,
+        "undelivered_files": undelivered,
     }
     facts["healthy"] = (
-        facts["listening"] and free >= needed and not failed_jobs and not failed_exports
+        facts["listening"]
+        and free >= needed
+        and not failed_jobs
+        and not failed_exports
+        and not undelivered
     )
     return facts

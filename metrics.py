@@ -68,6 +68,11 @@ class AdapterCollector(Collector):
         )
         yield _by_state(f"{PREFIX}_jobs", "Jobs, by state", adapter.processing.job_counts())
         yield _by_state(f"{PREFIX}_exports", "Export tasks, by state", adapter.exports.counts())
+        yield _by_state(
+            f"{PREFIX}_export_files",
+            "Export files, by state (failed: undelivered, kept for a human)",
+            adapter.exports.file_counts(),
+        )
         processed = [n for n, ae in adapter.config.aes.items() if ae.processor != "none"]
         oldest = adapter.processing.oldest_open_group(processed)
         age = 0.0 if oldest is None else (utcnow() - oldest.first_received_at).total_seconds()

@@ -1,46 +1,60 @@
-"""Send files to a DICOM destination with C-STORE, as stored.
+"""Send files to a DICOM destination with C-STORE, as stored; one outcome per file.
 
-One association per call, on the project's own SCU (:mod:`exporters.dimse_scu`,
-PS3.8 PDUs and PS3.7 command sets on one blocking socket with TCP_NODELAY),
-because pynetdicom's requestor spent 1.5-3 ms of Python per file and held
-exports to about a fifth of DCMTK storescu's rate (``bench/export.py``).  The
+The SCU is the project's own (:mod:`exporters.dimse_scu`, PS3.8 PDUs and
+PS3.7 command sets on one blocking socket with TCP_NODELAY), because
+pynetdicom's requestor spent 1.5-3 ms of Python per file and held exports
+to about a fifth of DCMTK storescu's rate (``bench/export.py``).  The
 presentation contexts proposed are the files' own (SOP class, transfer
-syntax) pairs, read from each file's meta when it was queued (the ledger), so
-nothing is transcoded: each dataset goes out byte for byte from just after
-its file meta, streamed from disk in PDVs that fit the destination's maximum
-PDU length.
+syntax) pairs, read from each file's meta when it was queued (the ledger),
+so nothing is transcoded: each dataset goes out byte for byte from just
+after its file meta, streamed from disk.  More pairs than one association
+can propose go over several associations.
 
-Association-level failures raise :class:`ExportError`, saying whether a
-retry may help (PS3.8: a transient rejection, an abort or a refused
-connection may; a permanent rejection will not).  Per-file outcomes follow
-PS3.4 Annex B: Success and the Warning statuses count as delivered.
+Every file gets a :class:`ledger.records.FileOutcome`, and the outcome says what happens
+next (RELIABILITY.md, exporter retry semantics): delivered (Success and the
+Warning statuses, PS3.4 Annex B), worth another attempt (0xA7xx, anything
+unknown, an association lost or never made for a transient reason, and any
+file not attempted because of that), or refused for good (0xA9xx, 0xCxxx,
+0x0122, 0x0124, no accepted presentation context, a permanent rejection, a
+file that can no longer be read).  Nothing here deletes anything: what
+becomes of a file is the ledger's decision, from its outcome.
 """
 
 from __future__ import annotations
 
 import ssl
+from collections.abc import Iterator
 
 from dimse.commands import VERIFICATION
 from exporters.dimse_scu import Association, AssociationRejected, Peer
 from exporters.wire import AssociationLost
-from ledger.records import ExportFileRecord
+from ledger.records import ExportFileRecord, FileOutcome
 from spool.part10 import dataset_offset
 
-__all__ = ["DELIVERED", "MAX_CONTEXTS", "ExportError", "Peer", "echo", "send"]
+__all__ = ["MAX_CONTEXTS", "ExportError", "Peer", "echo", "send", "status_outcome"]
 
 MAX_CONTEXTS = 128  # odd context IDs 1..255 (PS3.8 9.3.2.2)
-DELIVERED = {0x0000, 0xB000, 0xB006, 0xB007}
+DELIVERED = frozenset({0x0000, 0xB000, 0xB006, 0xB007})
 IMPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2"
-
-Outcome = tuple[int, int | None, str | None]
+# Statuses a resend cannot change (PS3.4 B.2.3, C.4.2.1.4): not authorised,
+# SOP class not supported, data set does not match, cannot understand.
+_REFUSED_CODES = frozenset({0x0122, 0x0124})
 
 
 class ExportError(Exception):
-    """No file could be sent; ``retryable`` says whether trying later may help."""
+    """The association could not be made; ``retryable`` says whether trying later may help."""
 
     def __init__(self, message: str, retryable: bool = True) -> None:
         super().__init__(message)
         self.retryable = retryable
+
+
+def status_outcome(file_id: int, status: int) -> FileOutcome:
+    """The outcome a DIMSE status means for a file (RELIABILITY.md's table)."""
+    if status in DELIVERED:
+        return FileOutcome(file_id, status, None)
+    refused = status & 0xF000 == 0xC000 or status & 0xFF00 == 0xA900 or status in _REFUSED_CODES
+    return FileOutcome(file_id, status, f"destination answered 0x{status:04X}", retry=not refused)
 
 
 def associate(peer: Peer, pairs: list[tuple[str, str]]) -> Association:
@@ -79,48 +93,65 @@ def echo(peer: Peer) -> int | None:
         assoc.release()
 
 
-def send(peer: Peer, files: list[ExportFileRecord]) -> list[Outcome]:
-    """Send ``files``; per file ``(file id, DIMSE status, error or None if delivered)``."""
-    pairs = sorted({(f.sop_class_uid or "", f.transfer_syntax_uid or "") for f in files})
-    if len(pairs) > MAX_CONTEXTS:
-        raise ExportError(
-            f"{len(pairs)} SOP class/transfer syntax pairs: more than one "
-            f"association can propose ({MAX_CONTEXTS})",
-            retryable=False,
-        )
-    assoc = associate(peer, pairs)
+def send(peer: Peer, files: list[ExportFileRecord]) -> list[FileOutcome]:
+    """Send ``files``; one :class:`FileOutcome` per file, in order.  Never raises ExportError."""
+    outcomes: dict[int, FileOutcome] = {}
+    for batch in _batches(files):
+        outcomes.update((outcome.file_id, outcome) for outcome in _send_batch(peer, batch))
+    return [outcomes[file.id] for file in files]
+
+
+def _pair(file: ExportFileRecord) -> tuple[str, str]:
+    return file.sop_class_uid or "", file.transfer_syntax_uid or ""
+
+
+def _batches(files: list[ExportFileRecord]) -> Iterator[list[ExportFileRecord]]:
+    """The files in groups whose (SOP class, syntax) pairs fit one association's contexts."""
+    pairs = sorted({_pair(f) for f in files})
+    for start in range(0, len(pairs), MAX_CONTEXTS):
+        chosen = set(pairs[start : start + MAX_CONTEXTS])
+        yield [f for f in files if _pair(f) in chosen]
+
+
+def _send_batch(peer: Peer, files: list[ExportFileRecord]) -> list[FileOutcome]:
     try:
-        return [_send_one(assoc, file) for file in files]
+        assoc = associate(peer, sorted({_pair(f) for f in files}))
+    except ExportError as exc:
+        return [FileOutcome(f.id, None, f"not attempted: {exc}", exc.retryable) for f in files]
+    try:
+        return [
+            _send_one(assoc, file)
+            if assoc.established
+            else FileOutcome(file.id, None, "not attempted: the association was lost", retry=True)
+            for file in files
+        ]
     finally:
         assoc.release()
 
 
-def _send_one(assoc: Association, file: ExportFileRecord) -> Outcome:
-    pair = (file.sop_class_uid or "", file.transfer_syntax_uid or "")
+def _send_one(assoc: Association, file: ExportFileRecord) -> FileOutcome:
+    pair = _pair(file)
     context_id = assoc.contexts.get(pair)
     if context_id is None:
-        return (
+        return FileOutcome(
             file.id,
             None,
             f"destination accepts no context for SOP class {pair[0]} in transfer syntax {pair[1]}",
         )
-    if not assoc.established:
-        return file.id, None, "association lost before this file"
     try:
         handle = open(file.path, "rb", buffering=0)  # noqa: SIM115 - closed below
     except FileNotFoundError:
-        return file.id, None, f"file missing: {file.path}"
+        return FileOutcome(file.id, None, f"file missing: {file.path}")
     except OSError as exc:
-        return file.id, None, f"cannot send {file.path}: {type(exc).__name__}: {exc}"
+        return FileOutcome(file.id, None, f"cannot send {file.path}: {type(exc).__name__}: {exc}")
     with handle:
         try:
             handle.seek(dataset_offset(handle))
         except (OSError, ValueError) as exc:  # no longer the DICOM file that was queued
-            return file.id, None, f"cannot send {file.path}: {type(exc).__name__}: {exc}"
+            reason = f"cannot send {file.path}: {type(exc).__name__}: {exc}"
+            return FileOutcome(file.id, None, reason)
         try:
             status = assoc.store(context_id, pair[0], file.sop_instance_uid or "", handle)
         except AssociationLost as exc:
-            return file.id, None, f"not delivered: {exc}"
-    if status in DELIVERED:
-        return file.id, status, None
-    return file.id, status, f"destination answered 0x{status:04X}"
+            return FileOutcome(file.id, None, f"not delivered: {exc}", retry=True)
+    return status_outcome(file.id, status)

@@ -147,7 +147,13 @@ class Association:
         )
 
     def _send_dataset(self, context_id: int, lead: bytes, dataset: BinaryIO, size: int) -> None:
-        """Send ``lead`` (the command) and ``size`` bytes of ``dataset``, one PDU per fragment."""
+        """Send ``lead`` (the command) and ``size`` bytes of ``dataset``, one PDU per fragment.
+
+        Every fragment has even length: the full ones by construction, and
+        the last one of an odd-length data set (a deflated stream written
+        without its pad) gets one trailing NUL, the pad PS3.5 A.5 gives a
+        deflated stream.  DCMTK aborts the association on an odd fragment.
+        """
         buffer, start = self._buffer, ul.PDU_HEADER + ul.PDV_HEADER
         while True:
             length = min(self.fragment, size)
@@ -155,6 +161,9 @@ class Association:
                 self.wire.abort()
                 raise AssociationLost("the file ended or became unreadable while being sent")
             size -= length
+            if size == 0 and length % 2:  # fragment is even, so the pad fits the buffer
+                buffer[start + length] = 0
+                length += 1
             buffer[:start] = ul.pdata_header(context_id, ul.LAST if size == 0 else 0, length)
             self.wire.send(lead, buffer[: start + length])
             lead = b""

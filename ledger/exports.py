@@ -1,9 +1,15 @@
 """The ledger's side of exporting: tasks, their files' outcomes, their history.
 
 An export task is a set of files for one destination, sent over one
-association per attempt.  Each file keeps the DIMSE status it last got; the
-task's state follows the rule of the system the adapter replaces (more than
-half the files failed: the task failed and is retried).
+association per attempt.  Each file's own outcome decides what becomes of
+it (:class:`ledger.states.FileState`): delivered is ``sent`` for good; a
+transient failure, or a file never attempted, stays ``pending`` for the
+task's next attempt; a refusal is ``failed`` at once.  The task follows its
+files: ``succeeded`` once every file is delivered, ``pending`` (backoff)
+while some file may still be, and ``failed`` when what is left was refused
+or is out of retries.  A failed task's files stay on disk until
+``dicom-adapter exports retry`` or ``discard``; only a delivered file is
+ever reclaimed (:meth:`Exports.reclaimable_files`).
 """
 
 import logging
@@ -12,13 +18,14 @@ from dataclasses import asdict, fields
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import case, func, insert, select, update
+from sqlalchemy import func, insert, select, update
 
 from ledger.lifecycle import Lifecycle
 from ledger.models import Export, ExportEvent, ExportFile
-from ledger.records import ExportFileRecord, ExportFileSpec, ExportRecord
-from ledger.states import ExportState, check_export_move
-from ledger.store import Ledger
+from ledger.records import ExportFileRecord, ExportFileSpec, ExportRecord, FileOutcome
+from ledger.states import ExportState, FileState, check_export_move
+from ledger.store import Ledger, LedgerTransaction, chunked
+from ledger.wording import plural
 
 log = logging.getLogger(__name__)
 EXPORTS = Export.__table__
@@ -26,7 +33,6 @@ EXPORT_FILES = ExportFile.__table__
 EXPORT_EVENTS = ExportEvent.__table__
 _EXPORT_FIELDS = [f.name for f in fields(ExportRecord)]
 _FILE_FIELDS = [f.name for f in fields(ExportFileRecord)]
-FILE_PENDING, FILE_SENT, FILE_FAILED = "pending", "sent", "failed"
 EXPORT = Lifecycle(EXPORTS, EXPORT_EVENTS, "export_id", ExportState, check_export_move, "export")
 
 
@@ -71,14 +77,17 @@ class Exports:
             ).scalar_one()
             tx.connection.execute(
                 insert(EXPORT_FILES),
-                [{**asdict(spec), "export_id": export_id, "state": FILE_PENDING} for spec in files],
+                [
+                    {**asdict(spec), "export_id": export_id, "state": FileState.PENDING}
+                    for spec in files
+                ],
             )
             EXPORT.note(
                 tx,
                 export_id,
                 None,
                 ExportState.PENDING,
-                f"{len(files)} files from {origin} for {destination}",
+                f"{plural(len(files), 'file')} from {origin} for {destination}",
             )
         return export_id
 
@@ -98,8 +107,10 @@ class Exports:
             query = query.where(EXPORTS.c.state == state)
         return [to_export(row) for row in self.ledger.read(query)]
 
-    def files(self, export_id: int) -> list[ExportFileRecord]:
+    def files(self, export_id: int, state: FileState | None = None) -> list[ExportFileRecord]:
         query = select(EXPORT_FILES).where(EXPORT_FILES.c.export_id == export_id)
+        if state is not None:
+            query = query.where(EXPORT_FILES.c.state == state)
         return [to_export_file(row) for row in self.ledger.read(query.order_by(EXPORT_FILES.c.id))]
 
     def due(self, destination: str, now: datetime) -> list[ExportRecord]:
@@ -123,58 +134,102 @@ class Exports:
     def settle(
         self,
         export_id: int,
-        outcomes: list[tuple[int, int | None, str | None]],
+        outcomes: list[FileOutcome],
         retry_at: datetime | None,
         now: datetime | None = None,
     ) -> ExportRecord:
-        """Record each file's outcome ``(file id, status, error or None if sent)`` and decide.
+        """Record each file's outcome, then decide the task from what its files came to.
 
-        More than half of the task's files failed: the task is retried at
-        ``retry_at`` (or ``failed`` when None); otherwise it succeeded, its
-        failed files recorded one by one.
+        Every file delivered: ``succeeded``.  Some file worth another attempt:
+        ``pending`` until ``retry_at``, or, when that is None (no retries
+        left), those files are ``failed`` too.  Nothing left to try but some
+        file refused: ``failed``, for a human to retry or discard.
         """
         with self.ledger.transaction(now) as tx:
-            for file_id, status, error in outcomes:
-                tx.connection.execute(
-                    update(EXPORT_FILES)
-                    .where(EXPORT_FILES.c.id == file_id)
-                    .values(
-                        state=FILE_FAILED if error else FILE_SENT,
-                        status=status,
-                        error=error,
-                        sent_at=None if error else tx.now,
-                    )
-                )
-            total, failed = tx.connection.execute(
-                select(
-                    func.count(), func.sum(case((EXPORT_FILES.c.state != FILE_SENT, 1), else_=0))
-                ).where(EXPORT_FILES.c.export_id == export_id)
-            ).one()
-            failed = int(failed or 0)
-            summary = f"{total - failed} of {total} files sent"
-            if failed * 2 <= total:
-                target, reason = ExportState.SUCCEEDED, summary
-            elif retry_at is not None:
-                target = ExportState.PENDING
-                reason = f"{summary}: more than half failed, retry at {retry_at:%H:%M:%S}"
-            else:
+            for outcome in outcomes:
+                self._record(tx, outcome)
+            counts = self._file_counts(tx, export_id)
+            total = sum(counts.values())
+            sent, waiting = counts[FileState.SENT], counts[FileState.PENDING]
+            summary = f"{sent} of {plural(total, 'file')} delivered"
+            if waiting and retry_at is None:
+                self._set_files(tx, export_id, FileState.PENDING, FileState.FAILED)
                 target, reason = ExportState.FAILED, f"{summary}: no retries left"
+            elif waiting:
+                target = ExportState.PENDING
+                reason = f"{summary}, {waiting} to try again at {retry_at:%H:%M:%S}"
+            elif counts[FileState.FAILED]:
+                target = ExportState.FAILED
+                reason = f"{summary}, {counts[FileState.FAILED]} refused"
+            else:
+                target, reason = ExportState.SUCCEEDED, summary
             EXPORT.move(tx, export_id, target, reason)
             EXPORT.update(
                 tx,
                 export_id,
-                failed_count=failed,
-                last_error=_first_error(outcomes),
+                failed_count=total - sent,
+                last_error=next((o.error for o in outcomes if o.error), None),
                 next_attempt_at=retry_at if target == ExportState.PENDING else None,
                 finished_at=None if target == ExportState.PENDING else tx.now,
             )
         return self.get(export_id)
 
+    @staticmethod
+    def _record(tx: LedgerTransaction, outcome: FileOutcome) -> None:
+        if outcome.delivered:
+            state = FileState.SENT
+        else:
+            state = FileState.PENDING if outcome.retry else FileState.FAILED
+        tx.connection.execute(
+            update(EXPORT_FILES)
+            .where(EXPORT_FILES.c.id == outcome.file_id)
+            .values(
+                state=state,
+                status=outcome.status,
+                error=outcome.error,
+                sent_at=tx.now if outcome.delivered else None,
+            )
+        )
+
+    @staticmethod
+    def _file_counts(tx: LedgerTransaction, export_id: int) -> dict[str, int]:
+        counts = dict.fromkeys(FileState, 0)
+        query = (
+            select(EXPORT_FILES.c.state, func.count())
+            .where(EXPORT_FILES.c.export_id == export_id)
+            .group_by(EXPORT_FILES.c.state)
+        )
+        counts.update({FileState(state): count for state, count in tx.connection.execute(query)})
+        return counts
+
+    @staticmethod
+    def _set_files(
+        tx: LedgerTransaction, export_id: int, source: FileState, target: FileState
+    ) -> int:
+        return tx.connection.execute(
+            update(EXPORT_FILES)
+            .where(EXPORT_FILES.c.export_id == export_id, EXPORT_FILES.c.state == source)
+            .values(state=target)
+        ).rowcount
+
     def retry(self, export_id: int, now: datetime | None = None) -> ExportRecord:
-        """failed -> pending now, with fresh attempts (``exports retry``)."""
+        """failed -> pending now, its undelivered files with it, with fresh attempts."""
         with self.ledger.transaction(now) as tx:
             EXPORT.move(tx, export_id, ExportState.PENDING, "retry requested")
+            self._set_files(tx, export_id, FileState.FAILED, FileState.PENDING)
             EXPORT.update(tx, export_id, attempts=0, next_attempt_at=tx.now, finished_at=None)
+        return self.get(export_id)
+
+    def discard(self, export_id: int, reason: str, now: datetime | None = None) -> ExportRecord:
+        """failed -> discarded: its undelivered files are given up (their files are kept)."""
+        with self.ledger.transaction(now) as tx:
+            given_up = self._set_files(tx, export_id, FileState.FAILED, FileState.DISCARDED)
+            EXPORT.move(
+                tx,
+                export_id,
+                ExportState.DISCARDED,
+                f"{plural(given_up, 'undelivered file')} given up: {reason}",
+            )
         return self.get(export_id)
 
     def recover(self, now: datetime | None = None) -> int:
@@ -193,31 +248,81 @@ class Exports:
                 EXPORT.update(tx, export_id, next_attempt_at=tx.now)
         return len(sending)
 
-    def reclaimable(
-        self, destination: str, retention_seconds: float, now: datetime
-    ) -> list[ExportRecord]:
-        """Succeeded tasks whose owned files may go."""
-        query = select(EXPORTS).where(
-            EXPORTS.c.destination == destination,
-            EXPORTS.c.state == ExportState.SUCCEEDED,
-            EXPORTS.c.reclaimed_at.is_(None),
-            EXPORTS.c.finished_at <= now - timedelta(seconds=retention_seconds),
-        )
-        return [to_export(row) for row in self.ledger.read(query)]
+    def reclaimable_files(
+        self, destination: str, retention_seconds: float, now: datetime, limit: int = 1000
+    ) -> list[ExportFileRecord]:
+        """Owned files delivered ``retention`` seconds ago or more, not yet deleted.
 
-    def mark_reclaimed(self, export_id: int, now: datetime | None = None) -> None:
-        with self.ledger.transaction(now) as tx:
-            EXPORT.update(tx, export_id, reclaimed_at=tx.now)
-            state = tx.connection.execute(
-                select(EXPORTS.c.state).where(EXPORTS.c.id == export_id)
-            ).scalar_one()
-            EXPORT.note(
-                tx, export_id, state, state, "its outbox files were deleted by the reclaimer"
+        Only a delivered file qualifies, whatever its task's state: a file
+        that was refused, or never attempted, is the last copy of something.
+        """
+        query = (
+            select(EXPORT_FILES)
+            .join(EXPORTS, EXPORTS.c.id == EXPORT_FILES.c.export_id)
+            .where(
+                EXPORT_FILES.c.state == FileState.SENT,
+                EXPORT_FILES.c.reclaimed_at.is_(None),
+                EXPORT_FILES.c.owned,
+                EXPORT_FILES.c.sent_at <= now - timedelta(seconds=retention_seconds),
+                EXPORTS.c.destination == destination,
             )
+            .limit(limit)
+        )
+        return [to_export_file(row) for row in self.ledger.read(query)]
+
+    def owned_files(
+        self, states: Collection[FileState], export_id: int | None = None
+    ) -> list[ExportFileRecord]:
+        """Owned files in ``states`` not yet deleted (of one task, or of all)."""
+        query = select(EXPORT_FILES).where(
+            EXPORT_FILES.c.owned,
+            EXPORT_FILES.c.state.in_(list(states)),
+            EXPORT_FILES.c.reclaimed_at.is_(None),
+        )
+        if export_id is not None:
+            query = query.where(EXPORT_FILES.c.export_id == export_id)
+        return [to_export_file(row) for row in self.ledger.read(query.order_by(EXPORT_FILES.c.id))]
+
+    def mark_reclaimed(
+        self, file_ids: Collection[int], reason: str, now: datetime | None = None
+    ) -> None:
+        """These owned files were deleted; a task with none left is ``reclaimed_at`` too."""
+        with self.ledger.transaction(now) as tx:
+            for chunk in chunked(file_ids):
+                tx.connection.execute(
+                    update(EXPORT_FILES)
+                    .where(EXPORT_FILES.c.id.in_(chunk))
+                    .values(reclaimed_at=tx.now)
+                )
+            touched = select(EXPORT_FILES.c.export_id).where(EXPORT_FILES.c.id.in_(list(file_ids)))
+            left = (
+                select(EXPORT_FILES.c.id)
+                .where(
+                    EXPORT_FILES.c.export_id == EXPORTS.c.id,
+                    EXPORT_FILES.c.owned,
+                    EXPORT_FILES.c.reclaimed_at.is_(None),
+                )
+                .exists()
+            )
+            done = tx.connection.execute(
+                select(EXPORTS.c.id, EXPORTS.c.state).where(
+                    EXPORTS.c.id.in_(touched), EXPORTS.c.reclaimed_at.is_(None), ~left
+                )
+            ).all()
+            for export_id, state in done:
+                EXPORT.update(tx, export_id, reclaimed_at=tx.now)
+                EXPORT.note(tx, export_id, state, state, reason)
 
     def counts(self) -> dict[str, int]:
         counts = {str(state): 0 for state in ExportState}
         query = select(EXPORTS.c.state, func.count()).group_by(EXPORTS.c.state)
+        counts.update({state: count for state, count in self.ledger.read(query)})
+        return counts
+
+    def file_counts(self) -> dict[str, int]:
+        """Export files by state: ``failed`` ones are undelivered and wait for a human."""
+        counts = {str(state): 0 for state in FileState}
+        query = select(EXPORT_FILES.c.state, func.count()).group_by(EXPORT_FILES.c.state)
         counts.update({state: count for state, count in self.ledger.read(query)})
         return counts
 
@@ -229,11 +334,3 @@ class Exports:
             if self.ledger.read(query.limit(1)):
                 found.add(prefix)
         return found
-
-
-def _first_error(outcomes: list[tuple[int, int | None, str | None]]) -> str | None:
-    return next((error for _, _, error in outcomes if error), None)
-
-
-def _first_error(outcomes: list[tuple[int, int | None, str | None]]) -> str | None:
-    return next((error for _, _, error in outcomes if error), None)

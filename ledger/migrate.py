@@ -23,15 +23,20 @@ def _alembic_config() -> AlembicConfig:
     return config
 
 
-def upgrade(engine: Engine) -> tuple[str | None, str]:
-    """Apply all pending migrations; return (revision before, revision after)."""
+def upgrade(engine: Engine, to: str = "head") -> tuple[str | None, str]:
+    """Apply pending migrations up to ``to``; return (revision before, revision after).
+
+    Only tests ask for a revision before the head: to build an older ledger.
+    """
     config = _alembic_config()
     with engine.connect() as connection:
         before = MigrationContext.configure(connection).get_current_revision()
         config.attributes["connection"] = connection
-        command.upgrade(config, "head")
+        command.upgrade(config, to)
         connection.commit()
-    return before, head_revision()
+        after = MigrationContext.configure(connection).get_current_revision()
+    assert after is not None
+    return before, after
 
 
 def head_revision() -> str:

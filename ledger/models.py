@@ -172,10 +172,15 @@ class ExportFile(Base):
     sop_class_uid: Mapped[str | None] = mapped_column(String(64))
     transfer_syntax_uid: Mapped[str | None] = mapped_column(String(64))
     size: Mapped[int | None] = mapped_column(Integer)
-    state: Mapped[str] = mapped_column(String(16))  # pending | sent | failed
+    state: Mapped[str] = mapped_column(String(16))  # pending | sent | failed | discarded
     status: Mapped[int | None] = mapped_column(Integer)
     error: Mapped[str | None] = mapped_column(Text)
     sent_at: Mapped[datetime | None] = mapped_column(UtcText)
+    # The spool instance a forwarded file was linked from (no FK, as jobs.id in 0002).
+    instance_id: Mapped[int | None] = mapped_column(Integer, index=True)
+    reclaimed_at: Mapped[datetime | None] = mapped_column(UtcText)  # an owned file deleted
+
+    __table_args__ = (Index("ix_export_files_state", "state", "reclaimed_at"),)
 
 
 class ExportEvent(Base):

@@ -89,11 +89,12 @@ class ExportFileSpec:
     """A file to put in a new export task."""
 
     path: str
-    owned: bool  # delete it once the export succeeded (outbox and forward copies)
+    owned: bool  # delete it once delivered (outbox and forward copies)
     sop_instance_uid: str | None
     sop_class_uid: str | None
     transfer_syntax_uid: str | None
     size: int | None
+    instance_id: int | None = None  # the spool instance a forward link points at
 
 
 @dataclass(frozen=True)
@@ -132,3 +133,24 @@ class ExportFileRecord:
     status: int | None
     error: str | None
     sent_at: datetime | None
+    instance_id: int | None
+    reclaimed_at: datetime | None
+
+
+@dataclass(frozen=True)
+class FileOutcome:
+    """What one attempt to deliver one export file came to.
+
+    ``error`` is None when the file was delivered; otherwise it says why not
+    in one line, and ``retry`` whether a later attempt may deliver it.
+    ``status`` is the DIMSE status the destination answered, if it did.
+    """
+
+    file_id: int
+    status: int | None
+    error: str | None
+    retry: bool = False
+
+    @property
+    def delivered(self) -> bool:
+        return self.error is None

@@ -19,23 +19,30 @@ class State(StrEnum):
     RECLAIMABLE = "reclaimable"
     RECLAIMED = "reclaimed"
     REJECTED = "rejected"
+    SUPERSEDED = "superseded"  # a differing copy moved aside, kept until its retention
 
 
-# None is "not yet in the ledger": a row is born received or rejected.
+# None is "not yet in the ledger": a row is born received or rejected, or
+# superseded: a differing copy of an instance already kept, moved aside.
 TRANSITIONS: dict[State | None, frozenset[State]] = {
-    None: frozenset({State.RECEIVED, State.REJECTED}),
-    # received -> reclaimable: a processor declined it (an ignored SOP class).
-    State.RECEIVED: frozenset({State.CLAIMED, State.RECLAIMABLE}),
+    None: frozenset({State.RECEIVED, State.REJECTED, State.SUPERSEDED}),
+    # received -> reclaimable: a processor declined it (an ignored SOP class);
+    # received -> superseded: a newer copy from the same source replaced it.
+    State.RECEIVED: frozenset({State.CLAIMED, State.RECLAIMABLE, State.SUPERSEDED}),
     # claimed -> received: the claim is released, its job never started.
     State.CLAIMED: frozenset({State.SUBMITTED, State.RECEIVED}),
     State.SUBMITTED: frozenset({State.RECLAIMABLE}),
     State.RECLAIMABLE: frozenset({State.RECLAIMED}),
     State.RECLAIMED: frozenset(),
     State.REJECTED: frozenset(),
+    # superseded -> reclaimed: only once [storage] superseded_retention is over.
+    State.SUPERSEDED: frozenset({State.RECLAIMED}),
 }
 
-# States whose file is expected to be on disk in the spool.
-ON_DISK = frozenset({State.RECEIVED, State.CLAIMED, State.SUBMITTED, State.RECLAIMABLE})
+# States whose file is the instance's kept copy in the spool.
+KEPT = frozenset({State.RECEIVED, State.CLAIMED, State.SUBMITTED, State.RECLAIMABLE})
+# States whose file is expected to be on disk (reconcile flags it if gone).
+ON_DISK = KEPT | {State.SUPERSEDED}
 
 
 def _check(table: Mapping[Any, frozenset[Any]], current: Any, target: Any, what: str) -> None:
@@ -77,21 +84,32 @@ def check_job_move(current: JobState | None, target: JobState) -> None:
 class ExportState(StrEnum):
     PENDING = "pending"
     SENDING = "sending"
-    SUCCEEDED = "succeeded"
-    FAILED = "failed"
+    SUCCEEDED = "succeeded"  # every file delivered
+    FAILED = "failed"  # some file refused, or out of retries: a human decides
+    DISCARDED = "discarded"  # a human gave its undelivered files up
 
 
 EXPORT_TRANSITIONS: dict[ExportState | None, frozenset[ExportState]] = {
     None: frozenset({ExportState.PENDING}),
     ExportState.PENDING: frozenset({ExportState.SENDING}),
-    # sending -> pending: more than half the files failed (retry), or a restart.
+    # sending -> pending: some file may yet be delivered (retry), or a restart.
     ExportState.SENDING: frozenset(
         {ExportState.SUCCEEDED, ExportState.PENDING, ExportState.FAILED}
     ),
     ExportState.SUCCEEDED: frozenset(),
-    # failed -> pending: ``dicom-adapter exports retry``.
-    ExportState.FAILED: frozenset({ExportState.PENDING}),
+    # failed -> pending: ``dicom-adapter exports retry``; -> discarded: ``exports discard``.
+    ExportState.FAILED: frozenset({ExportState.PENDING, ExportState.DISCARDED}),
+    ExportState.DISCARDED: frozenset(),
 }
+
+
+class FileState(StrEnum):
+    """What became of one file of an export task."""
+
+    PENDING = "pending"  # not delivered yet, and worth another attempt
+    SENT = "sent"  # delivered (Success or a Warning status)
+    FAILED = "failed"  # refused for good, or out of retries: kept until retry or discard
+    DISCARDED = "discarded"  # given up by ``exports discard``
 
 
 def check_export_move(current: ExportState | None, target: ExportState) -> None:

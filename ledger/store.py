@@ -20,7 +20,7 @@ from sqlalchemy import Connection, Engine, func, insert, select, text, update
 from errors import IllegalTransition
 from ledger.models import Event, Instance, ServiceState, utcnow
 from ledger.records import InstanceRecord, NewInstance
-from ledger.states import ON_DISK, State, check_move
+from ledger.states import KEPT, ON_DISK, State, check_move
 
 log = logging.getLogger(__name__)
 INSTANCES = Instance.__table__
@@ -28,7 +28,8 @@ EVENTS = Event.__table__
 SERVICE_STATE = ServiceState.__table__
 _RECORD_FIELDS = [f.name for f in fields(InstanceRecord)]
 _NEW_FIELDS = [f.name for f in fields(NewInstance)]
-_LIVE = [str(state) for state in ON_DISK]
+_KEPT = [str(state) for state in KEPT]
+_ON_DISK = [str(state) for state in ON_DISK]
 _CHUNK = 500  # bound parameters per IN (...) list
 T = TypeVar("T")
 
@@ -98,7 +99,7 @@ class LedgerTransaction:
                 .order_by(INSTANCES.c.id)
             )
             for row in self.connection.execute(query):
-                if row.state in _LIVE:
+                if row.state in _KEPT:
                     copies.setdefault(row.sop_instance_uid, []).append(to_record(row))
         return copies
 
@@ -295,7 +296,7 @@ class Ledger:
         while True:
             rows = self.read(
                 select(INSTANCES.c.id, INSTANCES.c.path, INSTANCES.c.missing_since)
-                .where(INSTANCES.c.state.in_(_LIVE), INSTANCES.c.id > last)
+                .where(INSTANCES.c.state.in_(_ON_DISK), INSTANCES.c.id > last)
                 .order_by(INSTANCES.c.id)
                 .limit(page)
             )

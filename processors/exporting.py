@@ -2,7 +2,9 @@
 
 One runner per destination, each its own APScheduler job, so a destination
 that is down (every attempt waiting out a connect timeout) never holds up
-the others.  Files already delivered are not sent again on a retry.
+the others.  An attempt sends only the task's ``pending`` files: one
+delivered stays delivered, one refused waits for a human
+(:mod:`ledger.exports` decides from each file's outcome).
 """
 
 from __future__ import annotations
@@ -12,10 +14,11 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from exporters import cstore
-from exporters.cstore import ExportError, Peer
-from ledger.exports import FILE_SENT, Exports
+from exporters.cstore import Peer
+from ledger.exports import Exports
 from ledger.models import utcnow
-from ledger.records import ExportRecord
+from ledger.records import ExportRecord, FileOutcome
+from ledger.states import FileState
 from processors.backoff import retry_at
 
 log = logging.getLogger(__name__)
@@ -42,20 +45,14 @@ class ExportRunner:
         return len(due)
 
     def _run(self, task: ExportRecord) -> None:
-        files = [f for f in self.exports.files(task.id) if f.state != FILE_SENT]
-        retryable = True
+        """One attempt: the task's undelivered files, then one settle from their outcomes."""
+        files = self.exports.files(task.id, FileState.PENDING)
         try:
             outcomes = cstore.send(self.rules.peer, files)
-        except ExportError as exc:
-            outcomes = [(f.id, None, str(exc)) for f in files]
-            retryable = exc.retryable
         except Exception as exc:  # recorded like any failure, never left to APScheduler
             log.exception("export %d to %s: sender raised", task.id, self.destination)
-            outcomes = [(f.id, None, f"{type(exc).__name__}: {exc}") for f in files]
+            error = f"not delivered: {type(exc).__name__}: {exc}"
+            outcomes = [FileOutcome(f.id, None, error, retry=True) for f in files]
         now = utcnow()
-        next_try = (
-            retry_at(task.attempts, self.rules.retries, self.rules.retry_delay_seconds, now)
-            if retryable
-            else None
-        )
+        next_try = retry_at(task.attempts, self.rules.retries, self.rules.retry_delay_seconds, now)
         self.exports.settle(task.id, outcomes, next_try, now)

@@ -4,18 +4,20 @@ For each destination the group's instances are hard-linked into that
 destination's outbox staging folder (``.sending/job-<id>/``) and queued as
 one export task; the job is submitted once every task is queued.  The
 export owns its links, so the spool's copies can be reclaimed on their own
-schedule.  A retry of the job does not queue a destination twice.
+schedule: the links (or, across filesystems, fsynced copies) and their
+folder are durable before the task is queued.  A retry of the job does not
+queue a destination twice.
 """
 
 from __future__ import annotations
 
-import os
 import shutil
 from pathlib import Path
 
 from ledger.exports import Exports
 from ledger.records import ExportFileSpec
 from processors.base import Submission
+from spool.durable import fsync_dir, link_or_copy, make_dirs_durable
 
 
 class ForwardSubmitter:
@@ -32,14 +34,12 @@ class ForwardSubmitter:
             staging = outbox / ".sending" / f"job-{submission.job.id}"
             if staging.exists():
                 shutil.rmtree(staging)
-            staging.mkdir(parents=True)
+            outbox.mkdir(parents=True, exist_ok=True)
+            make_dirs_durable(staging, outbox)
             specs = []
             for instance in submission.instances:
                 target = staging / f"{instance.id}.dcm"
-                try:
-                    os.link(instance.path, target)
-                except OSError:
-                    shutil.copy2(instance.path, target)
+                link_or_copy(Path(instance.path), target)
                 specs.append(
                     ExportFileSpec(
                         path=str(target),
@@ -48,6 +48,8 @@ class ForwardSubmitter:
                         sop_class_uid=instance.sop_class_uid,
                         transfer_syntax_uid=instance.transfer_syntax_uid,
                         size=instance.size,
+                        instance_id=instance.id,
                     )
                 )
+            fsync_dir(staging)  # the links are the last copies once the spool's are reclaimed
             self.exports.create(destination, "forward", specs, job_id=submission.job.id)

@@ -3,7 +3,8 @@
 Hard links cost no space and keep the job's view stable while the spool
 moves on; across filesystems they fall back to copies.  The folder is built
 afresh for every attempt, so a retry after a crash never sees half of an
-older one.
+older one.  Copies, the manifest and the folder are fsynced before the job
+is handed over: once it succeeds, the spool's copies may be reclaimed.
 """
 
 import json
@@ -13,15 +14,9 @@ from pathlib import Path
 
 from ledger.records import InstanceRecord, JobRecord
 from processors.base import Submission
+from spool.durable import fsync_dir, fsync_file, link_or_copy, make_dirs_durable
 
 MANIFEST = "manifest.json"
-
-
-def _link_or_copy(source: Path, target: Path) -> None:
-    try:
-        os.link(source, target)
-    except OSError:
-        shutil.copy2(source, target)
 
 
 def prepare(
@@ -31,13 +26,14 @@ def prepare(
     job_dir = jobs_root / str(job.id)
     if job_dir.exists():
         shutil.rmtree(job_dir)
-    job_dir.mkdir(parents=True)
+    jobs_root.mkdir(parents=True, exist_ok=True)
+    make_dirs_durable(job_dir, jobs_root)
     entries = []
     for instance in instances:
         name = f"{instance.sop_instance_uid}.dcm"
         if (job_dir / name).exists():  # two rows of one SOP Instance UID (duplicates = keep)
             name = f"{instance.sop_instance_uid}~{instance.id}.dcm"
-        _link_or_copy(Path(instance.path), job_dir / name)
+        link_or_copy(Path(instance.path), job_dir / name)
         entries.append(_entry(instance, name))
     studies = {instance.study_instance_uid for instance in instances}
     study = studies.pop() if len(studies) == 1 else None
@@ -55,7 +51,9 @@ def prepare(
     }
     temporary = manifest.with_suffix(".tmp")
     temporary.write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
+    fsync_file(temporary)
     os.replace(temporary, manifest)
+    fsync_dir(job_dir)
     return Submission(
         job=job,
         instances=tuple(instances),

@@ -1,6 +1,7 @@
-"""fsync helpers: a rename is only durable once its directory is synced."""
+"""fsync helpers: a rename or a new link is only durable once its directory is synced."""
 
 import os
+import shutil
 from pathlib import Path
 
 
@@ -22,3 +23,26 @@ def make_dirs_durable(folder: Path, stop_at: Path) -> None:
     for created in reversed(missing):
         created.mkdir(exist_ok=True)
         fsync_dir(created.parent)
+
+
+def fsync_file(path: Path) -> None:
+    """Flush one file's data to disk."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def link_or_copy(source: Path, target: Path) -> None:
+    """Hard-link ``source`` as ``target``, or copy it where a link cannot be made.
+
+    A link shares the source's data, already durable; a copy (another
+    filesystem) is fsynced here.  Either way the new name is durable only
+    once the caller fsyncs ``target``'s folder.
+    """
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copy2(source, target)
+        fsync_file(target)

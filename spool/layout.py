@@ -93,18 +93,23 @@ class SpoolLayout:
             return None
         return parts[0]
 
-    def candidate_files(self) -> Iterator[Path]:
-        """Every file intake would look at: in an AE folder, not under a dot or
-        reserved folder, never through a symlinked folder."""
+    def candidate_paths(self) -> Iterator[str]:
+        """Every file intake would look at, as path text: in an AE folder, not under a
+        dot or reserved folder, never through a symlinked folder.
+
+        Text, not ``Path``: a scan of a million files would spend seconds
+        building ``Path`` objects it mostly only looks up in the ledger.
+        """
         for top in os.scandir(self.root):
             if not top.is_dir(follow_symlinks=False) or top.name in RESERVED_FOLDERS:
+                continue
+            if top.name.startswith("."):
                 continue
             for folder, dirs, files in os.walk(top.path, followlinks=False):
                 dirs[:] = [d for d in dirs if not d.startswith(".")]
                 for name in files:
-                    path = Path(folder, name)
-                    if self.is_candidate(path):
-                        yield path
+                    if not name.startswith("."):
+                        yield os.path.join(folder, name)
 
     def is_candidate(self, path: Path) -> bool:
         """True for a path intake should look at: in an AE folder, no dot part."""

@@ -69,8 +69,7 @@ def write_config(
 ) -> Path:
     """A config for tests: loopback, a free port, spool and ledger under ``folder``."""
     path = folder / "config.ini"
-    path.write_text(
-        textwrap.dedent(f"""\
+    template = textwrap.dedent("""\
         [dicom]
         host = 127.0.0.1
         port = {port}
@@ -88,10 +87,9 @@ def write_config(
         reconcile_interval = 3600
         [log]
         level = DEBUG
-        """)
-        + aes
-        + "\n"
-        + extra
+        """)  # dedented before the values go in: they may span lines
+    path.write_text(
+        template.format(port=port, dicom=dicom, storage=storage) + aes + "\n" + extra
     )
     return path
 

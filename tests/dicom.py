@@ -11,13 +11,16 @@ file with the original without re-encoding either of them.
 import hashlib
 import random
 import struct
+import zlib
 from collections.abc import Iterator
+from io import BytesIO
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from pydicom import dcmread
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.encaps import encapsulate
-from pydicom.filewriter import dcmwrite
+from pydicom.filewriter import dcmwrite, write_file_meta_info
 from pydicom.pixels.encoders import RLELosslessEncoder
 from pydicom.sequence import Sequence
 from pydicom.uid import (
@@ -254,6 +257,53 @@ def make_mixed_set(folder: Path) -> list[Path]:
         )
         for number, (name, sop_class, syntax) in enumerate(combos, start=1)
     ]
+
+
+def make_odd_deflated(path: Path, **kwargs: Any) -> Path:
+    """Write a Deflated Explicit VR Little Endian file whose deflated data set is odd-length.
+
+    PS3.5 A.5 pads a deflated stream to even length with one trailing NUL;
+    pydicom does, but not every writer does, and such a file must still be
+    stored and sent.  The dataset is deflated here (raw deflate, as the
+    standard says) without the pad; the instance number is varied until the
+    stream comes out odd.
+
+    Parameters
+    ----------
+    path : Path
+        Where to write.
+    **kwargs
+        Passed to :func:`make_instance` (any transfer syntax is replaced).
+
+    Returns
+    -------
+    Path
+        `path`.
+    """
+    kwargs.pop("transfer_syntax_uid", None)
+    sop_instance_uid = kwargs.pop("sop_instance_uid", None) or generate_uid()
+    for number in range(1, 100):
+        plain = make_instance(
+            path,
+            transfer_syntax_uid=ExplicitVRLittleEndian,
+            sop_instance_uid=sop_instance_uid,
+            instance_number=number,
+            **kwargs,
+        )
+        start, _ = _dataset_span(plain)
+        raw = plain.read_bytes()
+        compressor = zlib.compressobj(9, zlib.DEFLATED, -15)
+        deflated = compressor.compress(raw[start:]) + compressor.flush()
+        if len(deflated) % 2:
+            break
+    else:
+        raise AssertionError("no odd-length deflated stream in 99 tries")
+    ds = dcmread(plain, stop_before_pixels=True)
+    ds.file_meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
+    meta = BytesIO()
+    write_file_meta_info(meta, ds.file_meta, enforce_standard=True)
+    path.write_bytes(bytes(128) + b"DICM" + meta.getvalue() + deflated)
+    return path
 
 
 def make_large_multiframe(

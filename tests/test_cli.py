@@ -31,10 +31,10 @@ def cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]
 def test_db_upgrade_then_status_on_an_empty_ledger(config_path: Path) -> None:
     first = cli("db", "upgrade", "--config", str(config_path))
     assert (
-        first.returncode == 0 and first.stdout == "ledger upgraded from empty to 0005 (head 0005)\n"
+        first.returncode == 0 and first.stdout == "ledger upgraded from empty to 0006 (head 0006)\n"
     )
     again = cli("db", "upgrade", "--config", str(config_path))
-    assert again.stdout == "ledger already at 0005\n"
+    assert again.stdout == "ledger already at 0006\n"
     status = cli("status", "--config", str(config_path))
     assert status.returncode == 1  # nothing listens: unhealthy, for monitoring scripts
     ledger = config_path.parent / "ledger.db"
@@ -43,17 +43,21 @@ def test_db_upgrade_then_status_on_an_empty_ledger(config_path: Path) -> None:
     assert lines[2].endswith(" GiB free)\n")
     assert "".join(lines[:2] + lines[3:]) == (
         "Health: UNHEALTHY: not listening\n"
-        f"Ledger: sqlite:///{ledger} (revision 0005)\n"
+        f"Ledger: sqlite:///{ledger} (revision 0006)\n"
         "Last reconcile: never\n\n"
         "Instances by state:\n"
         "  received            0\n  claimed             0\n  submitted           0\n"
-        "  reclaimable         0\n  reclaimed           0\n  rejected            0\n\n"
+        "  reclaimable         0\n  reclaimed           0\n  rejected            0\n"
+        "  superseded          0\n\n"
         "Jobs by state:\n"
         "  pending             0\n  running             0\n  succeeded           0\n"
         "  failed              0\n\n"
         "Exports by state:\n"
         "  pending             0\n  sending             0\n  succeeded           0\n"
-        "  failed              0\n\n"
+        "  failed              0\n  discarded           0\n\n"
+        "Export files by state:\n"
+        "  pending             0\n  sent                0\n  failed              0\n"
+        "  discarded           0\n\n"
         "Oldest open group: (none)\n\n"
         "Recent studies:\n  (none)\n"
     )
@@ -78,7 +82,7 @@ def test_run_receive_status_and_sigterm(adapter_process: AdapterProcess, tmp_pat
     result = cli("status", "--json", "--config", str(adapter_process.config))
     report = json.loads(result.stdout)
     assert result.returncode == 1 and report["health"]["listening"] is False
-    assert report["counts"]["received"] == 4 and report["revision"] == "0005"
+    assert report["counts"]["received"] == 4 and report["revision"] == "0006"
     [study] = report["studies"]
     assert study["called_ae"] == "DICOMADAPTER" and study["instances"] == 4
     assert study["received"] == 4 and study["bytes"] > 0
@@ -161,7 +165,7 @@ def test_status_on_a_ledger_behind_the_code_says_what_to_do(config_path: Path) -
         connection.execute("UPDATE alembic_version SET version_num = '0003'")
     result = cli("status", "--config", str(config_path))
     assert result.returncode == 1 and result.stderr.endswith(
-        "is at revision 0003, this version needs 0005: run 'dicom-adapter db upgrade'\n"
+        "is at revision 0003, this version needs 0006: run 'dicom-adapter db upgrade'\n"
     )
 
 

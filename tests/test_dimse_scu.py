@@ -21,14 +21,15 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from pydicom import dcmread
 
 from exporters import cstore
 from exporters.cstore import ExportError, Peer
 from exporters.files import spec_for
-from ledger.records import ExportFileRecord
+from ledger.records import ExportFileRecord, FileOutcome
 from spool.part10 import dataset_offset
 from tests.conftest import free_port, port_open, require_tool, wait_for
-from tests.dicom import make_large_multiframe, make_mixed_set, make_study
+from tests.dicom import make_large_multiframe, make_mixed_set, make_odd_deflated, make_study
 from tests.peers.flaky_scp import FlakyStorageSCP
 from tests.peers.raw import read_pdu
 from tests.test_upper_layer import accept_pdu, command_set
@@ -55,6 +56,8 @@ def records(paths: list[Path]) -> list[ExportFileRecord]:
                 status=None,
                 error=None,
                 sent_at=None,
+                instance_id=None,
+                reclaimed_at=None,
             )
         )
     return rows
@@ -108,7 +111,7 @@ def test_1000_small_files_in_one_export_arrive_byte_identical(storescp, tmp_path
     began = time.perf_counter()
     outcomes = cstore.send(peer(port), rows)
     took = time.perf_counter() - began
-    assert outcomes == [(row.id, 0, None) for row in rows]
+    assert outcomes == [FileOutcome(row.id, 0, None) for row in rows]
     arrived = received_datasets(out)
     assert sorted(arrived) == sorted(row.sop_instance_uid for row in rows)
     for row, path in zip(rows, files, strict=True):
@@ -120,37 +123,63 @@ def test_a_peer_accepting_some_contexts_gets_only_those_files(storescp, tmp_path
     files = make_mixed_set(tmp_path / "mixed")  # storescp without +xa: uncompressed only
     port, out = storescp()
     rows = records(files)
-    outcomes = {
-        file_id: (status, error) for file_id, status, error in cstore.send(peer(port), rows)
-    }
+    outcomes = {outcome.file_id: outcome for outcome in cstore.send(peer(port), rows)}
     arrived = received_datasets(out)
     for row, path in zip(rows, files, strict=True):
-        status, error = outcomes[row.id]
+        outcome = outcomes[row.id]
         if row.transfer_syntax_uid in UNCOMPRESSED:
-            assert (status, error) == (0, None), path.name
+            assert outcome == FileOutcome(row.id, 0, None), path.name
             assert arrived[row.sop_instance_uid] == dataset(path), path.name
         else:
-            assert status is None and row.sop_instance_uid not in arrived, path.name
-            assert error == (
+            assert row.sop_instance_uid not in arrived, path.name
+            # Refused for good: no retry can change what the destination accepts.
+            assert outcome == FileOutcome(
+                row.id,
+                None,
                 f"destination accepts no context for SOP class {row.sop_class_uid} "
-                f"in transfer syntax {row.transfer_syntax_uid}"
+                f"in transfer syntax {row.transfer_syntax_uid}",
+                retry=False,
             )
     assert len(arrived) == 4
 
 
-def test_a_failure_status_fails_that_file_only(tmp_path: Path) -> None:
+@pytest.mark.parametrize("status, retry", [(0xA900, False), (0xA700, True)])
+def test_a_failure_status_fails_that_file_only(tmp_path: Path, status: int, retry: bool) -> None:
     files = make_study(tmp_path / "study", 4)
     rows = records(files)
-    with FlakyStorageSCP(fail={rows[1].sop_instance_uid}, failure_status=0xA900) as scp:
+    with FlakyStorageSCP(fail={rows[1].sop_instance_uid}, failure_status=status) as scp:
         outcomes = cstore.send(peer(scp.port, "FLAKYSCP"), rows)
         stores = scp.stores()
     assert outcomes == [
-        (1, 0, None),
-        (2, 0xA900, "destination answered 0xA900"),
-        (3, 0, None),
-        (4, 0, None),
+        FileOutcome(1, 0, None),
+        FileOutcome(2, status, f"destination answered 0x{status:04X}", retry=retry),
+        FileOutcome(3, 0, None),
+        FileOutcome(4, 0, None),
     ]
     assert [s.data for s in stores] == [dataset(path) for path in files]
+
+
+@pytest.mark.parametrize(
+    "status, delivered, retry",
+    [
+        (0x0000, True, False),
+        (0xB000, True, False),
+        (0xB007, True, False),
+        (0xA700, False, True),
+        (0xA7FF, False, True),
+        (0x0110, False, True),
+        (0x0211, False, True),
+        (0xA900, False, False),
+        (0xC000, False, False),
+        (0xC211, False, False),
+        (0x0122, False, False),
+        (0x0124, False, False),
+    ],
+)
+def test_each_status_class_says_whether_to_resend(status: int, delivered: bool, retry: bool):
+    """RELIABILITY.md's table: delivered, try again, or refused for good."""
+    outcome = cstore.status_outcome(7, status)
+    assert (outcome.delivered, outcome.retry, outcome.status) == (delivered, retry, status)
 
 
 def test_a_large_file_streams_in_bounded_memory(storescp, tmp_path: Path) -> None:
@@ -162,10 +191,24 @@ def test_a_large_file_streams_in_bounded_memory(storescp, tmp_path: Path) -> Non
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
-    assert outcomes == [(1, 0, None)]
+    assert outcomes == [FileOutcome(1, 0, None)]
     assert peak < 1024 * 1024, peak  # one 128 KiB fragment buffer, not 64 MiB
     [stored] = out.iterdir()
     assert hashlib.sha256(dataset(stored)).digest() == hashlib.sha256(dataset(path)).digest()
+
+
+def test_an_odd_length_deflated_data_set_goes_out_padded_to_storescp(
+    storescp, tmp_path: Path
+) -> None:
+    """DCMTK aborts on an odd-length PDV ("DIMSE: Odd Fragment Length"); PS3.5 A.5
+    pads a deflated stream with one trailing NUL, so the last fragment gets it."""
+    path = make_odd_deflated(tmp_path / "odd.dcm")
+    assert len(dataset(path)) % 2 == 1
+    port, out = storescp("+xa", "--max-pdu", "4096")  # several fragments, the last one odd
+    assert cstore.send(peer(port), records([path])) == [FileOutcome(1, 0, None)]
+    [stored] = out.iterdir()
+    assert dataset(stored) == dataset(path) + b"\x00"
+    assert dcmread(stored).PatientID == dcmread(path).PatientID
 
 
 def test_echo_a_real_peer(storescp) -> None:
@@ -201,6 +244,8 @@ class ScriptedPeer:
         self.thread.start()
 
     def close(self) -> None:
+        with contextlib.suppress(OSError):  # wakes an accept() still waiting (Linux)
+            self.listener.shutdown(socket.SHUT_RDWR)
         self.listener.close()
         self.thread.join(10)
 
@@ -282,7 +327,10 @@ def scripted() -> Iterator[Callable[..., ScriptedPeer]]:
 def test_fragments_fit_the_peer_maximum_pdu_length(scripted, tmp_path: Path) -> None:
     files = make_study(tmp_path / "study", 2, rows=64, columns=64)  # ~8 KB each
     scp = scripted(max_length=4096)
-    assert cstore.send(peer(scp.port), records(files)) == [(1, 0, None), (2, 0, None)]
+    assert cstore.send(peer(scp.port), records(files)) == [
+        FileOutcome(1, 0, None),
+        FileOutcome(2, 0, None),
+    ]
     scp.close()
     assert scp.datasets == [dataset(path) for path in files]
     assert max(length for pdu_type, length in scp.pdus if pdu_type == 4) <= 4096
@@ -295,26 +343,38 @@ def test_fragments_fit_the_peer_maximum_pdu_length(scripted, tmp_path: Path) -> 
 )
 def test_a_rejection_says_whether_to_retry(scripted, tmp_path, reject, retryable) -> None:
     scp = scripted(reject=reject)
-    with pytest.raises(ExportError) as raised:
-        cstore.send(peer(scp.port), records(make_study(tmp_path, 1)))
+    outcomes = cstore.send(peer(scp.port), records(make_study(tmp_path, 2)))
     where = f"STORESCP@127.0.0.1:{scp.port}"
-    assert str(raised.value) == f"{where} rejected the association {'/'.join(map(str, reject))}"
-    assert raised.value.retryable is retryable
+    error = f"not attempted: {where} rejected the association {'/'.join(map(str, reject))}"
+    assert outcomes == [FileOutcome(i, None, error, retry=retryable) for i in (1, 2)]
 
 
 def test_a_refused_connection_is_retryable(tmp_path: Path) -> None:
     port = free_port()
+    [outcome] = cstore.send(peer(port), records(make_study(tmp_path, 1)))
+    assert outcome.retry and "did not answer" in (outcome.error or "")
     with pytest.raises(ExportError, match="did not answer") as raised:
-        cstore.send(peer(port), records(make_study(tmp_path, 1)))
+        cstore.echo(peer(port))
     assert raised.value.retryable
 
 
-def test_more_contexts_than_one_association_holds_is_not_retried(tmp_path: Path) -> None:
+def test_more_contexts_than_one_association_holds_go_over_two(tmp_path: Path) -> None:
+    """130 (SOP class, transfer syntax) pairs: the 128 context IDs of one association
+    (PS3.8 9.3.2.2) are not enough, so the files go over two associations."""
+    from pynetdicom import AllStoragePresentationContexts
+
     [row] = records(make_study(tmp_path, 1))
-    rows = [row.__class__(**{**row.__dict__, "sop_class_uid": f"1.2.3.{i}"}) for i in range(129)]
-    with pytest.raises(ExportError, match=r"129 SOP class/transfer syntax pairs") as raised:
-        cstore.send(peer(free_port()), rows)
-    assert not raised.value.retryable
+    classes = [c.abstract_syntax for c in AllStoragePresentationContexts][:65]
+    syntaxes = ["1.2.840.10008.1.2.1", "1.2.840.10008.1.2"]
+    rows = [
+        row.__class__(**{**row.__dict__, "id": n, "sop_class_uid": c, "transfer_syntax_uid": s})
+        for n, (c, s) in enumerate(((c, s) for c in classes for s in syntaxes), start=1)
+    ]
+    with FlakyStorageSCP() as scp:
+        outcomes = cstore.send(peer(scp.port, "FLAKYSCP"), rows)
+        associations = scp.association_count
+    assert outcomes == [FileOutcome(r.id, 0, None) for r in rows]
+    assert associations == 2
 
 
 @pytest.mark.parametrize(
@@ -333,10 +393,11 @@ def test_a_lost_association_fails_the_file_and_the_rest(
     files = make_study(tmp_path, 3)
     scp = scripted(misbehave)
     outcomes = cstore.send(peer(scp.port, dimse_timeout=0.5), records(files))
+    # Not delivered, or never attempted: each worth another attempt.
     assert outcomes == [
-        (1, None, error),
-        (2, None, "association lost before this file"),
-        (3, None, "association lost before this file"),
+        FileOutcome(1, None, error, retry=True),
+        FileOutcome(2, None, "not attempted: the association was lost", retry=True),
+        FileOutcome(3, None, "not attempted: the association was lost", retry=True),
     ]
     scp.close()
     assert scp.datasets == [dataset(files[0])]

@@ -124,12 +124,8 @@ def destination(name: str, scp_port: int, ae_title: str = "STORESCP", keys: str 
 def exports_config(
     folder: Path, port: int, destinations: str, *, aes: str = f"[ae:{AE}]", reclaim: float = 30
 ) -> Path:
-    path = write_config(folder, port, destinations, aes=aes)
-    # write_config's ``storage=`` takes one line only, so the second key goes in here.
-    text = path.read_text()
-    assert text.count("[storage]\n") == 1
-    path.write_text(text.replace("[storage]\n", f"[storage]\nreclaim_interval = {reclaim}\n"))
-    return path
+    storage = f"min_free = 0\nreclaim_interval = {reclaim}"
+    return write_config(folder, port, destinations, aes=aes, storage=storage)
 
 
 def cli(*args: str, config: Path) -> subprocess.CompletedProcess[str]:
@@ -348,9 +344,10 @@ def test_cli_send_wait_and_echo_against_a_running_adapter(
     assert {(f.state, f.status, f.owned) for f in files} == {("sent", 0, False)}
     assert sorted(f.path for f in files) == sorted(str(p) for p in originals)
 
-    # The reclaimer has been over the task (retention = 0) and left the files alone.
-    wait_for(lambda: running.adapter.exports.get(export_id).reclaimed_at is not None, timeout=10)
+    # A reclaimer run (retention = 0) leaves them alone: a send task owns no file.
+    running.adapter.export_reclaimer.tick()
     assert {path: path.read_bytes() for path in originals} == before
+    assert running.adapter.exports.get(export_id).reclaimed_at is None
 
     # One file that is not DICOM: one error line naming it, nothing queued.
     (folder / "study" / "notes.txt").write_text("not an image\n")
@@ -458,7 +455,8 @@ def test_a_destination_that_is_down_fails_alone_and_is_sent_after_a_retry(
     down = wait_state(running, down_id, "failed", timeout=20)
     assert (down.attempts, down.file_count, down.failed_count) == (3, 3, 3)
     peer = f"DOWNAE@127.0.0.1:{down_port}"
-    assert down.last_error == f"{peer} did not answer (refused, aborted or timed out)"
+    refused = f"{peer} did not answer (refused, aborted or timed out)"
+    assert down.last_error == f"not attempted: {refused}"
     assert {(f.state, f.status, f.error) for f in running.adapter.exports.files(down_id)} == {
         ("failed", None, down.last_error)
     }

@@ -1,4 +1,11 @@
-"""The export ledger on a real SQLite file with an injected clock: the 50% rule and its history."""
+"""The export ledger on a real SQLite file with an injected clock: per-file outcomes decide.
+
+A file delivered stays delivered; one worth another attempt (a transient
+status, an association lost, never attempted) stays ``pending``; one
+refused is ``failed`` at once.  The task follows: ``succeeded`` only when
+every file is delivered, never because "most" were.  Only delivered owned
+files are ever reclaimable.
+"""
 
 from __future__ import annotations
 
@@ -6,16 +13,17 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from sqlalchemy import text
 
 from errors import IllegalTransition
 from ledger.db import make_engine
 from ledger.exports import Exports
 from ledger.migrate import upgrade
-from ledger.records import ExportFileSpec
-from ledger.states import ExportState
+from ledger.records import ExportFileSpec, FileOutcome
 from ledger.store import Ledger
 
 T0 = datetime(2026, 11, 27, 12, 0, 0, tzinfo=UTC)
+LATER = T0 + timedelta(seconds=30)
 
 
 @pytest.fixture
@@ -40,50 +48,115 @@ def queue(exports: Exports, count: int, owned: bool = True) -> int:
     return exports.create("PACS", "outbox", specs, now=T0)
 
 
-def outcomes(exports: Exports, export_id: int, failing: int) -> list:
-    files = exports.files(export_id)
-    return [
-        (f.id, 0xA700, "destination answered 0xA700") if i < failing else (f.id, 0, None)
-        for i, f in enumerate(files)
-    ]
+SENT = "sent"
+AGAIN = "again"  # a transient failure: 0xA700
+REFUSED = "refused"  # 0xC000
+UNTRIED = "untried"  # the association was lost before it
+
+
+def outcomes(exports: Exports, export_id: int, kinds: list[str]) -> list[FileOutcome]:
+    """One outcome per pending file of the task, of the kinds given in order."""
+    made = {
+        SENT: lambda i: FileOutcome(i, 0, None),
+        AGAIN: lambda i: FileOutcome(i, 0xA700, "destination answered 0xA700", retry=True),
+        REFUSED: lambda i: FileOutcome(i, 0xC000, "destination answered 0xC000"),
+        UNTRIED: lambda i: FileOutcome(i, None, "not attempted: lost", retry=True),
+    }
+    files = exports.files(export_id, "pending")
+    return [made[kind](f.id) for f, kind in zip(files, kinds, strict=True)]
+
+
+def attempt(exports: Exports, export_id: int, kinds: list[str], retry_at=LATER):
+    exports.start(export_id, T0)
+    return exports.settle(export_id, outcomes(exports, export_id, kinds), retry_at, T0)
+
+
+def file_states(exports: Exports, export_id: int) -> list[str]:
+    return [f.state for f in exports.files(export_id)]
 
 
 @pytest.mark.parametrize(
-    "failing, state, retried",
+    "kinds, task_state, files",
     [
-        (0, "succeeded", False),
-        (2, "succeeded", False),
-        (5, "succeeded", False),
-        (6, "pending", True),
-        (10, "pending", True),
+        ([SENT] * 4, "succeeded", [SENT] * 4),
+        # one refused of four: not a success, and nothing to try again
+        ([SENT, SENT, SENT, REFUSED], "failed", [SENT, SENT, SENT, "failed"]),
+        # the issue's example: six stored, then the association aborted
+        ([SENT, SENT, AGAIN, UNTRIED], "pending", [SENT, SENT, "pending", "pending"]),
+        ([REFUSED, AGAIN, SENT, SENT], "pending", ["failed", "pending", SENT, SENT]),
+        ([REFUSED] * 4, "failed", ["failed"] * 4),
     ],
+    ids=["all-sent", "one-refused", "aborted-midway", "mixed", "all-refused"],
 )
-def test_more_than_half_failed_is_a_retry(
-    exports: Exports, failing: int, state: str, retried: bool
-) -> None:
-    export_id = queue(exports, 10)
-    exports.start(export_id, T0)
-    task = exports.settle(
-        export_id, outcomes(exports, export_id, failing), T0 + timedelta(seconds=30), T0
-    )
-    assert (task.state, task.failed_count) == (state, failing)
-    assert (task.next_attempt_at is not None) is retried
-    statuses = [(f.state, f.status) for f in exports.files(export_id)]
-    assert statuses.count(("failed", 0xA700)) == failing
-    assert statuses.count(("sent", 0)) == 10 - failing
-
-
-def test_out_of_retries_fails_and_retry_requeues(exports: Exports) -> None:
+def test_each_file_outcome_decides(exports: Exports, kinds, task_state, files) -> None:
     export_id = queue(exports, 4)
-    exports.start(export_id, T0)
-    task = exports.settle(export_id, outcomes(exports, export_id, 4), None, T0)
-    assert (task.state, task.last_error) == ("failed", "destination answered 0xA700")
-    assert [t.id for t in exports.tasks(ExportState.FAILED)] == [export_id]
+    task = attempt(exports, export_id, kinds)
+    assert task.state == task_state
+    assert file_states(exports, export_id) == files
+    assert task.failed_count == 4 - files.count(SENT)
+    assert (task.next_attempt_at == LATER) is (task_state == "pending")
+
+
+def test_a_retry_sends_only_what_is_pending_then_out_of_retries_fails_it(
+    exports: Exports,
+) -> None:
+    export_id = queue(exports, 4)
+    attempt(exports, export_id, [SENT, REFUSED, AGAIN, UNTRIED])
+    assert [f.sop_instance_uid for f in exports.files(export_id, "pending")] == ["1.2", "1.3"]
+    task = attempt(exports, export_id, [SENT, AGAIN], retry_at=None)
+    assert (task.state, task.attempts, task.failed_count) == ("failed", 2, 2)
+    assert file_states(exports, export_id) == [SENT, "failed", SENT, "failed"]
+    assert task.last_error == "destination answered 0xA700"
+
+
+def test_retry_requeues_the_undelivered_files_and_discard_gives_them_up(
+    exports: Exports,
+) -> None:
+    export_id = queue(exports, 3)
+    attempt(exports, export_id, [SENT, REFUSED, REFUSED])
     with pytest.raises(IllegalTransition, match="an export in state 'failed' to 'sending'"):
         exports.start(export_id, T0)
     again = exports.retry(export_id, T0 + timedelta(seconds=5))
     assert (again.state, again.attempts) == ("pending", 0)
+    assert file_states(exports, export_id) == [SENT, "pending", "pending"]
     assert exports.due("PACS", T0 + timedelta(seconds=5)) == [again]
+    attempt(exports, export_id, [REFUSED, REFUSED])
+    task = exports.discard(export_id, "destination decommissioned")
+    assert task.state == "discarded"
+    assert file_states(exports, export_id) == [SENT, "discarded", "discarded"]
+    with pytest.raises(IllegalTransition):
+        exports.retry(export_id)
+    with exports.ledger.engine.connect() as connection:
+        [reason] = connection.execute(
+            text("SELECT reason FROM export_events WHERE to_state = 'discarded'")
+        ).scalars()
+    assert reason == "2 undelivered files given up: destination decommissioned"
+
+
+def test_only_delivered_owned_files_are_reclaimable(exports: Exports) -> None:
+    export_id = queue(exports, 3)
+    attempt(exports, export_id, [SENT, REFUSED, AGAIN])
+    assert exports.reclaimable_files("PACS", 60, T0 + timedelta(seconds=59)) == []
+    [due] = exports.reclaimable_files("PACS", 60, T0 + timedelta(seconds=60))
+    assert due.sop_instance_uid == "1.0"
+    exports.mark_reclaimed([due.id], "deleted", T0 + timedelta(seconds=60))
+    assert exports.reclaimable_files("PACS", 0, T0 + timedelta(days=1)) == []
+    assert exports.get(export_id).reclaimed_at is None, "two owned files are still on disk"
+    assert [f.sop_instance_uid for f in exports.owned_files(["pending", "failed"])] == [
+        "1.1",
+        "1.2",
+    ]
+    not_owned = queue(exports, 1, owned=False)
+    attempt(exports, not_owned, [SENT])
+    assert exports.reclaimable_files("PACS", 0, T0 + timedelta(days=1)) == []
+
+
+def test_a_task_is_reclaimed_once_its_last_owned_file_goes(exports: Exports) -> None:
+    export_id = queue(exports, 2)
+    attempt(exports, export_id, [SENT, SENT])
+    files = exports.reclaimable_files("PACS", 0, T0)
+    exports.mark_reclaimed([f.id for f in files], "deleted", T0)
+    assert exports.get(export_id).reclaimed_at == T0
 
 
 def test_a_restart_sends_again_and_history_says_why(exports: Exports) -> None:
@@ -92,12 +165,12 @@ def test_a_restart_sends_again_and_history_says_why(exports: Exports) -> None:
     assert exports.recover(T0 + timedelta(seconds=1)) == 1
     assert exports.get(export_id).state == "pending"
     with exports.ledger.engine.connect() as connection:
-        reasons = [
-            r
-            for (r,) in connection.exec_driver_sql(
-                "SELECT reason FROM export_events WHERE export_id = ? ORDER BY id", (export_id,)
-            )
-        ]
+        reasons = list(
+            connection.execute(
+                text("SELECT reason FROM export_events WHERE export_id = :i ORDER BY id"),
+                {"i": export_id},
+            ).scalars()
+        )
     assert reasons == [
         "2 files from outbox for PACS",
         "sending",
@@ -105,12 +178,39 @@ def test_a_restart_sends_again_and_history_says_why(exports: Exports) -> None:
     ]
 
 
-def test_reclaimable_after_retention(exports: Exports) -> None:
-    export_id = queue(exports, 1)
-    exports.start(export_id, T0)
-    exports.settle(export_id, outcomes(exports, export_id, 0), None, T0)
-    assert exports.reclaimable("PACS", 60, T0 + timedelta(seconds=59)) == []
-    [task] = exports.reclaimable("PACS", 60, T0 + timedelta(seconds=60))
-    exports.mark_reclaimed(task.id, T0 + timedelta(seconds=60))
-    assert exports.get(export_id).reclaimed_at == T0 + timedelta(seconds=60)
-    assert exports.reclaimable("PACS", 0, T0 + timedelta(days=1)) == []
+def test_migration_reopens_tasks_an_older_version_called_succeeded(tmp_path: Path) -> None:
+    """Under the old more-than-half rule a task with refused files 'succeeded'."""
+    engine = make_engine(f"sqlite:///{tmp_path / 'ledger.db'}")
+    upgrade(engine, to="0005")
+    at = "2026-11-27T12:00:00.000000Z"
+    with engine.begin() as connection:
+        for export_id, state, failed in ((1, "succeeded", 1), (2, "succeeded", 0)):
+            connection.execute(
+                text(
+                    "INSERT INTO exports (id, destination, origin, state, file_count, "
+                    "failed_count, attempts, created_at, updated_at) VALUES "
+                    "(:i, 'PACS', 'outbox', :s, 2, :f, 1, :at, :at)"
+                ),
+                {"i": export_id, "s": state, "f": failed, "at": at},
+            )
+            for number in range(2):
+                connection.execute(
+                    text(
+                        "INSERT INTO export_files (export_id, path, owned, state) "
+                        "VALUES (:i, :p, 1, :s)"
+                    ),
+                    {
+                        "i": export_id,
+                        "p": f"/o/{export_id}/{number}",
+                        "s": "failed" if number < failed else "sent",
+                    },
+                )
+    upgrade(engine)
+    exports = Exports(Ledger(engine))
+    assert [(t.id, t.state) for t in exports.tasks()] == [(1, "failed"), (2, "succeeded")]
+    with engine.connect() as connection:
+        [reason] = connection.execute(
+            text("SELECT reason FROM export_events WHERE export_id = 1")
+        ).scalars()
+    assert reason == "reopened by ledger migration 0006: undelivered files: 1"
+    engine.dispose()

@@ -28,7 +28,7 @@ from ledger.db import make_engine
 from ledger.exports import Exports
 from ledger.migrate import MIGRATIONS, head_revision
 from ledger.processing import Processing
-from ledger.records import InstanceRecord
+from ledger.records import FileOutcome, InstanceRecord
 from ledger.states import ExportState, JobState, State
 from ledger.store import Ledger
 from tests.conftest import AdapterProcess, RunningAdapter, wait_for, write_config
@@ -175,7 +175,8 @@ def test_failed_jobs_and_exports_are_reported_and_left_for_a_human(
     export_id = exports.create(DESTINATION, "send", [spec_for(files[0], owned=False)])
     exports.start(export_id)
     [file] = exports.files(export_id)
-    exports.settle(export_id, [(file.id, OUT_OF_RESOURCES, "0xA700: out of resources")], None)
+    outcome = FileOutcome(file.id, OUT_OF_RESOURCES, "0xA700: out of resources", retry=True)
+    exports.settle(export_id, [outcome], None)
 
     report = fsck.check(running.config)
 
@@ -272,3 +273,54 @@ def test_cli_ledger_check_and_repair(start_adapter, config_path: Path, tmp_path:
     assert found.stdout == f"orphan: {stray}: in the spool, not in the ledger\n1 findings\n"
     fixed = cli("ledger", "check", "--repair", "--config", str(config_path))
     assert (fixed.returncode, fixed.stdout) == (0, "repaired; ledger and spool agree\n")
+
+
+def test_an_acknowledged_instance_gone_without_delivery_is_lost(
+    start_adapter, config_path: Path, tmp_path: Path
+) -> None:
+    """The invariant: a forwarded instance whose spool copy was reclaimed lives on in
+    its outbox link until the destination confirms it.  If that link goes too
+    (as the seed's reclaimer did to refused files), ``ledger check`` says
+    ``lost``; a delivered one, or one whose link is still there, is not."""
+    from processors.forward import ForwardSubmitter
+    from processors.jobdir import prepare
+    from processors.reclaimer import Reclaimer
+    from spool.layout import SpoolLayout
+
+    study_uid = generate_uid()
+    files = make_study(tmp_path / "s", 3, study_uid=study_uid)
+    running = received_then_stopped(start_adapter, config_path, files)
+    processing, exports = Processing(running.ledger), Exports(running.ledger)
+    job = processing.claim_group(AE, study_uid, "forward", "quiet for 5s")
+    assert job is not None
+    job = processing.start(job.id)
+    instances = processing.job_instances(job.id)
+    submission = prepare(tmp_path / "jobs", job, instances, 0x0020000D)
+    ForwardSubmitter(exports, {DESTINATION: tmp_path / "outbox"}).submit(submission)
+    processing.succeed(job.id)
+    layout = SpoolLayout(running.config.storage.spool)
+    Reclaimer(processing, layout, tmp_path / "jobs", {AE: 0}).tick()
+    assert {row.state for row in running.rows()} == {State.RECLAIMED}
+    assert fsck.check(running.config).ok, "the links carry the instances"
+
+    [task] = exports.tasks()
+    delivered, refused, vanished = exports.files(task.id)
+    exports.start(task.id)
+    exports.settle(
+        task.id,
+        [
+            FileOutcome(delivered.id, 0, None),
+            FileOutcome(refused.id, 0xC000, "destination answered 0xC000"),
+            FileOutcome(vanished.id, 0xA700, "destination answered 0xA700", retry=True),
+        ],
+        None,
+    )
+    Path(delivered.path).unlink()  # delivered: its link may go
+    Path(vanished.path).unlink()  # not delivered: its link was the last copy
+    report = fsck.check(running.config)
+    lost = [f.detail for f in report.findings if f.kind == "lost"]
+    assert lost == [
+        f"instance {vanished.instance_id}: not delivered to {DESTINATION} "
+        f"(export {task.id}), and {vanished.path} is gone"
+    ]
+    assert {f.kind for f in report.findings} == {"lost", "failed-export"}

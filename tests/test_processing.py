@@ -92,19 +92,12 @@ def processing_config(
     hook = folder / "hook.py"
     hook.write_text(RECORD_RUN + script, encoding="utf-8")
     command = f"{shlex.join([sys.executable, str(hook)])} {ARGUMENTS}"
-    path = write_config(
+    return write_config(
         folder,
         port,
         aes=f"[ae:{AE}]\nprocessor = command\ncommand = {command}\n{ae_keys}\n{more_aes}",
+        storage=f"min_free = 0\nreclaim_interval = {reclaim_interval}",
     )
-    # write_config's ``storage=`` takes one line only (it is dedented with the
-    # template), so the second [storage] key goes in here.
-    text = path.read_text()
-    assert text.count("[storage]\n") == 1
-    path.write_text(
-        text.replace("[storage]\n", f"[storage]\nreclaim_interval = {reclaim_interval}\n")
-    )
-    return path
 
 
 def runs(folder: Path) -> list[dict]:

@@ -10,7 +10,13 @@ import pytest
 
 from tests.conftest import RunningAdapter, wait_for, write_config
 from tests.dcmtk import echoscu, storescu
-from tests.dicom import dataset_bytes, make_instance, make_mixed_set, make_study
+from tests.dicom import (
+    dataset_bytes,
+    make_instance,
+    make_mixed_set,
+    make_odd_deflated,
+    make_study,
+)
 from tests.peers.send import AssociationRejected, echo, send_files
 
 
@@ -68,6 +74,21 @@ def test_mixed_transfer_syntaxes_stored_byte_identical(
         row = rows[ds.SOPInstanceUID]
         assert row.transfer_syntax_uid == ds.file_meta.TransferSyntaxUID
         assert Path(row.path).read_bytes().endswith(dataset_bytes(original))
+
+
+def test_an_odd_length_deflated_data_set_is_stored_as_received(
+    adapter: RunningAdapter, tmp_path: Path
+) -> None:
+    """The receive side of the odd-fragment case: a sender that does not pad a
+    deflated stream (PS3.5 A.5) sends an odd last fragment; it is stored as is,
+    recorded, and not quarantined."""
+    sent = make_odd_deflated(tmp_path / "odd.dcm")
+    assert len(dataset_bytes(sent)) % 2 == 1
+    [(_, status)] = send_files("127.0.0.1", adapter.port, [sent], called_ae="DICOMADAPTER")
+    assert status == 0x0000
+    [row] = adapter.wait_rows(1, "received")
+    assert Path(row.path).read_bytes().endswith(dataset_bytes(sent))
+    assert row.transfer_syntax_uid == "1.2.840.10008.1.2.1.99"
 
 
 def test_unknown_called_ae_is_rejected(

@@ -5,7 +5,15 @@ import itertools
 import pytest
 
 from errors import IllegalTransition
-from ledger.states import TRANSITIONS, JobState, State, check_job_move, check_move
+from ledger.states import (
+    TRANSITIONS,
+    ExportState,
+    JobState,
+    State,
+    check_export_move,
+    check_job_move,
+    check_move,
+)
 
 # Written out by hand from the issue, apart from the table it checks.
 ALLOWED = {
@@ -17,6 +25,9 @@ ALLOWED = {
     ("reclaimable", "reclaimed"),
     ("received", "reclaimable"),  # declined by a processor
     ("claimed", "received"),  # claim released, its job never started
+    (None, "superseded"),  # a differing resend moved aside (another source, or ignored)
+    ("received", "superseded"),  # replaced by a newer copy from the same source
+    ("superseded", "reclaimed"),  # superseded_retention is over
 }
 ALL_PAIRS = list(itertools.product([None, *State], State))
 
@@ -58,3 +69,25 @@ def test_every_job_pair(current: JobState | None, target: JobState) -> None:
     else:
         with pytest.raises(IllegalTransition, match=f"to '{target}'"):
             check_job_move(current, target)
+
+
+EXPORT_ALLOWED = {
+    (None, "pending"),
+    ("pending", "sending"),
+    ("sending", "succeeded"),
+    ("sending", "pending"),  # a file may yet be delivered, or a restart
+    ("sending", "failed"),
+    ("failed", "pending"),  # exports retry
+    ("failed", "discarded"),  # exports discard
+}
+
+
+@pytest.mark.parametrize(
+    "current, target", list(itertools.product([None, *ExportState], ExportState))
+)
+def test_every_export_pair(current: ExportState | None, target: ExportState) -> None:
+    if (current and str(current), str(target)) in EXPORT_ALLOWED:
+        check_export_move(current, target)
+    else:
+        with pytest.raises(IllegalTransition, match=f"to '{target}'"):
+            check_export_move(current, target)

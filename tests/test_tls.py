@@ -86,8 +86,8 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
 
 
 def write_config(folder: Path, port: int, extra: str = "", *, dicom: str = "") -> Path:
-    """conftest's, with several ``[dicom]`` lines (its template dedents them)."""
-    return base_config(folder, port, extra, dicom=dicom.replace("\n", "\n" + " " * 8))
+    """conftest's, with several ``[dicom]`` lines."""
+    return base_config(folder, port, extra, dicom=dicom)
 
 
 def tls_keys(pki: Pki, require: bool) -> str:
@@ -302,7 +302,7 @@ def test_exports_to_storescp_over_tls_arrive_byte_identical(
     files = make_study(tmp_path / "study", 5)
     peer = peer_for(load_config(destination_config(tmp_path, pki, port)), "SECURE")
     outcomes = cstore.send(peer, records(files))
-    assert [error for _, _, error in outcomes] == [None] * 5
+    assert [outcome.error for outcome in outcomes] == [None] * 5
     expected = {str(dcmread(path).SOPInstanceUID): dataset_bytes(path) for path in files}
     assert received_datasets(out) == expected
 

@@ -82,12 +82,12 @@ class Reconciler:
         memory holds one chunk, not every path.
         """
         orphans = []
-        for chunk in chunked(self.layout.candidate_files(), _CHUNK):
-            recorded = self.ledger.recorded([str(path) for path in chunk])
+        for chunk in chunked(self.layout.candidate_paths(), _CHUNK):
+            recorded = self.ledger.recorded(chunk)
             orphans += [
-                path
+                Path(path)
                 for path in chunk
-                if str(path) not in recorded and _settled(path, settled_before)
+                if path not in recorded and _settled(path, settled_before)
             ]
         return sorted(orphans)
 
@@ -116,11 +116,11 @@ class Reconciler:
         return removed
 
 
-def _settled(path: Path, settled_before: float) -> bool:
+def _settled(path: str, settled_before: float) -> bool:
     """Quiet since ``settled_before`` and open for writing by nobody."""
     try:
         settled = os.lstat(path).st_mtime <= settled_before
     except FileNotFoundError:
         return False
-    return settled and not is_open_for_writing(path)
+    return settled and not is_open_for_writing(Path(path))
 

@@ -17,7 +17,18 @@ Which stores fail is decided per SOP Instance UID, deterministically:
 
 Both can be changed while the server runs (:meth:`FlakyStorageSCP.set_phase`),
 as can ``delay``, seconds each store waits before answering, which makes it
-easy to kill a sender in the middle of a transfer.
+easy to kill a sender in the middle of a transfer.  The misbehaviours a
+destination shows in the wild can be played too:
+
+* ``refuse_classes``: SOP classes it accepts no presentation context for;
+* ``abort_after``: in each association, the store after this many answered
+  ones gets an A-ABORT instead of an answer (the sender's remaining files
+  are never attempted);
+* ``stall_share``: a share of UIDs (chosen like ``fail_share``) whose store
+  waits ``stall_seconds`` before answering, past a sender's DIMSE timeout.
+
+With ``record``, every answered store is also appended to that file as one
+JSON line, so a test can read what arrived from a peer in another process.
 
 When a dicom-adapter runs in the same process, its SCP turns on pynetdicom's
 process-wide chunked receive (``STORE_RECV_CHUNKED_DATASET``) and hooks where
@@ -32,6 +43,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import json
 import logging
 import socket
 import threading
@@ -104,14 +116,26 @@ class FlakyStorageSCP:
         phase: str = "",
         delay: float = 0.0,
         failure_status: int = OUT_OF_RESOURCES,
+        refuse_classes: Iterable[str] = (),
+        abort_after: int = 0,
+        stall_share: float = 0.0,
+        stall_seconds: float = 0.0,
+        record: Path | None = None,
     ) -> None:
         self.ae_title = ae_title
         self.failure_status = failure_status
+        self.refuse_classes = frozenset(refuse_classes)
+        self.record = record
         self._lock = threading.Lock()
         self._fail = frozenset(fail)
         self._fail_share = fail_share
         self._phase = phase
         self._delay = delay
+        self._abort_after = abort_after
+        self._stall_share = stall_share
+        self._stall_seconds = stall_seconds
+        self._answered: weakref.WeakKeyDictionary[object, int] = weakref.WeakKeyDictionary()
+        self.aborts = 0
         self._stores: list[Store] = []
         self._associations: weakref.WeakKeyDictionary[object, int] = weakref.WeakKeyDictionary()
         self._association_count = 0
@@ -128,7 +152,8 @@ class FlakyStorageSCP:
         ae.maximum_associations = 8
         ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 30
         for context in AllStoragePresentationContexts:
-            ae.add_supported_context(context.abstract_syntax, ALL_TRANSFER_SYNTAXES)
+            if context.abstract_syntax not in self.refuse_classes:
+                ae.add_supported_context(context.abstract_syntax, ALL_TRANSFER_SYNTAXES)
         ae.add_supported_context(Verification, ALL_TRANSFER_SYNTAXES)
         handlers = [
             (evt.EVT_CONN_OPEN, self._on_connection),
@@ -170,6 +195,8 @@ class FlakyStorageSCP:
         fail: Iterable[str] | None = None,
         fail_share: float | None = None,
         delay: float | None = None,
+        abort_after: int | None = None,
+        stall_share: float | None = None,
     ) -> None:
         """Start a new phase; what is not given stays as it was."""
         with self._lock:
@@ -180,6 +207,10 @@ class FlakyStorageSCP:
                 self._fail_share = fail_share
             if delay is not None:
                 self._delay = delay
+            if abort_after is not None:
+                self._abort_after = abort_after
+            if stall_share is not None:
+                self._stall_share = stall_share
 
     def fails(self, sop_instance_uid: str) -> bool:
         """Whether a store of this UID fails in the current phase."""
@@ -189,10 +220,14 @@ class FlakyStorageSCP:
     def _fails(self, sop_instance_uid: str) -> bool:
         if sop_instance_uid in self._fail:
             return True
-        if self._fail_share <= 0:
+        return self._picked("", self._fail_share, sop_instance_uid)
+
+    def _picked(self, what: str, share: float, sop_instance_uid: str) -> bool:
+        """Whether ``sop_instance_uid`` is in ``share`` of all UIDs, for this phase and purpose."""
+        if share <= 0:
             return False
-        digest = hashlib.sha256(f"{self._phase}\0{sop_instance_uid}".encode()).digest()
-        return int.from_bytes(digest[:8], "big") / 2**64 < self._fail_share
+        seed = f"{self._phase}\0{what}{sop_instance_uid}".encode()
+        return int.from_bytes(hashlib.sha256(seed).digest()[:8], "big") / 2**64 < share
 
     # -- what happened ------------------------------------------------------
 
@@ -232,9 +267,17 @@ class FlakyStorageSCP:
             sop_instance_uid = str(request.AffectedSOPInstanceUID)
             data = _received_dataset(event)
             with self._lock:
+                answered = self._answered.get(event.assoc, 0)
+                if self._abort_after and answered >= self._abort_after:
+                    self.aborts += 1
+                    event.assoc.abort()  # from a handler: queued, the store never answered
+                    return PROCESSING_FAILURE
+                self._answered[event.assoc] = answered + 1
                 attempt = 1 + sum(s.sop_instance_uid == sop_instance_uid for s in self._stores)
                 status = self.failure_status if self._fails(sop_instance_uid) else SUCCESS
                 delay = self._delay
+                if self._picked("stall\0", self._stall_share, sop_instance_uid):
+                    delay = max(delay, self._stall_seconds)
                 self._stores.append(
                     Store(
                         sop_instance_uid=sop_instance_uid,
@@ -250,12 +293,37 @@ class FlakyStorageSCP:
                         at=time.monotonic(),
                     )
                 )
+                if self.record is not None:
+                    self._write_record(self._stores[-1])
         except Exception:  # a test peer that raises would only abort; say why instead
             log.exception("flaky SCP: C-STORE handler failed")
             return PROCESSING_FAILURE
         if delay > 0:
             time.sleep(delay)
         return status
+
+
+    def _write_record(self, store: Store) -> None:
+        """One JSON line per answered store (the lock is held), flushed at once."""
+        line = {
+            "sop_instance_uid": store.sop_instance_uid,
+            "sop_class_uid": store.sop_class_uid,
+            "status": store.status,
+            "attempt": store.attempt,
+            "sha256": store.sha256,
+            "association": store.association,
+        }
+        assert self.record is not None
+        with open(self.record, "a", encoding="utf-8") as handle:
+            handle.write(json.dumps(line) + "\n")
+
+
+def read_records(path: Path) -> list[dict[str, object]]:
+    """The stores a peer in another process recorded with ``--record``."""
+    if not path.exists():
+        return []
+    lines = path.read_text(encoding="utf-8").splitlines()
+    return [json.loads(line) for line in lines if line.endswith("}")]
 
 
 def _received_dataset(event: evt.Event) -> bytes:
@@ -277,11 +345,26 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tests.peers.flaky_scp")
     parser.add_argument("--ae-title", default="FLAKYSCP")
     parser.add_argument("--fail-share", type=float, default=0.0)
+    parser.add_argument("--failure-status", type=lambda text: int(text, 0), default=0xA700)
     parser.add_argument("--phase", default="")
     parser.add_argument("--delay", type=float, default=0.0)
+    parser.add_argument("--refuse-class", action="append", default=[], metavar="SOP_CLASS_UID")
+    parser.add_argument("--abort-after", type=int, default=0)
+    parser.add_argument("--stall-share", type=float, default=0.0)
+    parser.add_argument("--stall-seconds", type=float, default=0.0)
+    parser.add_argument("--record", type=Path, help="append each answered store as JSON")
     args = parser.parse_args(argv)
     scp = FlakyStorageSCP(
-        args.ae_title, fail_share=args.fail_share, phase=args.phase, delay=args.delay
+        args.ae_title,
+        fail_share=args.fail_share,
+        failure_status=args.failure_status,
+        phase=args.phase,
+        delay=args.delay,
+        refuse_classes=args.refuse_class,
+        abort_after=args.abort_after,
+        stall_share=args.stall_share,
+        stall_seconds=args.stall_seconds,
+        record=args.record,
     ).start()
     print(f"listening on 127.0.0.1:{scp.port} as {args.ae_title}", flush=True)
     seen = 0

@@ -1,0 +1,104 @@
+"""The promise, as queries: an acknowledged instance is delivered, or still on disk.
+
+An instance's spool file may go only when its job succeeded (it was handed
+over), or, for a ``forward`` job, the copy the export owns takes its place
+until every destination confirms delivery.  These queries find the rows
+where that chain could be broken; ``ledger check`` (:mod:`fsck`) looks at
+the files they name and reports what is really gone as ``lost``.  Declined
+instances (an ignored SOP class) and superseded copies past their retention
+leave by an admin's rule, with an event saying so, and are not listed.
+"""
+
+from dataclasses import dataclass
+
+from sqlalchemy import and_, or_, select
+
+from ledger.exports import EXPORT_FILES, EXPORTS
+from ledger.processing import JOBS
+from ledger.states import FileState, JobState, State
+from ledger.store import INSTANCES, Ledger
+
+_UNDELIVERED = [FileState.PENDING, FileState.FAILED]
+
+
+@dataclass(frozen=True)
+class Undelivered:
+    """A destination still owed an instance, and the file that is to carry it there.
+
+    ``path`` is None when no export file stands for the instance at all.
+    """
+
+    instance_id: int | None
+    export_id: int | None
+    destination: str | None
+    path: str | None
+    state: str | None
+
+
+def reclaimed_without_a_finished_job(ledger: Ledger) -> list[int]:
+    """Reclaimed instances whose job did not succeed (or no longer exists)."""
+    query = (
+        select(INSTANCES.c.id)
+        .outerjoin(JOBS, JOBS.c.id == INSTANCES.c.job_id)
+        .where(
+            INSTANCES.c.state == State.RECLAIMED,
+            INSTANCES.c.job_id.is_not(None),
+            or_(JOBS.c.id.is_(None), JOBS.c.state != JobState.SUCCEEDED),
+        )
+        .order_by(INSTANCES.c.id)
+    )
+    return [instance_id for (instance_id,) in ledger.read(query)]
+
+
+def forwarded_not_delivered(ledger: Ledger) -> list[Undelivered]:
+    """Reclaimed instances of forward jobs that some destination has not confirmed.
+
+    Each is fine while its owned export file is on disk (the caller checks),
+    lost otherwise.
+    """
+    query = (
+        select(
+            INSTANCES.c.id,
+            EXPORTS.c.id,
+            EXPORTS.c.destination,
+            EXPORT_FILES.c.path,
+            EXPORT_FILES.c.state,
+        )
+        .join(JOBS, JOBS.c.id == INSTANCES.c.job_id)
+        .join(EXPORTS, EXPORTS.c.job_id == JOBS.c.id)
+        .outerjoin(
+            EXPORT_FILES,
+            and_(
+                EXPORT_FILES.c.export_id == EXPORTS.c.id,
+                EXPORT_FILES.c.instance_id == INSTANCES.c.id,
+            ),
+        )
+        .where(
+            INSTANCES.c.state == State.RECLAIMED,
+            JOBS.c.processor == "forward",
+            or_(EXPORT_FILES.c.id.is_(None), EXPORT_FILES.c.state.in_(_UNDELIVERED)),
+        )
+        .order_by(INSTANCES.c.id, EXPORTS.c.id)
+    )
+    return [Undelivered(*row) for row in ledger.read(query)]
+
+
+def owned_not_delivered(ledger: Ledger) -> list[Undelivered]:
+    """Every owned export file not delivered and not given up: each must be on disk."""
+    query = (
+        select(
+            EXPORT_FILES.c.instance_id,
+            EXPORTS.c.id,
+            EXPORTS.c.destination,
+            EXPORT_FILES.c.path,
+            EXPORT_FILES.c.state,
+        )
+        .join(EXPORTS, EXPORTS.c.id == EXPORT_FILES.c.export_id)
+        .where(
+            EXPORT_FILES.c.owned,
+            EXPORT_FILES.c.state.in_(_UNDELIVERED),
+            EXPORT_FILES.c.reclaimed_at.is_(None),
+        )
+        .order_by(EXPORT_FILES.c.id)
+    )
+    return [Undelivered(*row) for row in ledger.read(query)]

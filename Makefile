@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 CONFIG ?= config.ini
 
-.PHONY: run test fuzz bench bench-export bench-memory bench-ledger install install-test install-service lint clean
+.PHONY: run test fuzz invariant bench bench-export bench-memory bench-ledger bench-reconcile install install-test install-service lint clean
 
 $(BIN)/dicom-adapter: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -34,6 +34,13 @@ fuzz: install-test
 	FUZZ_SECONDS=$(or $(FUZZ_SECONDS),600) FUZZ_SEED=$(or $(FUZZ_SEED),$(shell date +%s)) \
 		$(BIN)/pytest -s -p no:cacheprovider tests/test_fuzz_protocol.py -k fuzzed
 
+## The delivery invariant under many random destination mixes and kill times: make invariant INVARIANT_RUNS=20.
+invariant: install-test
+	for run in $$(seq $(or $(INVARIANT_RUNS),10)); do \
+		INVARIANT_SEED=$$(od -An -N4 -tu4 /dev/urandom | tr -d ' ') \
+			$(BIN)/pytest -q -s -p no:cacheprovider tests/test_delivery_invariant.py || exit 1; \
+	done
+
 ## Install the systemd unit (edit its paths first if the project is not in /opt/dicom-adapter).
 install-service:
 	install -m 0644 systemd/dicom-adapter.service /etc/systemd/system/dicom-adapter.service
@@ -54,6 +61,10 @@ bench-memory: install-test
 ## Ledger at 1,000,000 instances: ingest rate, status and cookbook query times (~5 minutes, 1.3 GB in $TMPDIR).
 bench-ledger: install
 	$(BIN)/python bench/ledger_scale.py --instances 1000000
+
+## One reconcile pass over a spool of 1,000,000 files against `find` (~10 minutes, builds the spool in $TMPDIR).
+bench-reconcile: install
+	$(BIN)/python bench/reconcile_scale.py --files 1000000
 
 lint: install-test
 	$(BIN)/ruff check .

@@ -117,12 +117,17 @@ def _send_batch(peer: Peer, files: list[ExportFileRecord]) -> list[FileOutcome]:
     try:
         assoc = associate(peer, sorted({_pair(f) for f in files}))
     except ExportError as exc:
-        return [FileOutcome(f.id, None, f"not attempted: {exc}", exc.retryable) for f in files]
+        return [
+            FileOutcome(f.id, None, f"not attempted: {exc}", exc.retryable, attempted=False)
+            for f in files
+        ]
     try:
         return [
             _send_one(assoc, file)
             if assoc.established
-            else FileOutcome(file.id, None, "not attempted: the association was lost", retry=True)
+            else FileOutcome(
+                file.id, None, "not attempted: the association was lost", True, attempted=False
+            )
             for file in files
         ]
     finally:

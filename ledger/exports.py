@@ -113,6 +113,19 @@ class Exports:
             query = query.where(EXPORT_FILES.c.state == state)
         return [to_export_file(row) for row in self.ledger.read(query.order_by(EXPORT_FILES.c.id))]
 
+    def to_send(self, export_id: int) -> list[ExportFileRecord]:
+        """A task's ``pending`` files, those no attempt has failed on first.
+
+        A file the destination stalls or aborts on goes last next time, so
+        it cannot keep the files after it from ever being attempted.
+        """
+        query = (
+            select(EXPORT_FILES)
+            .where(EXPORT_FILES.c.export_id == export_id, EXPORT_FILES.c.state == FileState.PENDING)
+            .order_by(EXPORT_FILES.c.failures, EXPORT_FILES.c.id)
+        )
+        return [to_export_file(row) for row in self.ledger.read(query)]
+
     def due(self, destination: str, now: datetime) -> list[ExportRecord]:
         query = (
             select(EXPORTS)
@@ -180,6 +193,7 @@ class Exports:
             state = FileState.SENT
         else:
             state = FileState.PENDING if outcome.retry else FileState.FAILED
+        missed = outcome.attempted and not outcome.delivered
         tx.connection.execute(
             update(EXPORT_FILES)
             .where(EXPORT_FILES.c.id == outcome.file_id)
@@ -188,6 +202,7 @@ class Exports:
                 status=outcome.status,
                 error=outcome.error,
                 sent_at=tx.now if outcome.delivered else None,
+                failures=EXPORT_FILES.c.failures + int(missed),
             )
         )
 

@@ -179,6 +179,8 @@ class ExportFile(Base):
     # The spool instance a forwarded file was linked from (no FK, as jobs.id in 0002).
     instance_id: Mapped[int | None] = mapped_column(Integer, index=True)
     reclaimed_at: Mapped[datetime | None] = mapped_column(UtcText)  # an owned file deleted
+    # Attempts that reached this file and did not deliver it: sent last next time.
+    failures: Mapped[int] = mapped_column(Integer, server_default=text("0"))
 
     __table_args__ = (Index("ix_export_files_state", "state", "reclaimed_at"),)
 

@@ -135,6 +135,7 @@ class ExportFileRecord:
     sent_at: datetime | None
     instance_id: int | None
     reclaimed_at: datetime | None
+    failures: int
 
 
 @dataclass(frozen=True)
@@ -143,13 +144,15 @@ class FileOutcome:
 
     ``error`` is None when the file was delivered; otherwise it says why not
     in one line, and ``retry`` whether a later attempt may deliver it.
-    ``status`` is the DIMSE status the destination answered, if it did.
+    ``status`` is the DIMSE status the destination answered, if it did;
+    ``attempted`` is False for a file the attempt never got to.
     """
 
     file_id: int
     status: int | None
     error: str | None
     retry: bool = False
+    attempted: bool = True
 
     @property
     def delivered(self) -> bool:

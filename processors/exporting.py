@@ -18,7 +18,6 @@ from exporters.cstore import Peer
 from ledger.exports import Exports
 from ledger.models import utcnow
 from ledger.records import ExportRecord, FileOutcome
-from ledger.states import FileState
 from processors.backoff import retry_at
 
 log = logging.getLogger(__name__)
@@ -46,7 +45,7 @@ class ExportRunner:
 
     def _run(self, task: ExportRecord) -> None:
         """One attempt: the task's undelivered files, then one settle from their outcomes."""
-        files = self.exports.files(task.id, FileState.PENDING)
+        files = self.exports.to_send(task.id)
         try:
             outcomes = cstore.send(self.rules.peer, files)
         except Exception as exc:  # recorded like any failure, never left to APScheduler

@@ -58,6 +58,7 @@ def records(paths: list[Path]) -> list[ExportFileRecord]:
                 sent_at=None,
                 instance_id=None,
                 reclaimed_at=None,
+                failures=0,
             )
         )
     return rows
@@ -346,7 +347,7 @@ def test_a_rejection_says_whether_to_retry(scripted, tmp_path, reject, retryable
     outcomes = cstore.send(peer(scp.port), records(make_study(tmp_path, 2)))
     where = f"STORESCP@127.0.0.1:{scp.port}"
     error = f"not attempted: {where} rejected the association {'/'.join(map(str, reject))}"
-    assert outcomes == [FileOutcome(i, None, error, retry=retryable) for i in (1, 2)]
+    assert outcomes == [FileOutcome(i, None, error, retryable, attempted=False) for i in (1, 2)]
 
 
 def test_a_refused_connection_is_retryable(tmp_path: Path) -> None:
@@ -396,8 +397,8 @@ def test_a_lost_association_fails_the_file_and_the_rest(
     # Not delivered, or never attempted: each worth another attempt.
     assert outcomes == [
         FileOutcome(1, None, error, retry=True),
-        FileOutcome(2, None, "not attempted: the association was lost", retry=True),
-        FileOutcome(3, None, "not attempted: the association was lost", retry=True),
+        FileOutcome(2, None, "not attempted: the association was lost", True, attempted=False),
+        FileOutcome(3, None, "not attempted: the association was lost", True, attempted=False),
     ]
     scp.close()
     assert scp.datasets == [dataset(files[0])]

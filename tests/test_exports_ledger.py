@@ -60,7 +60,7 @@ def outcomes(exports: Exports, export_id: int, kinds: list[str]) -> list[FileOut
         SENT: lambda i: FileOutcome(i, 0, None),
         AGAIN: lambda i: FileOutcome(i, 0xA700, "destination answered 0xA700", retry=True),
         REFUSED: lambda i: FileOutcome(i, 0xC000, "destination answered 0xC000"),
-        UNTRIED: lambda i: FileOutcome(i, None, "not attempted: lost", retry=True),
+        UNTRIED: lambda i: FileOutcome(i, None, "not attempted: lost", True, attempted=False),
     }
     files = exports.files(export_id, "pending")
     return [made[kind](f.id) for f, kind in zip(files, kinds, strict=True)]
@@ -107,6 +107,14 @@ def test_a_retry_sends_only_what_is_pending_then_out_of_retries_fails_it(
     assert (task.state, task.attempts, task.failed_count) == ("failed", 2, 2)
     assert file_states(exports, export_id) == [SENT, "failed", SENT, "failed"]
     assert task.last_error == "destination answered 0xA700"
+
+
+def test_a_file_an_attempt_failed_on_goes_after_those_not_yet_tried(exports: Exports) -> None:
+    """A destination that stalls on one file: the next attempt starts with the others."""
+    export_id = queue(exports, 4)
+    attempt(exports, export_id, [SENT, AGAIN, UNTRIED, UNTRIED])
+    assert [f.sop_instance_uid for f in exports.to_send(export_id)] == ["1.2", "1.3", "1.1"]
+    assert [f.failures for f in exports.files(export_id)] == [0, 1, 0, 0]
 
 
 def test_retry_requeues_the_undelivered_files_and_discard_gives_them_up(

@@ -5,6 +5,9 @@ was linked from, so ``ledger check`` can tell whether every destination
 confirmed an instance whose spool copy is gone.  ``export_files.reclaimed_at``
 records when the reclaimer deleted an owned file: files are reclaimed one by
 one once delivered, never because their task as a whole succeeded.
+``export_files.failures`` counts the attempts that reached a file and did not
+deliver it: the next attempt sends such files last, so one file a
+destination stalls on cannot hold back the rest of its task.
 ``ix_export_files_state`` serves the count of undelivered files that
 ``status`` and the health check read, and the reclaimer's search.
 
@@ -51,6 +54,7 @@ def upgrade() -> None:
     with op.batch_alter_table("export_files") as batch:
         batch.add_column(sa.Column("instance_id", sa.Integer))
         batch.add_column(sa.Column("reclaimed_at", sa.String(27)))
+        batch.add_column(sa.Column("failures", sa.Integer, nullable=False, server_default="0"))
     op.create_index("ix_export_files_state", "export_files", ["state", "reclaimed_at"])
     op.create_index("ix_export_files_instance_id", "export_files", ["instance_id"])
     # Owned files of tasks already reclaimed went with their task.
@@ -83,5 +87,6 @@ def downgrade() -> None:
     op.drop_index("ix_export_files_instance_id", table_name="export_files")
     op.drop_index("ix_export_files_state", table_name="export_files")
     with op.batch_alter_table("export_files") as batch:
+        batch.drop_column("failures")
         batch.drop_column("reclaimed_at")
         batch.drop_column("instance_id")

@@ -152,6 +152,7 @@ class Adapter:
             self.layout,
             config.storage.jobs,
             {name: ae.retention for name, ae in processed.items()},
+            config.storage.superseded_retention,
         )
         intake = Intake(
             self.layout,

@@ -27,9 +27,10 @@ from sqlalchemy.exc import ArgumentError
 
 from errors import ConfigError
 from spool.names import validate_ae_folder, validate_ae_title, validate_uid
+from watchers.duplicates import DEFAULT_POLICY as DEFAULT_DUPLICATE_POLICY
+from watchers.duplicates import POLICIES as DUPLICATE_POLICIES
 
 CONFIG_ENV = "DICOM_ADAPTER_CONFIG"
-DUPLICATE_POLICIES = ("ignore", "replace", "keep")
 PROCESSORS = ("none", "command", "folder", "webhook", "forward")
 # The key each processor cannot work without.
 PROCESSOR_NEEDS = {
@@ -158,6 +159,7 @@ class StorageConfig:
     jobs: Path
     min_free: FreeSpaceRule
     reclaim_interval: float
+    superseded_retention: float | None = None  # None: superseded copies are kept for good
 
 
 @dataclass(frozen=True)
@@ -297,6 +299,19 @@ def _seconds(text: str, _: Path) -> float:
 def _retention(text: str, folder: Path) -> float:
     """Seconds, where 0 (none) is allowed."""
     return 0.0 if text.strip() in ("0", "0.0") else _seconds(text, folder)
+
+
+def _retention_or_never(text: str, _: Path) -> float | None:
+    """``never``, or seconds (0 and up, at most ten years)."""
+    if text.strip().lower() == "never":
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        raise ValueError(f"must be 'never' or a number of seconds, not {text!r}") from None
+    if not 0 <= value <= 10 * 365 * 86400:
+        raise ValueError("must be 'never' or 0 to 315360000 seconds (ten years)")
+    return value
 
 
 def _tag(text: str, _: Path) -> int:
@@ -537,6 +552,7 @@ SCHEMA: dict[str, dict[str, tuple[Parser, Any]]] = {
         "jobs": (_path, "var/jobs"),
         "min_free": (_free_space, "5%, 1GiB"),
         "reclaim_interval": (_seconds, "30"),
+        "superseded_retention": (_retention_or_never, "never"),
     },
     "ledger": {"url": (_ledger_url, "sqlite:///var/ledger.db")},
     "watcher": {
@@ -546,7 +562,7 @@ SCHEMA: dict[str, dict[str, tuple[Parser, Any]]] = {
     "log": {"level": (_choice(LOG_LEVELS, upper=True), "INFO"), "log_phi": (_boolean, "false")},
     "metrics": {"host": (_host, "127.0.0.1"), "port": (_integer(0, 65535), "0")},
     "ae": {
-        "duplicates": (_choice(DUPLICATE_POLICIES), "replace"),
+        "duplicates": (_choice(DUPLICATE_POLICIES), DEFAULT_DUPLICATE_POLICY),
         "processor": (_choice(PROCESSORS), "none"),
         "group_by": (_tag, "0020,000D"),
         "timeout": (_seconds, "5"),

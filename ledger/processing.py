@@ -340,6 +340,19 @@ class Processing:
         with self.ledger.transaction() as tx:
             tx.move_many(ids, State.RECLAIMABLE, State.RECLAIMED, reason)
 
+    def superseded_before(self, cutoff: datetime, limit: int = 1000) -> list[InstanceRecord]:
+        """Superseded copies set aside before ``cutoff``."""
+        query = (
+            select(INSTANCES)
+            .where(INSTANCES.c.state == State.SUPERSEDED, INSTANCES.c.updated_at <= cutoff)
+            .limit(limit)
+        )
+        return [to_record(row) for row in self.ledger.read(query)]
+
+    def reclaim_superseded(self, ids: Collection[int], reason: str) -> None:
+        with self.ledger.transaction() as tx:
+            tx.move_many(ids, State.SUPERSEDED, State.RECLAIMED, reason)
+
     def job_done_with_files(self, job_id: int) -> bool:
         """True when no instance of the job still has its file in the spool."""
         query = select(func.count()).where(

@@ -103,32 +103,27 @@ class LedgerTransaction:
                     copies.setdefault(row.sop_instance_uid, []).append(to_record(row))
         return copies
 
-    def add_many(self, items: list[tuple[NewInstance, str]]) -> list[int]:
-        """Insert ``received`` rows (with their events) for new files."""
+    def add_many(
+        self, items: list[tuple[NewInstance, str]], state: State = State.RECEIVED
+    ) -> list[int]:
+        """Insert rows (with their events) for new files: ``received``, or ``superseded``."""
         if not items:
             return []
-        check_move(None, State.RECEIVED)
+        check_move(None, state)
         rows = [
-            {
-                **_columns(new),
-                "state": State.RECEIVED,
-                "received_at": self.now,
-                "updated_at": self.now,
-            }
+            {**_columns(new), "state": state, "received_at": self.now, "updated_at": self.now}
             for new, _ in items
         ]
         ids = self._insert(rows)
-        self.received_ids += ids
+        if state == State.RECEIVED:
+            self.received_ids += ids
         self._events(
-            [
-                (id_, reason, None, State.RECEIVED)
-                for id_, (_, reason) in zip(ids, items, strict=True)
-            ]
+            [(id_, reason, None, state) for id_, (_, reason) in zip(ids, items, strict=True)]
         )
         return ids
 
-    def add(self, new: NewInstance, reason: str) -> int:
-        return self.add_many([(new, reason)])[0]
+    def add(self, new: NewInstance, reason: str, state: State = State.RECEIVED) -> int:
+        return self.add_many([(new, reason)], state)[0]
 
     def add_rejected(self, path: str, called_ae: str | None, reason: str) -> int:
         """Insert a ``rejected`` row for a quarantined file."""
@@ -148,11 +143,12 @@ class LedgerTransaction:
         self._events([(id_, reason, None, State.REJECTED)])
         return id_
 
-    def replace_content(self, instance_id: int, new: NewInstance, reason: str) -> None:
-        """A newer copy of a still-``received`` instance took the old one's place."""
-        state = self._state(instance_id)
-        self._update(instance_id, **_columns(new), received_at=self.now, missing_since=None)
-        self._events([(instance_id, reason, state, state)])
+    def supersede(self, instance_id: int, path: str, reason: str) -> None:
+        """A ``received`` copy gave way to a newer one: ``superseded``, its file at ``path``."""
+        current = State(self._state(instance_id))
+        check_move(current, State.SUPERSEDED)
+        self._update(instance_id, state=State.SUPERSEDED, path=path, missing_since=None)
+        self._events([(instance_id, reason, current, State.SUPERSEDED)])
 
     def relocate(self, instance_id: int, path: str, reason: str) -> None:
         """The row's file is the same, at another path."""

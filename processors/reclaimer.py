@@ -4,7 +4,9 @@ Submitted instances become reclaimable once their AE's ``retention`` has
 passed since their job succeeded.  Only ``reclaimable`` files are ever
 deleted; the row moves to ``reclaimed`` with an event saying when and why.
 Empty study and series folders, and a job's folder once all its instances
-are reclaimed, go too.
+are reclaimed, go too.  A superseded copy (set aside by the duplicates
+policy) goes only once ``[storage] superseded_retention`` has passed since
+it was set aside; by default it never does.
 """
 
 from __future__ import annotations
@@ -12,11 +14,12 @@ from __future__ import annotations
 import logging
 import shutil
 from collections.abc import Mapping
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 
 from ledger.models import utcnow
 from ledger.processing import Processing
+from ledger.wording import plural
 from spool.layout import SpoolLayout
 
 log = logging.getLogger(__name__)
@@ -29,11 +32,13 @@ class Reclaimer:
         layout: SpoolLayout,
         jobs_root: Path,
         retention: Mapping[str, float],
+        superseded_retention: float | None = None,
     ) -> None:
         self.processing = processing
         self.layout = layout
         self.jobs_root = jobs_root
         self.retention = retention  # called AE -> seconds to keep after submission
+        self.superseded_retention = superseded_retention  # None: kept for good
 
     def tick(self, now: datetime | None = None) -> int:
         """Reclaim what is due; return how many files were reclaimed."""
@@ -49,8 +54,23 @@ class Reclaimer:
                 if self.processing.job_done_with_files(job_id):
                     shutil.rmtree(self.jobs_root / str(job_id), ignore_errors=True)
             total += len(batch)
+        total += self._reclaim_superseded(now)
         if total:
-            log.info("reclaimed %d files", total)
+            log.info("reclaimed %s", plural(total, "file"))
+        return total
+
+    def _reclaim_superseded(self, now: datetime) -> int:
+        if self.superseded_retention is None:
+            return 0
+        seconds = self.superseded_retention
+        total = 0
+        while batch := self.processing.superseded_before(now - timedelta(seconds=seconds)):
+            for instance in batch:
+                Path(instance.path).unlink(missing_ok=True)
+            self.processing.reclaim_superseded(
+                [i.id for i in batch], f"superseded_retention of {seconds:g}s is over: deleted"
+            )
+            total += len(batch)
         return total
 
     def _delete(self, path: Path) -> None:

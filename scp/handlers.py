@@ -19,13 +19,13 @@ from pynetdicom import events as evt
 from scp.admission import REJECT_LOCAL_LIMIT, REJECTION_NAMES, AdmissionPolicy
 from scp.association_log import AssociationLog
 from scp.direct import serve_directly
-from scp.placement import read_placement
+from scp.placement import read_identity
 from scp.read_limits import limit_reads
 from scp.receiving import Receiving, provenance_of
 from scp.wakeful import wake_on_events
+from spool.identity import judge
 from spool.incoming import IncomingFile
 from spool.layout import UnsafeName
-from spool.names import validate_uid
 from spool.text import one_line
 from spool.writer import SpoolFull
 
@@ -141,35 +141,25 @@ def _store(
             return _refuse(OUT_OF_RESOURCES, sop_instance_uid, f"spool full: {incoming.failed}")
         raise incoming.failed
     try:
-        placement = read_placement(incoming)
+        identity = read_identity(incoming)
     except Exception as exc:  # the structure walk's Malformed, or anything odder
         incoming.path.unlink(missing_ok=True)
         if incoming.out_of_space:
             return _refuse(OUT_OF_RESOURCES, sop_instance_uid, f"spool full: {incoming.failed}")
         reason = f"unreadable dataset: {one_line(exc)}"
         return _refuse(CANNOT_UNDERSTAND, sop_instance_uid, reason)
-    problem = None
-    if placement.sop_instance_uid != sop_instance_uid:
-        problem = (
-            f"dataset SOP Instance UID {placement.sop_instance_uid!r} differs from the request's"
-        )
-    for name, uid in (
-        ("SOP Class UID", sop_class_uid),
-        ("Study Instance UID", placement.study_instance_uid),
-        ("Series Instance UID", placement.series_instance_uid),
-    ):
-        ok, reason = validate_uid(uid)
-        if not ok:
-            problem = problem or f"{name}: {reason}"
-    if problem is not None:
+    # The rule intake applies to the same bytes: what is refused is refused
+    # here, on the wire; what is merely odd is stored, and intake records why.
+    verdict = judge(identity, (sop_class_uid, sop_instance_uid))
+    if verdict.refusal is not None:
         incoming.path.unlink(missing_ok=True)
-        return _refuse(CANNOT_UNDERSTAND, sop_instance_uid, problem)
+        return _refuse(CANNOT_UNDERSTAND, sop_instance_uid, verdict.refusal)
     try:
         path = receiving.writer.publish(
             incoming,
-            placement.study_instance_uid,
-            placement.series_instance_uid,  # type: ignore[arg-type]
-            sop_instance_uid,
+            identity.study_instance_uid,  # type: ignore[arg-type]  # judged usable
+            identity.series_instance_uid,
+            identity.sop_instance_uid,  # type: ignore[arg-type]
         )
     except SpoolFull as exc:
         return _refuse(OUT_OF_RESOURCES, sop_instance_uid, f"spool full: {exc.strerror or exc}")

@@ -27,11 +27,18 @@ from io import BytesIO
 from pathlib import Path
 from typing import BinaryIO
 
+from spool.header import HeaderValues
 from spool.part10 import PREAMBLE, encode_meta
 
 # A UID of our own under the 2.25 (UUID) root, PS3.5 Annex B.2.
 IMPLEMENTATION_CLASS_UID = "2.25.163359237101938412089463516829934576211"
 IMPLEMENTATION_VERSION_NAME = "DICOMADAPTER_1"
+# Names what our Private Information (0002,0102) holds: the data set's length
+# as received, 8 bytes little endian (PS3.10 7.1 allows private file meta).
+RECEIVED_LENGTH_UID = "2.25.290174633218853214526389148470815394067"
+PRIVATE_INFORMATION_CREATOR_UID = 0x00020100
+PRIVATE_INFORMATION = 0x00020102
+_LENGTH_BYTES = 8
 _FULL = {errno.ENOSPC, errno.EDQUOT}
 WRITE_BUFFER = 256 * 1024
 
@@ -68,6 +75,8 @@ class IncomingFile:
         self.failed: OSError | None = None
         self.published = False
         self.size = 0  # bytes received for the file
+        self._length_at: int | None = None  # where the meta's received length goes
+        self._dataset_at = 0  # where the data set starts
         self._fd: int | None = None
         self._pending = bytearray()  # received, not yet written
         self._spilled = False  # some bytes are in the file, not all in memory
@@ -95,8 +104,15 @@ class IncomingFile:
         return len(data)
 
     def write_meta(self, uids: MetaUids) -> None:
-        """The file meta group, after pynetdicom's preamble and ``DICM``."""
-        self.write(meta_group(uids, self.provenance))
+        """The file meta group, after pynetdicom's preamble and ``DICM``.
+
+        Its last element is a placeholder for the data set's length, filled
+        in by :meth:`sync` once the whole data set has arrived.
+        """
+        meta = meta_group(uids, self.provenance)
+        self.write(meta)
+        self._length_at = self.size - _LENGTH_BYTES
+        self._dataset_at = self.size
 
     def write_header(self, uids: MetaUids) -> None:
         """Preamble, ``DICM`` and the file meta group: what pynetdicom writes first."""
@@ -122,11 +138,22 @@ class IncomingFile:
             yield handle, self.size
 
     def sync(self) -> None:
-        """Write what is buffered and fsync; the caller renames the file into place next."""
+        """Record the data set's length, write what is buffered and fsync.
+
+        The caller renames the file into place next.  The length tells intake
+        later that this file is complete as received (:func:`received_length`),
+        whatever a heuristic for hand-dropped files would make of it.
+        """
+        length = (self.size - self._dataset_at).to_bytes(_LENGTH_BYTES, "little")
+        on_disk = self._spilled  # the meta is in the file already, not in the buffer
+        if self._length_at is not None and not on_disk:
+            self._pending[self._length_at : self._length_at + _LENGTH_BYTES] = length
         self._write_pending()
         if self.failed is not None:
             raise self.failed
         if self._fd is not None:
+            if self._length_at is not None and on_disk:
+                os.pwrite(self._fd, length, self._length_at)
             os.fsync(self._fd)
 
     def close(self) -> None:
@@ -187,5 +214,19 @@ def meta_group(uids: MetaUids, provenance: Provenance) -> bytes:
             (0x00020017, b"AE", calling),
             (0x00020018, b"AE", provenance.called_ae.encode("ascii", "replace")),
             (0x00020027, b"UR", f"dicom://{provenance.peer_address}".encode("ascii", "replace")),
+            (PRIVATE_INFORMATION_CREATOR_UID, b"UI", RECEIVED_LENGTH_UID.encode()),
+            (PRIVATE_INFORMATION, b"OB", bytes(_LENGTH_BYTES)),  # filled in by sync()
         ]
     )
+
+
+def received_length(values: HeaderValues) -> int | None:
+    """The data set length our SCP recorded in a file's meta, or None if it did not."""
+    elements = values.structure.elements
+    creator = elements.get(PRIVATE_INFORMATION_CREATOR_UID)
+    value = elements.get(PRIVATE_INFORMATION)
+    if creator is None or value is None or len(value.value) != _LENGTH_BYTES:
+        return None
+    if creator.value.rstrip(b"\x00 ") != RECEIVED_LENGTH_UID.encode():
+        return None
+    return int.from_bytes(value.value, "little")

@@ -5,7 +5,9 @@
     spool/
       .tmp/                      temporary files; never acknowledged, cleaned at start
       quarantine/                unreadable files, each with a ``.reason`` sidecar
+      superseded/<called AE>/<row id>-<name>   differing copies moved aside (duplicates)
       <called AE>/<StudyInstanceUID>/<SeriesInstanceUID>/<SOPInstanceUID>.dcm
+      <called AE>/<StudyInstanceUID>/<SOPInstanceUID>.dcm   an instance with no series UID
       <called AE>/<anything>     hand-dropped files, any sub-path and name
 
 A second copy of an instance already on disk gets ``<SOPInstanceUID>~N.dcm``;
@@ -18,10 +20,11 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from spool.names import RESERVED_FOLDERS, validate_ae_folder, validate_uid
+from spool.names import RESERVED_FOLDERS, usable_uid, validate_ae_folder
 
 TMP = ".tmp"
 QUARANTINE = "quarantine"
+SUPERSEDED = "superseded"
 
 
 class UnsafeName(ValueError):
@@ -40,6 +43,10 @@ class SpoolLayout:
     def quarantine(self) -> Path:
         return self.root / QUARANTINE
 
+    def superseded_path(self, called_ae: str, instance_id: int, name: str) -> Path:
+        """Where a copy set aside by the duplicates policy goes: named by its row."""
+        return self.root / SUPERSEDED / called_ae / f"{instance_id}-{name}"
+
     def ensure(self, called_aes: Iterable[str] = ()) -> None:
         """Create the spool's fixed folders and one drop folder per called AE."""
         for folder in (self.root, self.tmp, self.quarantine):
@@ -50,38 +57,36 @@ class SpoolLayout:
                 raise UnsafeName(reason)
             (self.root / called_ae).mkdir(exist_ok=True)
 
-    def series_folder(self, called_ae: str, study_uid: str, series_uid: str) -> Path:
-        """The folder of one series, after validating every component.
+    def series_folder(self, called_ae: str, study_uid: str, series_uid: str | None) -> Path:
+        """The folder of one series (of the study, without a series UID), validated.
 
-        The validated names hold no ``/`` and are never ``..``, so only a
-        symlinked folder could lead out of the spool; three ``lstat`` calls
-        check that (``Path.resolve`` took twenty per instance).
+        The validated names hold no ``/`` and never start with a dot, so
+        only a symlinked folder could lead out of the spool; three ``lstat``
+        calls check that (``Path.resolve`` took twenty per instance).
 
         Raises
         ------
         UnsafeName
-            If any part is not a valid AE title or UID, or is a symlink.
+            If any part is not a valid AE title or a usable UID, or is a symlink.
         """
-        for ok, reason in (
-            validate_ae_folder(called_ae),
-            validate_uid(study_uid),
-            validate_uid(series_uid),
-        ):
+        parts = [called_ae, study_uid] if series_uid is None else [called_ae, study_uid, series_uid]
+        checks = [validate_ae_folder(called_ae)] + [usable_uid(uid) for uid in parts[1:]]
+        for ok, reason in checks:
             if not ok:
                 raise UnsafeName(reason)
         folder = self.root
-        for part in (called_ae, study_uid, series_uid):
+        for part in parts:
             folder = folder / part
             try:
                 if stat.S_ISLNK(os.lstat(folder).st_mode):
                     raise UnsafeName(f"{folder} is a symlink and could lead out of the spool")
             except FileNotFoundError:
-                return self.root / called_ae / study_uid / series_uid  # the rest is made new
+                return self.root.joinpath(*parts)  # the rest is made new
         return folder
 
     @staticmethod
     def instance_name(sop_instance_uid: str, copy: int = 0) -> str:
-        ok, reason = validate_uid(sop_instance_uid)
+        ok, reason = usable_uid(sop_instance_uid)
         if not ok:
             raise UnsafeName(reason)
         return f"{sop_instance_uid}.dcm" if copy == 0 else f"{sop_instance_uid}~{copy}.dcm"

@@ -46,7 +46,7 @@ class SpoolWriter:
         return IncomingFile(self.layout.tmp, provenance, room=self.has_room())
 
     def publish(
-        self, incoming: IncomingFile, study_uid: str, series_uid: str, sop_instance_uid: str
+        self, incoming: IncomingFile, study_uid: str, series_uid: str | None, sop_instance_uid: str
     ) -> Path:
         """Make ``incoming`` durable in its final place and return that path.
 

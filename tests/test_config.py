@@ -86,7 +86,7 @@ def test_min_free_forms(tmp_path: Path, text: str, expected: tuple[float, int]) 
         ("[dicom]\n[ae:A]\n[exports]\n", "[exports]: unknown section"),
         (
             "[ae:A]\nduplicates = sometimes\n",
-            "[ae:A] duplicates: must be one of ignore, replace, keep",
+            "[ae:A] duplicates: must be one of replace, replace-any, ignore, keep",
         ),
         ("[ae:A/../x]\n", "[ae:A/../x]: AE title 'A/../x' may only use"),
         ("[ae:quarantine]\n", "[ae:quarantine]: AE title 'quarantine' is reserved"),

@@ -29,7 +29,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from spool.layout import QUARANTINE, TMP
+from spool.layout import QUARANTINE, SUPERSEDED, TMP
 from tests.conftest import RunningAdapter, wait_for, write_config
 from tests.dicom import dataset_digest, make_instance
 from tests.peers.fuzz import Case, base_streams, make_case
@@ -225,9 +225,14 @@ def _spool_files(spool: Path) -> list[Path]:
 
 
 def _uid_of_name(path: Path) -> str:
-    """The UID in ``<SOPInstanceUID>[~N].dcm`` (quarantine adds ``<time>-<hash>-`` in front):
-    the SCP names files after the UID it acknowledged."""
-    name = path.name.split("-", 2)[-1] if path.parent.name == QUARANTINE else path.name
+    """The UID in ``<SOPInstanceUID>[~N].dcm`` (quarantine adds ``<time>-<hash>-`` in front,
+    a copy set aside as superseded ``<row id>-``): the SCP names files after the UID it
+    acknowledged."""
+    name = path.name
+    if path.parent.name == QUARANTINE:
+        name = name.split("-", 2)[-1]
+    elif path.parent.parent.name == SUPERSEDED:
+        name = name.split("-", 1)[-1]
     return name.removesuffix(".dcm").split("~")[0]
 
 

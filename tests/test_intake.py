@@ -5,13 +5,14 @@ from __future__ import annotations
 import os
 import shutil
 import time
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
 
 from ledger.states import State
 from tests.conftest import RunningAdapter, wait_for, write_config
-from tests.dicom import make_instance, make_study
+from tests.dicom import dataset_bytes, make_instance, make_study
 from tests.peers.send import send_files
 
 AE = "DICOMADAPTER"
@@ -127,8 +128,10 @@ def test_files_outside_an_ae_folder_are_left_alone(adapter: RunningAdapter, tmp_
 # -- duplicates ---------------------------------------------------------------
 
 
-def send(adapter: RunningAdapter, path: Path) -> int | None:
-    [(_, status)] = send_files("127.0.0.1", adapter.port, [path], called_ae=AE)
+def send(adapter: RunningAdapter, path: Path, calling_ae: str = "PYSCU") -> int | None:
+    [(_, status)] = send_files(
+        "127.0.0.1", adapter.port, [path], called_ae=AE, calling_ae=calling_ae
+    )
     return status
 
 
@@ -144,28 +147,79 @@ def sop_files(adapter: RunningAdapter) -> list[Path]:
     return sorted((adapter.spool / AE / "1.2.3.4" / "1.2.3.4.5").iterdir())
 
 
-def test_duplicate_replace_while_received(adapter: RunningAdapter, tmp_path: Path) -> None:
+def aside(adapter: RunningAdapter) -> list[Path]:
+    """What the duplicates policy has set aside."""
+    folder = adapter.spool / "superseded" / AE
+    return sorted(folder.iterdir()) if folder.exists() else []
+
+
+def test_a_newer_copy_from_the_same_source_replaces_the_first_which_is_set_aside(
+    adapter: RunningAdapter, tmp_path: Path
+) -> None:
     first, second = two_versions(tmp_path)
     assert send(adapter, first) == 0
-    [row] = adapter.wait_rows(1)
+    [old] = adapter.wait_rows(1)
     assert send(adapter, second) == 0
-    wait_for(lambda: adapter.ledger.get(row.id).patient_id == "SECOND")
-    [row] = adapter.wait_rows(1)
-    wait_for(lambda: sop_files(adapter) == [Path(row.path)])  # discards follow the commit
-    assert Path(row.path).name == "1.2.3.4.5.6~1.dcm"  # the newer copy's own file
-    wait_for(lambda: not list((adapter.spool / ".tmp").iterdir()))
-    reasons = [reason for _, _, reason in events_of(adapter, row.id)]
-    assert reasons[0] == "received" and "replaced by a newer copy" in reasons[1]
+    old_row, new_row = adapter.wait_rows(2)
+    assert (old_row.id, old_row.state, old_row.patient_id) == (old.id, "superseded", "FIRST")
+    assert (new_row.state, new_row.patient_id) == ("received", "SECOND")
+    assert Path(new_row.path).name == "1.2.3.4.5.6~1.dcm"  # the newer copy's own file
+    assert aside(adapter) == [Path(old_row.path)]
+    assert Path(old_row.path).name == f"{old.id}-1.2.3.4.5.6.dcm"
+    assert Path(old_row.path).read_bytes().endswith(dataset_bytes(first))  # kept as it was
+    assert sop_files(adapter) == [Path(new_row.path)]
+    moves = [(a, b) for a, b, _ in events_of(adapter, old.id)]
+    assert moves == [(None, "received"), ("received", "superseded")]
+    assert "superseded by a newer copy" in events_of(adapter, old.id)[1][2]
+    [reason] = [r for _, _, r in events_of(adapter, new_row.id)]
+    assert reason == f"newer copy: replaces instance {old.id} (duplicates=replace)"
+
+
+def test_a_differing_copy_from_another_source_never_replaces(
+    adapter: RunningAdapter, tmp_path: Path
+) -> None:
+    """With the default ``duplicates = replace``, any peer resending a UID used to
+    delete the first copy.  Now the first stays live and the other is set aside."""
+    first, second = two_versions(tmp_path)
+    assert send(adapter, first, calling_ae="CT01") == 0
+    [old] = adapter.wait_rows(1)
+    assert send(adapter, second, calling_ae="INTRUDER") == 0
+    kept, other = adapter.wait_rows(2)
+    assert (kept.id, kept.state, kept.patient_id) == (old.id, "received", "FIRST")
+    assert kept.path == old.path
+    assert (other.state, other.patient_id) == ("superseded", "SECOND")
+    assert other.calling_ae == "INTRUDER"
+    wait_for(lambda: aside(adapter) == [Path(other.path)])  # moved after the commit
+    assert sop_files(adapter) == [Path(old.path)]
+    [reason, moved] = [r for _, _, r in events_of(adapter, other.id)]
+    assert reason.startswith(f"differs from instance {old.id} and comes from INTRUDER@127.0.0.1")
+    assert "replaces only from the same source" in reason
+    assert moved == f"moved aside to {other.path}"
+
+
+def test_replace_any_replaces_from_any_source(start_adapter, tmp_path: Path, port: int) -> None:
+    aes = f"[ae:{AE}]\nduplicates = replace-any"
+    running = start_adapter(write_config(tmp_path, port, aes=aes))
+    first, second = two_versions(tmp_path)
+    assert send(running, first, calling_ae="CT01") == 0
+    running.wait_rows(1)
+    assert send(running, second, calling_ae="OTHER") == 0
+    rows = running.wait_rows(2)
+    assert [(r.state, r.patient_id) for r in rows] == [
+        ("superseded", "FIRST"),
+        ("received", "SECOND"),
+    ]
 
 
 def test_identical_resend_is_idempotent(adapter: RunningAdapter, tmp_path: Path) -> None:
     first, _ = two_versions(tmp_path)
     assert send(adapter, first) == 0
     [row] = adapter.wait_rows(1)
-    assert send(adapter, first) == 0
+    assert send(adapter, first, calling_ae="ANYONE") == 0
     wait_for(lambda: len(events_of(adapter, row.id)) == 2)
     assert "identical copy" in events_of(adapter, row.id)[1][2]
     wait_for(lambda: sop_files(adapter) == [Path(row.path)])  # discards follow the commit
+    assert aside(adapter) == []
 
 
 def test_duplicate_replace_after_claim_stores_a_new_row(
@@ -190,23 +244,24 @@ def test_duplicate_policies(start_adapter, tmp_path: Path, port: int, policy: st
     assert send(running, first) == 0
     running.wait_rows(1)
     assert send(running, second) == 0
-    if policy == "ignore":
-        wait_for(lambda: len(events_of(running, running.rows()[0].id)) == 2)
-        [row] = running.rows()
-        assert row.patient_id == "FIRST"
-        assert "discarded (duplicates=ignore)" in events_of(running, row.id)[1][2]
-        wait_for(lambda: sop_files(running) == [Path(row.path)])  # discards follow the commit
+    rows = running.wait_rows(2)
+    assert [r.patient_id for r in rows] == ["FIRST", "SECOND"]
+    if policy == "ignore":  # the differing copy is set aside, never discarded
+        assert [r.state for r in rows] == ["received", "superseded"]
+        assert "kept aside (duplicates=ignore)" in events_of(running, rows[1].id)[0][2]
+        wait_for(lambda: aside(running) == [Path(rows[1].path)])
+        assert sop_files(running) == [Path(rows[0].path)]
     else:
-        rows = running.wait_rows(2)
-        assert [r.patient_id for r in rows] == ["FIRST", "SECOND"]
+        assert [r.state for r in rows] == ["received", "received"]
         assert [Path(r.path).name for r in rows] == ["1.2.3.4.5.6.dcm", "1.2.3.4.5.6~1.dcm"]
         assert "kept as a new row (duplicates=keep)" in events_of(running, rows[1].id)[0][2]
 
 
-def test_crash_before_a_replace_commits_never_leaves_a_stale_row(
+def test_a_replace_that_fails_before_its_commit_puts_the_first_copy_back(
     adapter: RunningAdapter, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The process dies between deciding a replace and committing it."""
+    """The transaction fails after the first copy moved aside: it moves back, and
+    the next pass (the restart's reconcile) decides again."""
     from ledger.store import LedgerTransaction
     from watchers.inspect import dataset_sha256
 
@@ -218,20 +273,64 @@ def test_crash_before_a_replace_commits_never_leaves_a_stale_row(
         raise RuntimeError("power cut before commit")
 
     with monkeypatch.context() as patch:
-        patch.setattr(LedgerTransaction, "replace_content", power_cut)
+        patch.setattr(LedgerTransaction, "supersede", power_cut)
         assert send(adapter, second) == 0
-        wait_for(lambda: len(list(sop_files(adapter))) == 1 and "~1" in sop_files(adapter)[0].name)
+        wait_for(lambda: len(sop_files(adapter)) == 2)
         adapter.settle()
-    # Rolled back: the row still names the old copy, which is out of reach in .tmp/.
-    assert adapter.ledger.get(row.id).patient_id == "FIRST"
+    assert adapter.rows() == [adapter.ledger.get(row.id)]
+    assert Path(row.path).is_file() and aside(adapter) == []  # moved back
     adapter.adapter.reconciler.tick(startup=True)  # what the restart does
     adapter.settle()
-    [row] = adapter.rows()
-    assert row.patient_id == "SECOND"
-    with open(row.path, "rb") as handle:
-        assert dataset_sha256(handle)[1] == row.sha256
-    wait_for(lambda: sop_files(adapter) == [Path(row.path)])  # discards follow the commit
-    assert not list((adapter.spool / ".tmp").iterdir())
+    old, new = adapter.rows()
+    assert (old.state, old.patient_id, new.state, new.patient_id) == (
+        "superseded",
+        "FIRST",
+        "received",
+        "SECOND",
+    )
+    for kept in (old, new):
+        with open(kept.path, "rb") as handle:
+            assert dataset_sha256(handle)[1] == kept.sha256
+
+
+def test_a_first_copy_a_crashed_pass_had_set_aside_is_found_there(
+    adapter: RunningAdapter, tmp_path: Path
+) -> None:
+    """A SIGKILL between moving the first copy aside and the commit: its row still
+    names the old path, the file is already aside; the next pass finishes the move."""
+    first, second = two_versions(tmp_path)
+    assert send(adapter, first) == 0
+    [row] = adapter.wait_rows(1)
+    target = adapter.adapter.layout.superseded_path(AE, row.id, Path(row.path).name)
+    target.parent.mkdir(parents=True)
+    os.rename(row.path, target)  # what the killed pass did before dying
+    copy = Path(row.path).with_name("1.2.3.4.5.6~1.dcm")
+    os.rename(second, copy)  # and its newer copy, acknowledged, waits unrecorded
+    adapter.adapter.reconciler.tick(startup=True)
+    adapter.settle()
+    old, new = adapter.rows()
+    assert (old.id, old.state, old.path) == (row.id, "superseded", str(target))
+    assert (new.state, new.path, new.patient_id) == ("received", str(copy), "SECOND")
+    assert target.is_file() and copy.is_file()
+
+
+def test_superseded_copies_go_only_by_their_retention(
+    start_adapter, tmp_path: Path, port: int
+) -> None:
+    first, second = two_versions(tmp_path)
+    config = write_config(tmp_path, port, storage="min_free = 0\nsuperseded_retention = 60")
+    running = start_adapter(config)
+    assert send(running, first) == 0
+    running.wait_rows(1)
+    assert send(running, second) == 0
+    old, _ = running.wait_rows(2)
+    reclaimer = running.adapter.reclaimer
+    assert reclaimer.tick(old.updated_at + timedelta(seconds=59)) == 0
+    assert Path(old.path).is_file()
+    assert reclaimer.tick(old.updated_at + timedelta(seconds=61)) == 1
+    assert not Path(old.path).exists()
+    assert running.ledger.get(old.id).state == "reclaimed"
+    assert "superseded_retention of 60s is over" in events_of(running, old.id)[-1][2]
 
 
 def test_files_moved_by_hand_keep_their_rows(

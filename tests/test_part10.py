@@ -11,6 +11,7 @@ from pydicom.filewriter import write_file_meta_info
 from spool.incoming import (
     IMPLEMENTATION_CLASS_UID,
     IMPLEMENTATION_VERSION_NAME,
+    RECEIVED_LENGTH_UID,
     MetaUids,
     Provenance,
     meta_group,
@@ -48,6 +49,8 @@ def test_meta_group_matches_pydicom(
     expected.SendingApplicationEntityTitle = calling
     expected.ReceivingApplicationEntityTitle = called
     expected.SendingPresentationAddress = f"dicom://{address}"
+    expected.PrivateInformationCreatorUID = RECEIVED_LENGTH_UID
+    expected.PrivateInformation = bytes(8)  # the data set's length, filled in at sync
 
     provenance = Provenance(calling, called, address)
     ours = meta_group(MetaUids(sop_class, sop_instance, syntax), provenance)

@@ -5,9 +5,15 @@ header is read by the bounded structure walk (:mod:`spool.header`), which
 also refuses text, PNG and other non-DICOM files (they belong in quarantine,
 not the ledger).  The checksum streams the file.
 
-A missing or malformed SOP Class UID is (no exporter could name the instance
-to a peer), but an unknown one is not: private SOP classes are legitimate,
-and the ledger records whatever the header says.
+Whether it is kept is decided by the rule the SCP applied before it
+answered (:func:`spool.identity.judge`): what the SCP acknowledged, intake
+records, with a warning event for whatever is odd.  A file the SCP wrote
+carries the data set's length as received in its file meta
+(:func:`spool.incoming.received_length`); while it still has that length it
+is complete, and never called truncated.  Any other file (dropped in by
+hand, or cut short since) is also checked for the signs of a copy that
+stopped early.  An unknown SOP class is fine: private SOP classes are
+legitimate, and the ledger records whatever the header says.
 """
 
 import hashlib
@@ -18,23 +24,23 @@ from typing import BinaryIO
 
 from pydicom.uid import UID_dictionary
 
-from spool.header import (
-    SERIES_INSTANCE_UID,
-    SOP_INSTANCE_UID,
-    STUDY_INSTANCE_UID,
-    HeaderValues,
-    Malformed,
-    read_values,
+from spool.header import STUDY_INSTANCE_UID, HeaderValues, Malformed, read_values
+from spool.identity import (
+    IDENTITY_TAGS,
+    MEDIA_STORAGE_SOP_CLASS_UID,
+    MEDIA_STORAGE_SOP_INSTANCE_UID,
+    SOP_CLASS_UID,
+    identity_of,
+    judge,
 )
-from spool.names import validate_uid
+from spool.incoming import received_length
 from spool.part10 import dataset_offset
+from spool.text import one_line
 
 _HASH_CHUNK = 2**20
 # Tags of the elements the ledger records, besides the AE's group_by element.
-SOP_CLASS_UID = 0x00080016
 PATIENT_ID = 0x00100020
 ROWS = 0x00280010
-MEDIA_STORAGE_SOP_CLASS_UID = 0x00020002
 TRANSFER_SYNTAX_UID = 0x00020010
 SOURCE_AE_TITLE = 0x00020016
 SENDING_PRESENTATION_ADDRESS = 0x00020027
@@ -60,6 +66,14 @@ class Header:
     group_key: str | None
 
 
+@dataclass(frozen=True)
+class Inspection:
+    """A header to record, and what is odd about the file (each a warning event)."""
+
+    header: Header
+    warnings: tuple[str, ...] = ()
+
+
 class NotAnInstance(ValueError):
     """The file is not a DICOM instance the adapter can keep."""
 
@@ -80,7 +94,7 @@ def dataset_sha256(handle: BinaryIO, offset: int | None = None) -> tuple[int, st
     return handle.tell(), digest.hexdigest()
 
 
-def read_header(path: Path, group_tag: int = STUDY_INSTANCE_UID) -> Header:
+def read_header(path: Path, group_tag: int = STUDY_INSTANCE_UID) -> Inspection:
     """Read ``path``'s header; ``group_tag`` is the AE's ``group_by`` element.
 
     Raises
@@ -88,51 +102,77 @@ def read_header(path: Path, group_tag: int = STUDY_INSTANCE_UID) -> Header:
     NotAnInstance
         With a one-line reason, for anything that is not a usable instance.
     """
-    wanted = (SOP_CLASS_UID, SOP_INSTANCE_UID, PATIENT_ID, STUDY_INSTANCE_UID)
-    wanted += (SERIES_INSTANCE_UID, ROWS, group_tag)
+    wanted = (*IDENTITY_TAGS, PATIENT_ID, ROWS, group_tag)
+    warnings: list[str] = []
     try:
         with open(path, "rb", buffering=0) as handle:
-            values = read_values(handle, os.fstat(handle.fileno()).st_size, wanted)
+            size = os.fstat(handle.fileno()).st_size
+            values = read_values(handle, size, wanted)
             structure = values.structure
-            if structure.stopped_at is None and _expects_pixels(values):
-                raise NotAnInstance("truncated: an image without Pixel Data")
-            if structure.pixel_length == _UNDEFINED_LENGTH and not structure.deflated:
-                _check_delimited(handle, structure.pixel_offset or 0)
+            problem = _looks_cut_short(values, handle)
+            if problem is not None:
+                if not _complete_as_received(values, size):
+                    raise NotAnInstance(f"truncated: {problem}")
+                warnings.append(f"{problem}, as the sender sent it")
             size, digest = dataset_sha256(handle, structure.dataset_offset)
-            text = {tag: values.text(tag) for tag in wanted}
     except NotAnInstance:
         raise
     except Malformed as exc:
         raise NotAnInstance(str(exc)) from None
-    except Exception as exc:  # pydicom's conversion of an odd value, say
+    except Exception as exc:  # anything odder from a hostile file
         raise NotAnInstance(f"not readable as DICOM: {type(exc).__name__}: {exc}") from None
-    sop_class = text[SOP_CLASS_UID] or values.text(MEDIA_STORAGE_SOP_CLASS_UID)
-    for keyword, uid in (
-        ("SOPInstanceUID", text[SOP_INSTANCE_UID]),
-        ("StudyInstanceUID", text[STUDY_INSTANCE_UID]),
-        ("SOPClassUID", sop_class),
-    ):
-        ok, reason = validate_uid(uid)
-        if not ok:
-            raise NotAnInstance(f"{keyword}: {reason}")
-    if text[SERIES_INSTANCE_UID] is not None:
-        ok, reason = validate_uid(text[SERIES_INSTANCE_UID])
-        if not ok:
-            raise NotAnInstance(f"SeriesInstanceUID: {reason}")
+    identity = identity_of(values)
+    # The file meta records the C-STORE request's UIDs (ours, for a received file).
+    request = (
+        values.text(MEDIA_STORAGE_SOP_CLASS_UID),
+        values.text(MEDIA_STORAGE_SOP_INSTANCE_UID),
+    )
+    verdict = judge(identity, request)
+    if verdict.refusal is not None:
+        raise NotAnInstance(verdict.refusal)
+    warnings += verdict.warnings
     address = values.text(SENDING_PRESENTATION_ADDRESS)
-    return Header(
+    header = Header(
         size=size,
         sha256=digest,
-        sop_instance_uid=text[SOP_INSTANCE_UID],  # type: ignore[arg-type]
-        study_instance_uid=text[STUDY_INSTANCE_UID],  # type: ignore[arg-type]
-        series_instance_uid=text[SERIES_INSTANCE_UID],
-        sop_class_uid=sop_class,
+        sop_instance_uid=identity.sop_instance_uid,  # type: ignore[arg-type]  # judged
+        study_instance_uid=identity.study_instance_uid,  # type: ignore[arg-type]
+        series_instance_uid=identity.series_instance_uid,
+        sop_class_uid=identity.sop_class_uid,
         transfer_syntax_uid=values.text(TRANSFER_SYNTAX_UID),
-        patient_id=text[PATIENT_ID],
+        patient_id=_text(values, PATIENT_ID, "Patient ID", warnings),
         calling_ae=values.text(SOURCE_AE_TITLE),
         peer_address=address.removeprefix("dicom://") if address else None,
-        group_key=text[group_tag],
+        group_key=_text(values, group_tag, "the group_by element", warnings),
     )
+    return Inspection(header, tuple(warnings))
+
+
+def _text(values: HeaderValues, tag: int, name: str, warnings: list[str]) -> str | None:
+    """An element's text; a value pydicom cannot convert is absent, with a warning."""
+    try:
+        return values.text(tag)
+    except Exception as exc:  # pydicom's conversion of an odd value
+        element = f"{tag >> 16:04X},{tag & 0xFFFF:04X}"
+        warnings.append(f"{name} ({element}) is unreadable: {one_line(exc)}")
+        return None
+
+
+def _complete_as_received(values: HeaderValues, size: int) -> bool:
+    """True when our SCP wrote this file and it still holds every byte it received."""
+    length = received_length(values)
+    return length is not None and length == size - values.structure.dataset_offset
+
+
+def _looks_cut_short(values: HeaderValues, handle: BinaryIO) -> str | None:
+    """What says a copy of this file may have stopped early, if anything does."""
+    structure = values.structure
+    if structure.stopped_at is None and _expects_pixels(values):
+        return "an image without Pixel Data"
+    encapsulated = structure.pixel_length == _UNDEFINED_LENGTH and not structure.deflated
+    if encapsulated and not _delimited(handle, structure.pixel_offset or 0):
+        return "encapsulated Pixel Data has no sequence delimiter"
+    return None
 
 
 def _expects_pixels(values: HeaderValues) -> bool:
@@ -148,8 +188,8 @@ def _expects_pixels(values: HeaderValues) -> bool:
     return entry is not None and entry[0].endswith("Image Storage")
 
 
-def _check_delimited(handle: BinaryIO, pixel_offset: int) -> None:
-    """Refuse a file whose encapsulated Pixel Data is not closed near its end.
+def _delimited(handle: BinaryIO, pixel_offset: int) -> bool:
+    """Whether encapsulated Pixel Data is closed near the file's end.
 
     The structure walk checked every declared length up to Pixel Data,
     including a defined Pixel Data length; an encapsulated value has none,
@@ -159,5 +199,4 @@ def _check_delimited(handle: BinaryIO, pixel_offset: int) -> None:
     handle.seek(0, 2)
     size = handle.tell()
     handle.seek(max(pixel_offset, size - _DELIMITER_SEARCH))
-    if _SEQUENCE_DELIMITER not in handle.read():
-        raise NotAnInstance("truncated: encapsulated Pixel Data has no sequence delimiter")
+    return _SEQUENCE_DELIMITER in handle.read()

@@ -1,9 +1,10 @@
 """Intake: turn spool files into ledger rows, batched, off the network path.
 
 One worker thread drains the doorbell queue in batches and records each
-batch in one transaction.  Per file it decides: new instance (``received``),
-a duplicate under the AE's ``duplicates`` policy (each choice an event), or
-not an instance at all (quarantine, ``rejected``).  Intake is idempotent: a
+batch in one transaction.  Per file it decides: new instance (``received``,
+with a warning event for whatever is odd about it), a duplicate under the
+AE's ``duplicates`` policy (:mod:`watchers.duplicates`, each choice an
+event), or not an instance at all (quarantine, ``rejected``).  Intake is idempotent: a
 path already owned by a row is skipped, so the watcher and reconcile may
 both report the same file.
 """
@@ -16,19 +17,18 @@ import queue
 import stat
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict
 from pathlib import Path
 
 from ledger.records import InstanceRecord, NewInstance
-from ledger.states import State
 from ledger.store import Ledger, LedgerTransaction
 from spool.layout import SpoolLayout
 from spool.names import validate_ae_title
 from spool.quarantine import quarantine
 from spool.text import one_line
-from watchers.inspect import STUDY_INSTANCE_UID, Header, NotAnInstance, read_header
+from watchers.duplicates import DEFAULT_POLICY, Duplicates, FileMoves
+from watchers.inspect import STUDY_INSTANCE_UID, Header, Inspection, NotAnInstance, read_header
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +36,6 @@ BATCH_MAX = 500
 # How long a batch gathers arrivals: fewer, larger ledger commits (each one
 # an fsync) leave the disk and the GIL to the SCP under load.
 BATCH_WINDOW_SECONDS = 0.1
-DEFAULT_DUPLICATES = "replace"
 
 
 class Intake:
@@ -53,13 +52,13 @@ class Intake:
     ) -> None:
         self.layout = layout
         self.ledger = ledger
-        self.duplicates = duplicates  # called AE -> ignore | replace | keep
+        self.duplicates = duplicates  # called AE -> a policy of watchers.duplicates.POLICIES
         self.group_by = group_by or {}  # called AE -> tag whose value is the group key
         self.notify = notify  # told of each new received row, after commit
         self.log_phi = log_phi
 
     def process(self, paths: Iterable[Path]) -> int:
-        """Record ``paths``; return how many rows were written or changed.
+        """Record ``paths``; return how many files were decided on.
 
         A path a row already owns is skipped before its file is read or
         hashed: reconcile and the watcher may both report a file, and a
@@ -71,15 +70,18 @@ class Intake:
         inspected = [(path, result) for path, result in inspected if result is not None]
         if not inspected:
             return 0
-        discard: list[Path] = []
-        with self.ledger.transaction() as tx:
-            known = tx.recorded([str(path) for path, _ in inspected])
-            fresh = [(path, result) for path, result in inspected if str(path) not in known]
-            self._record_batch(tx, fresh, discard)
+        moves = FileMoves()
+        try:
+            with self.ledger.transaction() as tx:
+                known = tx.recorded([str(path) for path, _ in inspected])
+                fresh = [(path, result) for path, result in inspected if str(path) not in known]
+                self._record_batch(tx, fresh, moves)
+        except BaseException:
+            moves.roll_back()
+            raise
         # Only once the decisions are committed: a crash before this point
         # leaves the files for the next pass to decide again.
-        for path in discard:
-            path.unlink(missing_ok=True)
+        moves.carry_out()
         log.debug("intake recorded %d of %d files", len(fresh), len(inspected))
         if tx.received_ids and (self.notify is not None or log.isEnabledFor(logging.DEBUG)):
             records = self.ledger.instances_by_id(tx.received_ids)
@@ -103,30 +105,40 @@ class Intake:
         )
 
     def _record_batch(
-        self, tx: LedgerTransaction, fresh: list[tuple[Path, Header | str]], discard: list[Path]
+        self, tx: LedgerTransaction, fresh: list[tuple[Path, Inspection | str]], moves: FileMoves
     ) -> None:
         """New rows go in one insert; duplicates and rejections one by one."""
-        headers = [(path, r) for path, r in fresh if not isinstance(r, str)]
-        copies = self._copies(tx, [self._new(path, header) for path, header in headers])
-        pending: list[tuple[NewInstance, str]] = []
+        inspections = [(path, r) for path, r in fresh if not isinstance(r, str)]
+        copies = self._copies(tx, [self._new(path, r.header) for path, r in inspections])
+        duplicates = Duplicates(self.layout, tx, moves)
+        pending: list[tuple[NewInstance, tuple[str, ...]]] = []
         touched: set[tuple[str, str]] = set()  # keys this batch already changed
         for path, result in fresh:
             if isinstance(result, str):
                 self._reject(tx, path, result)
                 continue
-            new = self._new(path, result)
+            new = self._new(path, result.header)
             key = (new.called_ae, new.sop_instance_uid)
             if key in touched:  # a second copy in the same batch: look again
-                tx.add_many(pending)
+                self._add(tx, pending)
                 pending = []
                 copies[key] = tx.live_copies(key[0], [key[1]]).get(key[1], [])
             touched.add(key)
             if copies.get(key):
-                policy = self.duplicates.get(new.called_ae, DEFAULT_DUPLICATES)
-                self._duplicate(tx, new, copies[key], policy, discard)
+                policy = self.duplicates.get(new.called_ae, DEFAULT_POLICY)
+                instance_id = duplicates.settle(new, copies[key], policy)
+                if instance_id is not None:
+                    _warn(tx, instance_id, new, result.warnings)
             else:
-                pending.append((new, "received"))
-        tx.add_many(pending)
+                pending.append((new, result.warnings))
+        self._add(tx, pending)
+
+    @staticmethod
+    def _add(tx: LedgerTransaction, pending: list[tuple[NewInstance, tuple[str, ...]]]) -> None:
+        """New ``received`` rows, in one insert."""
+        ids = tx.add_many([(new, "received") for new, _ in pending])
+        for instance_id, (new, warnings) in zip(ids, pending, strict=True):
+            _warn(tx, instance_id, new, warnings)
 
     def _new(self, path: Path, header: Header) -> NewInstance:
         called_ae = self.layout.called_ae_of(path)
@@ -147,8 +159,8 @@ class Intake:
             for sop, rows in tx.live_copies(called_ae, sops).items()
         }
 
-    def _inspect(self, path: Path) -> Header | str | None:
-        """A Header, a rejection reason, or None to skip (gone, not ours)."""
+    def _inspect(self, path: Path) -> Inspection | str | None:
+        """An inspection, a rejection reason, or None to skip (gone, not ours)."""
         if not self.layout.is_candidate(path):
             return None
         try:
@@ -178,63 +190,21 @@ class Intake:
         tx.add_rejected(str(target), self.layout.called_ae_of(path), reason)
         log.warning("quarantined %s as %s: %s", one_line(path), one_line(target.name), reason)
 
-    def _duplicate(
-        self,
-        tx: LedgerTransaction,
-        new: NewInstance,
-        copies: list[InstanceRecord],
-        policy: str,
-        discard: list[Path],
-    ) -> None:
-        """Apply ``[ae:] duplicates``; every outcome leaves an event row.
 
-        Files to delete go on ``discard`` (deleted after commit).  A replaced
-        copy is first renamed into ``.tmp/``, which no scan ever adopts, so
-        whether or not the transaction commits, no stale copy can come back.
-        """
-        gone = [c for c in copies if not os.path.lexists(c.path)]
-        moved = next((c for c in gone if c.sha256 == new.sha256), None)
-        if moved is not None:  # the same file at a new path (moved by hand)
-            tx.relocate(moved.id, new.path, f"file found at a new path, was {moved.path}")
-            return
-        present = [c for c in copies if c not in gone]
-        first = copies[0]
-        ids = ", ".join(str(c.id) for c in copies)
-        if policy == "keep":
-            tx.add(new, f"duplicate of instance {ids}: kept as a new row (duplicates=keep)")
-            return
-        same = next((c for c in present if c.sha256 == new.sha256), None)
-        if same is not None:
-            discard.append(Path(new.path))
-            tx.note(same.id, f"identical copy {new.path} discarded (duplicates={policy})")
-            return
-        if policy == "ignore" and present:
-            discard.append(Path(new.path))
-            tx.note(present[0].id, f"different copy {new.path} discarded (duplicates=ignore)")
-            return
-        # replace, or ignore whose kept copies' files are all gone: never discard the only file
-        waiting = [c for c in copies if c.state == State.RECEIVED]
-        if not waiting:
-            tx.add(
-                new,
-                f"duplicate of instance {ids} already '{first.state}': "
-                f"stored as a new row (duplicates={policy})",
-            )
-            return
-        target = waiting[-1]
-        replaced = self.layout.tmp / f"replaced-{uuid.uuid4().hex}.dcm"
-        try:
-            os.rename(target.path, replaced)
-            discard.append(replaced)
-        except FileNotFoundError:
-            pass  # the old copy had already vanished
-        tx.replace_content(
-            target.id,
-            new,
-            f"replaced by a newer copy {new.path}, sha256 was {target.sha256} "
-            f"(duplicates={policy})",
+def _warn(
+    tx: LedgerTransaction, instance_id: int, new: NewInstance, warnings: tuple[str, ...]
+) -> None:
+    """What is odd about a kept instance: an event each, one log line naming the sender."""
+    for warning in warnings:
+        tx.note(instance_id, f"warning: {warning}")
+    if warnings:
+        log.warning(
+            "instance id=%d from %r kept with %s: %s",
+            instance_id,
+            new.calling_ae,
+            "a warning" if len(warnings) == 1 else f"{len(warnings)} warnings",
+            one_line("; ".join(warnings)),
         )
-        log.info("duplicate replaced id=%d sop=%s", target.id, new.sop_instance_uid)
 
 
 class IntakeWorker:

@@ -130,6 +130,7 @@ class DicomConfig:
     network_timeout: float
     maximum_pdu_size: int
     shutdown_grace: float
+    max_instance_size: int = 0  # bytes of one C-STORE data set; 0: no limit
     tls_port: int = 0  # 0: no TLS listener
     certificate: Path | None = None
     private_key: Path | None = None
@@ -466,6 +467,22 @@ _SIZE_UNITS = {
 }
 
 
+def _size_bytes(text: str) -> int | None:
+    """``2GiB``, ``500MB``, ``1048576``: bytes; None if it is not a size."""
+    match = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([A-Za-z]*)", text.strip())
+    if match is None or match.group(2).lower() not in _SIZE_UNITS:
+        return None
+    return int(float(match.group(1)) * _SIZE_UNITS[match.group(2).lower()])
+
+
+def _size(text: str, _: Path) -> int:
+    """A size (``2GiB``, ``500MB``, bytes); ``0`` for none."""
+    size = _size_bytes(text)
+    if size is None:
+        raise ValueError(f"must be a size (2GiB, 500MB) or 0, not {text!r}")
+    return size
+
+
 def _free_space(text: str, _: Path) -> FreeSpaceRule:
     """``5%``, ``2GiB``, ``0``, or both: ``5%, 1GiB``."""
     percent, size = 0.0, 0
@@ -474,10 +491,8 @@ def _free_space(text: str, _: Path) -> FreeSpaceRule:
             percent = float(match.group(1))
             if percent >= 100:
                 raise ValueError("percentage must be under 100%")
-        elif (match := re.fullmatch(r"(\d+(?:\.\d+)?)\s*([A-Za-z]*)", part)) and (
-            match.group(2).lower() in _SIZE_UNITS
-        ):
-            size = int(float(match.group(1)) * _SIZE_UNITS[match.group(2).lower()])
+        elif (bytes_ := _size_bytes(part)) is not None:
+            size = bytes_
         else:
             raise ValueError(f"must be a percentage (5%) or a size (2GiB), not {part!r}")
     return FreeSpaceRule(percent=percent, bytes=size)
@@ -543,6 +558,7 @@ SCHEMA: dict[str, dict[str, tuple[Parser, Any]]] = {
         "network_timeout": (_seconds, "60"),
         "maximum_pdu_size": (_integer(4096, 2**24), "262144"),
         "shutdown_grace": (_retention, "30"),
+        "max_instance_size": (_size, "0"),
         "tls_port": (_integer(0, 65535), "0"),
         **TLS_KEYS,
         "require_client_certificate": (_boolean, "false"),

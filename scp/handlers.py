@@ -10,6 +10,7 @@ so unexpected errors are logged here and answered 0xC211.
 
 from __future__ import annotations
 
+import errno
 import logging
 import socket
 from typing import TYPE_CHECKING, Any
@@ -138,14 +139,14 @@ def _store(
     if incoming.failed is not None:
         incoming.path.unlink(missing_ok=True)
         if incoming.out_of_space:
-            return _refuse(OUT_OF_RESOURCES, sop_instance_uid, f"spool full: {incoming.failed}")
+            return _refuse(OUT_OF_RESOURCES, sop_instance_uid, _no_room(incoming))
         raise incoming.failed
     try:
         identity = read_identity(incoming)
     except Exception as exc:  # the structure walk's Malformed, or anything odder
         incoming.path.unlink(missing_ok=True)
         if incoming.out_of_space:
-            return _refuse(OUT_OF_RESOURCES, sop_instance_uid, f"spool full: {incoming.failed}")
+            return _refuse(OUT_OF_RESOURCES, sop_instance_uid, _no_room(incoming))
         reason = f"unreadable dataset: {one_line(exc)}"
         return _refuse(CANNOT_UNDERSTAND, sop_instance_uid, reason)
     # The rule intake applies to the same bytes: what is refused is refused
@@ -167,6 +168,15 @@ def _store(
         return _refuse(CANNOT_UNDERSTAND, sop_instance_uid, str(exc))
     log.debug("stored sop=%s path=%s", sop_instance_uid, path)
     return SUCCESS
+
+
+def _no_room(incoming: IncomingFile) -> str:
+    """Why an incoming file stopped: the disk, ``min_free`` or ``max_instance_size``."""
+    failed = incoming.failed
+    assert failed is not None
+    if failed.errno == errno.EFBIG:
+        return f"instance {failed.strerror}"
+    return f"spool full: {failed.strerror or failed}"
 
 
 def _refuse(status: int, sop_instance_uid: str, reason: str) -> int:

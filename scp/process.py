@@ -282,7 +282,7 @@ def serve(conn: Connection) -> None:
     # Stream every C-STORE dataset to a file (scp/receiving.py says where),
     # so a 1 GB instance never sits in memory.
     pynetdicom_config.STORE_RECV_CHUNKED_DATASET = True
-    server = StoreServer(dicom, policy, SpoolWriter(layout, min_free))
+    server = StoreServer(dicom, policy, SpoolWriter(layout, min_free, dicom.max_instance_size))
     try:
         server.start()
     except OSError as exc:

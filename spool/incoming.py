@@ -12,7 +12,10 @@ fewer system calls per small instance, each a GIL hand-over under load.
 A write that finds the disk full (ENOSPC, EDQUOT) is not raised into
 pynetdicom (which would drop the association without an answer): the file
 records the failure, gives its space back and swallows the rest of the
-message, so the C-STORE handler can answer 0xA700.
+message, so the C-STORE handler can answer 0xA700.  So does a write that
+would take free space under ``min_free`` (checked before each write, not
+only when the file is opened: one huge store must not fill the disk the
+ledger shares), and a data set growing past ``max_instance_size``.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from __future__ import annotations
 import errno
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from io import BytesIO
@@ -39,7 +42,7 @@ RECEIVED_LENGTH_UID = "2.25.290174633218853214526389148470815394067"
 PRIVATE_INFORMATION_CREATOR_UID = 0x00020100
 PRIVATE_INFORMATION = 0x00020102
 _LENGTH_BYTES = 8
-_FULL = {errno.ENOSPC, errno.EDQUOT}
+_FULL = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
 WRITE_BUFFER = 256 * 1024
 
 
@@ -68,8 +71,17 @@ class IncomingFile:
     ``write``, ``file.flush`` and ``close``; and :meth:`write_meta`.
     """
 
-    def __init__(self, folder: Path, provenance: Provenance, *, room: bool = True) -> None:
+    def __init__(
+        self,
+        folder: Path,
+        provenance: Provenance,
+        *,
+        room: Callable[[int], bool] | None = None,
+        max_size: int = 0,
+    ) -> None:
         self.provenance = provenance
+        self._room = room  # may this many more bytes be written and min_free still hold?
+        self._max_size = max_size  # the data set's, in bytes; 0: no limit
         self.name = str(folder / f"{uuid.uuid4().hex}.part")
         self.file = self  # pynetdicom calls ``.file.flush()``
         self.failed: OSError | None = None
@@ -80,7 +92,7 @@ class IncomingFile:
         self._fd: int | None = None
         self._pending = bytearray()  # received, not yet written
         self._spilled = False  # some bytes are in the file, not all in memory
-        if not room:
+        if room is not None and not room(0):
             self.failed = OSError(errno.ENOSPC, "free space under min_free")
         try:
             self._fd = os.open(self.name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
@@ -99,7 +111,10 @@ class IncomingFile:
         if self.failed is None:
             self._pending += data
             self.size += len(data)
-            if len(self._pending) >= WRITE_BUFFER:
+            if self._max_size and self._length_at and self.size - self._dataset_at > self._max_size:
+                message = f"larger than max_instance_size ({self._max_size} bytes)"
+                self._fail(OSError(errno.EFBIG, message))
+            elif len(self._pending) >= WRITE_BUFFER:
                 self._write_pending()
         return len(data)
 
@@ -175,6 +190,9 @@ class IncomingFile:
 
     def _write_pending(self) -> None:
         if not self._pending or self.failed is not None:
+            return
+        if self._room is not None and not self._room(len(self._pending)):
+            self._fail(OSError(errno.ENOSPC, "free space would fall under min_free"))
             return
         self._spilled = True
         try:

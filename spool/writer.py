@@ -30,20 +30,29 @@ class SpoolFull(OSError):
 class SpoolWriter:
     """Opens incoming files in ``.tmp/`` and publishes them into place."""
 
-    def __init__(self, layout: SpoolLayout, min_free: FreeSpaceRule) -> None:
+    def __init__(
+        self, layout: SpoolLayout, min_free: FreeSpaceRule, max_instance_size: int = 0
+    ) -> None:
         self.layout = layout
         self.min_free = min_free
+        self.max_instance_size = max_instance_size  # bytes of data set; 0: no limit
         self._naming = threading.Lock()
 
-    def has_room(self) -> bool:
-        """False while free space on the spool is under ``min_free``."""
+    def has_room(self, more: int = 0) -> bool:
+        """False while free space on the spool, less ``more`` bytes, is under ``min_free``."""
         stats = os.statvfs(self.layout.root)
-        free = stats.f_bavail * stats.f_frsize
+        free = stats.f_bavail * stats.f_frsize - more
         return free >= self.min_free.required_bytes(stats.f_blocks * stats.f_frsize)
 
     def open_incoming(self, provenance: Provenance) -> IncomingFile:
-        """A new temporary file for one C-STORE; already failed if there is no room."""
-        return IncomingFile(self.layout.tmp, provenance, room=self.has_room())
+        """A new temporary file for one C-STORE; already failed if there is no room.
+
+        It asks again before each write it makes, so a data set arriving when
+        there was room stops before it takes free space under ``min_free``.
+        """
+        return IncomingFile(
+            self.layout.tmp, provenance, room=self.has_room, max_size=self.max_instance_size
+        )
 
     def publish(
         self, incoming: IncomingFile, study_uid: str, series_uid: str | None, sop_instance_uid: str

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import subprocess
 import threading
 import time
@@ -28,7 +29,7 @@ import pydicom
 import pytest
 
 from ledger.store import Ledger
-from tests.conftest import AdapterProcess, wait_for
+from tests.conftest import AdapterProcess, wait_for, write_config
 from tests.dicom import dataset_digest, make_instance, make_large_multiframe
 from tests.peers.send import send_files
 
@@ -355,3 +356,76 @@ def test_disk_full_while_receiving_answers_a700_and_recovers(full_disk: FullDisk
     full_disk.filler.unlink()
     assert full_disk.send(refused)[0] == SUCCESS  # the modality's retry
     full_disk.assert_acknowledged_intact()
+
+
+class FreeSpaceWatcher:
+    """Polls a filesystem's free space from a thread and keeps the lowest seen."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.lowest = free_space(folder)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="free-space-watcher")
+
+    def __enter__(self) -> FreeSpaceWatcher:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.lowest = min(self.lowest, free_space(self.folder))
+            self._stop.wait(0.001)
+
+
+def test_a_store_that_would_cross_min_free_is_refused_before_it_does(
+    small_spool: Path, tmp_path: Path, port: int
+) -> None:
+    """``min_free`` used to be checked only when the incoming file was opened: one
+    large C-STORE could then fill the disk past the floor (to zero on a big one),
+    and ledger commits on that disk with it.  Now free space is checked as the
+    data set streams in, and the store is answered 0xA700 before the floor."""
+    floor = 3 * MIB
+    config = write_config(tmp_path, port, storage="min_free = 3MiB")
+    adapter = AdapterProcess(config, port, tmp_path / "adapter.log")
+    adapter.start()
+    try:
+        large = make_large_multiframe(tmp_path / "sent" / "large.dcm", 6 * MIB)
+        assert free_space(small_spool) > floor + 4 * MIB  # room at the start: admitted
+        with FreeSpaceWatcher(small_spool) as watcher:
+            status = send_one(port, large, timeout=30)
+        assert status == OUT_OF_RESOURCES
+        # Within one write buffer (256 KiB) of the floor, never past it.
+        assert watcher.lowest >= floor - 256 * 1024, watcher.lowest
+        wait_for(lambda: list((small_spool / ".tmp").iterdir()) == [])
+        small = make_large_multiframe(tmp_path / "sent" / "small.dcm", MIB)
+        assert send_one(port, small) == SUCCESS  # the next one that fits gets in
+        assert "C-STORE refused 0xA700" in adapter.log.read_text()
+        assert "free space would fall under min_free" in adapter.log.read_text()
+    finally:
+        adapter.signal(signal.SIGTERM)
+
+
+def test_max_instance_size_refuses_a_larger_instance_and_keeps_nothing(
+    tmp_path: Path, port: int
+) -> None:
+    config = write_config(tmp_path, port, dicom="max_instance_size = 1MiB")
+    adapter = AdapterProcess(config, port, tmp_path / "adapter.log")
+    adapter.start()
+    try:
+        over = make_large_multiframe(tmp_path / "sent" / "over.dcm", 2 * MIB)
+        under = make_large_multiframe(tmp_path / "sent" / "under.dcm", MIB // 2)
+        assert send_one(port, over) == OUT_OF_RESOURCES
+        assert send_one(port, under) == SUCCESS
+        ledger = adapter.ledger()
+        wait_for(lambda: len(ledger.instances()) == 1)
+        [row] = ledger.instances()
+        ledger.engine.dispose()
+        assert row.sop_instance_uid == sop_instance_uid(under)
+        assert list((tmp_path / "spool" / ".tmp").iterdir()) == []
+        assert "larger than max_instance_size (1048576 bytes)" in adapter.log.read_text()
+    finally:
+        adapter.signal(signal.SIGTERM)

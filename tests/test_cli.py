@@ -173,3 +173,108 @@ def test_group_config_option_reaches_its_commands(config_path: Path, tmp_path: P
     assert cli("db", "upgrade", "--config", str(config_path)).returncode == 0
     result = cli("jobs", "--config", str(config_path), "retry", "42", cwd=tmp_path)
     assert (result.returncode, result.stderr) == (1, "Error: no job 42\n")
+
+
+def failed_export(config_path: Path, name: str, count: int = 2) -> tuple[int, list[Path]]:
+    """A ``failed`` export whose ``count`` outbox files the destination refused (kept)."""
+    from exporters.files import spec_for
+    from ledger.db import make_engine
+    from ledger.exports import Exports
+    from ledger.migrate import upgrade
+    from ledger.records import FileOutcome
+    from ledger.store import Ledger
+
+    staging = config_path.parent / "var" / "outbox" / "PACS" / ".sending" / name / "study"
+    files = make_study(staging, count)
+    engine = make_engine(f"sqlite:///{config_path.parent / 'ledger.db'}")
+    upgrade(engine)
+    exports = Exports(Ledger(engine))
+    export_id = exports.create("PACS", "outbox", [spec_for(p, owned=True) for p in files])
+    exports.start(export_id)
+    refused = [
+        FileOutcome(f.id, 0xC000, "destination answered 0xC000") for f in exports.files(export_id)
+    ]
+    assert exports.settle(export_id, refused, None).state == "failed"
+    engine.dispose()
+    return export_id, files
+
+
+def export_state_and_events(config_path: Path, export_id: int) -> tuple[str, list[str]]:
+    import sqlite3
+
+    with sqlite3.connect(config_path.parent / "ledger.db") as db:
+        [state] = db.execute("SELECT state FROM exports WHERE id = ?", (export_id,)).fetchone()
+        reasons = [
+            r
+            for (r,) in db.execute(
+                "SELECT reason FROM export_events WHERE export_id = ? ORDER BY id", (export_id,)
+            )
+        ]
+    db.close()
+    return state, reasons
+
+
+def test_exports_discard_asks_first_keeps_the_files_and_says_so(config_path: Path) -> None:
+    from click.testing import CliRunner
+
+    export_id, files = failed_export(config_path, "o-1")
+    arguments = ["exports", "discard", str(export_id), "--config", str(config_path)]
+    declined = CliRunner().invoke(main, arguments, input="n\n")
+    assert declined.exit_code == 1
+    assert declined.output == (
+        f"Discard export {export_id} to PACS: 2 undelivered files will not be sent "
+        "(their files kept on disk)? [y/N]: n\nAborted!\n"
+    )
+    assert export_state_and_events(config_path, export_id)[0] == "failed"
+
+    done = CliRunner().invoke(main, arguments, input="y\n")
+    assert done.exit_code == 0, done.output
+    assert done.output.endswith(f"export {export_id} discarded (2 undelivered files)\n")
+    state, reasons = export_state_and_events(config_path, export_id)
+    assert state == "discarded"
+    assert reasons[-1] == (
+        "2 undelivered files given up: dicom-adapter exports discard (files kept on disk)"
+    )
+    assert all(p.is_file() for p in files)
+    status = cli("status", "--json", "--config", str(config_path))
+    assert json.loads(status.stdout)["health"]["undelivered_files"] == 0
+
+    again = CliRunner().invoke(main, [*arguments, "--yes"])
+    assert again.exit_code == 1
+    assert again.output == (
+        f"Error: export {export_id}: cannot move an export in state 'discarded' to 'discarded'\n"
+    )
+    missing = CliRunner().invoke(
+        main, ["exports", "discard", "99", "--yes", "--config", str(config_path)]
+    )
+    assert (missing.exit_code, missing.output) == (1, "Error: no export 99\n")
+
+
+def test_exports_discard_delete_files_removes_only_its_own_undelivered_files(
+    config_path: Path,
+) -> None:
+    from click.testing import CliRunner
+
+    export_id, files = failed_export(config_path, "o-2", count=3)
+    staging = files[0].parent.parent
+    status = cli("status", "--json", "--config", str(config_path))
+    assert json.loads(status.stdout)["health"]["undelivered_files"] == 3
+    result = CliRunner().invoke(
+        main,
+        [
+            "exports",
+            "discard",
+            str(export_id),
+            "--yes",
+            "--delete-files",
+            "--config",
+            str(config_path),
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    assert result.output == f"deleted 3 files\nexport {export_id} discarded (3 undelivered files)\n"
+    assert not any(p.exists() for p in files)
+    assert not staging.exists() and staging.parent.is_dir()  # .sending/ itself stays
+    state, reasons = export_state_and_events(config_path, export_id)
+    assert state == "discarded"
+    assert reasons[-1] == "its undelivered files were deleted (exports discard)"

@@ -56,6 +56,7 @@ def test_metrics_tell_what_happened(start_adapter, tmp_path: Path, port: int) ->
     assert 0 < values["dicom_adapter_oldest_open_group_seconds"] < 60
     assert values["dicom_adapter_spool_free_bytes"] > 0
     assert values["dicom_adapter_intake_queued"] == 0
+    assert values['dicom_adapter_export_files{state="failed"}'] == 0
 
 
 def test_no_endpoint_unless_configured(adapter) -> None:

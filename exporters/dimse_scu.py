@@ -35,7 +35,10 @@ if TYPE_CHECKING:
 # (a few hundred bytes) come our way; a finite bound lets the reader refuse a
 # peer that declares a huge PDU instead of allocating for it.
 MAX_RECEIVE = 262144
-UNLIMITED_SEND = 1 << 20  # fragment size when the acceptor sets no limit (max length 0)
+# The largest fragment we send, whatever the acceptor announces: its maximum
+# length (0, "no limit", or 0xFFFFFFFF from a spoofed destination) would
+# otherwise size our send buffer.
+MAX_SEND = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -67,7 +70,7 @@ class Association:
         self.peer = peer
         self.wire = wire
         self.contexts: dict[tuple[str, str], int] = {}
-        limit = accepted.max_length or UNLIMITED_SEND + ul.PDV_HEADER
+        limit = min(accepted.max_length or MAX_SEND + ul.PDV_HEADER, MAX_SEND + ul.PDV_HEADER)
         self.fragment = max(2, (limit - ul.PDV_HEADER) & ~1)  # even-length fragments
         self._buffer = memoryview(bytearray(ul.PDU_HEADER + ul.PDV_HEADER + self.fragment))
         self._message_id = 0

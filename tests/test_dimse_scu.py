@@ -339,6 +339,27 @@ def test_fragments_fit_the_peer_maximum_pdu_length(scripted, tmp_path: Path) -> 
     assert scp.pdus[-1] == (5, 4)  # released
 
 
+@pytest.mark.parametrize("announced", [0, 0xFFFFFFFF], ids=["no-limit", "4-gib"])
+def test_the_send_buffer_is_clamped_whatever_the_destination_announces(
+    scripted, tmp_path: Path, announced: int
+) -> None:
+    """A spoofed destination announcing a 4 GiB maximum PDU (or 0, no limit) must not
+    size our send buffer: fragments, and the buffer, stay at most 1 MiB."""
+    from exporters.dimse_scu import Association
+
+    path = make_large_multiframe(tmp_path / "large.dcm", 3 * 1024 * 1024)
+    [row] = records([path])
+    probe = scripted(max_length=announced)
+    assoc = Association.request(peer(probe.port), [(row.sop_class_uid, row.transfer_syntax_uid)])
+    assert assoc.fragment == 1 << 20
+    assoc.release()
+    scp = scripted(max_length=announced)
+    assert cstore.send(peer(scp.port), [row]) == [FileOutcome(1, 0, None)]
+    scp.close()
+    assert scp.datasets == [dataset(path)]
+    assert max(length for pdu_type, length in scp.pdus if pdu_type == 4) == (1 << 20) + 6
+
+
 @pytest.mark.parametrize(
     "reject, retryable", [((1, 1, 3), False), ((2, 3, 2), True)], ids=["permanent", "transient"]
 )

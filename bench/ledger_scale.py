@@ -19,13 +19,11 @@ from __future__ import annotations
 import argparse
 import hashlib
 import random
-import shutil
 import socket
 import sqlite3
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -35,11 +33,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from scratch import in_scratch  # noqa: E402
+
 from ledger.db import make_engine  # noqa: E402  (the project root is on the path first)
 from ledger.migrate import upgrade  # noqa: E402
 from ledger.processing import Processing  # noqa: E402
 from ledger.records import NewInstance  # noqa: E402
-from ledger.store import Ledger  # noqa: E402
+from ledger.store import Ledger, chunked  # noqa: E402
 
 UID_ROOT = "1.2.826.0.1.3680043.8.498"
 CALLED_AES = ("DICOMADAPTER", "AI_ROUTER")
@@ -190,21 +190,10 @@ def record_batch(ledger: Ledger, batch: list[NewInstance], now: datetime) -> Non
         tx.add_many([(new, "received") for new in batch if new.path not in known])
 
 
-def batches(items: Iterator[NewInstance], size: int) -> Iterator[list[NewInstance]]:
-    batch: list[NewInstance] = []
-    for item in items:
-        batch.append(item)
-        if len(batch) == size:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
-
-
 def ingest(ledger: Ledger, items: Iterator[NewInstance], batch_size: int, clock: Clock) -> float:
     """Record every item in batches; the seconds spent in the ledger."""
     spent = 0.0
-    for batch in batches(items, batch_size):
+    for batch in chunked(items, batch_size):
         started = time.perf_counter()
         record_batch(ledger, batch, clock.at(batch[0]))
         spent += time.perf_counter() - started
@@ -401,15 +390,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    if args.folder is not None:
-        args.folder.mkdir(parents=True)
-        print(report(args, args.folder))
-        return
-    folder = Path(tempfile.mkdtemp(prefix="ledger-scale-"))
-    try:
-        print(report(args, folder))
-    finally:
-        shutil.rmtree(folder)
+    print(in_scratch(args.folder, "ledger-scale-", lambda folder: report(args, folder)))
 
 
 if __name__ == "__main__":

@@ -20,10 +20,8 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import subprocess
 import sys
-import tempfile
 import time
 import tracemalloc
 from pathlib import Path
@@ -31,6 +29,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from scratch import in_scratch  # noqa: E402
 from sqlalchemy import insert  # noqa: E402  (the project root is on the path first)
 
 from ledger.db import make_engine  # noqa: E402
@@ -159,15 +158,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    if args.folder is not None:
-        args.folder.mkdir(parents=True)
-        print(report(args, args.folder))
-        return
-    folder = Path(tempfile.mkdtemp(prefix="reconcile-scale-"))
-    try:
-        print(report(args, folder))
-    finally:
-        shutil.rmtree(folder)
+    print(in_scratch(args.folder, "reconcile-scale-", lambda folder: report(args, folder)))
 
 
 if __name__ == "__main__":

@@ -71,16 +71,17 @@ def send_one(port: int, path: Path, timeout: float = SMALL_TIMEOUT) -> int | Non
     return status
 
 
-class TmpWatcher:
-    """Polls a folder from a thread and remembers the largest size seen per file name."""
+class Poller:
+    """Calls ``poll`` from a thread every ``interval`` seconds while in a ``with`` block."""
+
+    interval = 0.01
 
     def __init__(self, folder: Path) -> None:
         self.folder = folder
-        self.largest: dict[str, int] = {}
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="tmp-watcher")
+        self._thread = threading.Thread(target=self._run, name=type(self).__name__)
 
-    def __enter__(self) -> TmpWatcher:
+    def __enter__(self) -> Poller:
         self._thread.start()
         return self
 
@@ -90,13 +91,27 @@ class TmpWatcher:
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            for entry in os.scandir(self.folder):
-                try:
-                    size = entry.stat().st_size
-                except FileNotFoundError:  # gone between listing and stat
-                    continue
-                self.largest[entry.name] = max(size, self.largest.get(entry.name, 0))
-            self._stop.wait(0.01)
+            self.poll()
+            self._stop.wait(self.interval)
+
+    def poll(self) -> None:
+        raise NotImplementedError
+
+
+class TmpWatcher(Poller):
+    """Remembers the largest size seen per file name in a folder."""
+
+    def __init__(self, folder: Path) -> None:
+        super().__init__(folder)
+        self.largest: dict[str, int] = {}
+
+    def poll(self) -> None:
+        for entry in os.scandir(self.folder):
+            try:
+                size = entry.stat().st_size
+            except FileNotFoundError:  # gone between listing and stat
+                continue
+            self.largest[entry.name] = max(size, self.largest.get(entry.name, 0))
 
 
 def test_200mb_instance_streams_through_spool_tmp(
@@ -358,27 +373,17 @@ def test_disk_full_while_receiving_answers_a700_and_recovers(full_disk: FullDisk
     full_disk.assert_acknowledged_intact()
 
 
-class FreeSpaceWatcher:
-    """Polls a filesystem's free space from a thread and keeps the lowest seen."""
+class FreeSpaceWatcher(Poller):
+    """Keeps the lowest free space seen on a folder's filesystem."""
+
+    interval = 0.001
 
     def __init__(self, folder: Path) -> None:
-        self.folder = folder
+        super().__init__(folder)
         self.lowest = free_space(folder)
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="free-space-watcher")
 
-    def __enter__(self) -> FreeSpaceWatcher:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self._stop.set()
-        self._thread.join()
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            self.lowest = min(self.lowest, free_space(self.folder))
-            self._stop.wait(0.001)
+    def poll(self) -> None:
+        self.lowest = min(self.lowest, free_space(self.folder))
 
 
 def test_a_store_that_would_cross_min_free_is_refused_before_it_does(

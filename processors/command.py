@@ -4,7 +4,12 @@ The command comes from the AE's ``command`` key and is split like a shell
 would (``shlex``) but never run through one: each argument has its
 placeholders filled in (``{job_id}``, ``{job_dir}``, ``{manifest}``,
 ``{study_instance_uid}``, ...), so no value from the network can inject a
-command.  Exit 0 means submitted.  The command's output goes to
+command.  It could still inject an *option*: a ``{group_key}`` taken from
+the wire (``--output=/etc/x``, with ``group_by = PatientID``) would be read
+as one by most programs.  So a value from the wire that starts with ``-``
+or holds a control character is refused (the job fails, saying why),
+unless its argument comes after a literal ``--``, where it can only be an
+operand.  Exit 0 means submitted.  The command's output goes to
 ``command.stdout``/``command.stderr`` in the job folder; on failure the tail
 of stderr is the error.  A command still running at ``command_timeout`` is
 killed with its whole process group.
@@ -26,6 +31,8 @@ from processors.base import Submission, SubmitError
 
 log = logging.getLogger(__name__)
 STDERR_TAIL = 2000
+# Placeholders whose values come from the wire (a data set), not from us.
+FROM_THE_WIRE = ("group_key", "study_instance_uid")
 
 
 class CommandSubmitter:
@@ -45,6 +52,7 @@ class CommandSubmitter:
             "called_ae": submission.job.called_ae,
             "idempotency_key": submission.job.idempotency_key,
         }
+        _check_operands(self.arguments, values)
         arguments = [argument.format_map(values) for argument in self.arguments]
         stderr = submission.job_dir / "command.stderr"
         pid_file = submission.job_dir.with_suffix(".pid")
@@ -74,6 +82,30 @@ class CommandSubmitter:
         if code != 0:
             tail = stderr.read_bytes()[-STDERR_TAIL:].decode("utf-8", "replace").strip()
             raise SubmitError(f"command exited with {code}: {tail}")
+
+
+def _check_operands(arguments: list[str], values: dict[str, object]) -> None:
+    """Refuse a wire value that could pass for an option, before ``--`` ends the options.
+
+    Raises
+    ------
+    SubmitError
+        Naming the placeholder and why (the value itself may be PHI: not quoted).
+    """
+    for argument in arguments:
+        if argument == "--":
+            return
+        for name in FROM_THE_WIRE:
+            if "{" + name + "}" not in argument:
+                continue
+            value = str(values[name])
+            if value.startswith("-") and argument.startswith("{" + name + "}"):
+                raise SubmitError(
+                    f"{{{name}}} starts with '-' and would be read as an option: "
+                    "put it after '--' in the command"
+                )
+            if any(not character.isprintable() for character in value):
+                raise SubmitError(f"{{{name}}} holds a control character: not passed on")
 
 
 def kill_leftovers(jobs_root: Path) -> int:

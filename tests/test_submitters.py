@@ -283,3 +283,53 @@ def test_webhook_nobody_listening_fails_after_retries(
     assert {i.sop_instance_uid for i in instances} == set(sent)
     assert {i.state for i in instances} == {"claimed"}
     assert all(Path(i.path).is_file() for i in instances)
+
+
+# -- command arguments from the wire ----------------------------------------------
+
+
+def command_submission(tmp_path: Path, group_key: str):
+    """A job of group ``group_key`` (as a PatientID group_by would give it), folder and all."""
+    from datetime import UTC, datetime
+
+    from ledger.records import JobRecord
+    from processors.base import Submission
+
+    now = datetime.now(UTC)
+    job = JobRecord(
+        1, "command", AE, group_key, 1, "running", 1, None, None, "k" * 32, now, now, None
+    )
+    job_dir = tmp_path / "jobs" / "1"
+    job_dir.mkdir(parents=True)
+    return Submission(job, (), job_dir, job_dir / MANIFEST, "1.2.3")
+
+
+@pytest.mark.parametrize("group_key", ["--output=/etc/x", "-rf", "A\nB"])
+def test_a_wire_value_that_could_pass_for_an_option_is_refused(
+    tmp_path: Path, group_key: str
+) -> None:
+    """``{group_key}`` is text from the wire: without a shell it cannot run a command,
+    but as ``--output=/etc/x`` it would be read as an option; the job fails instead."""
+    import sys
+
+    from processors.base import SubmitError
+    from processors.command import CommandSubmitter
+
+    marker = tmp_path / "ran"
+    script = f"import pathlib, sys; pathlib.Path({str(marker)!r}).write_text(repr(sys.argv[1:]))"
+    command = f"{sys.executable} -c {script!r} {{group_key}}"
+    with pytest.raises(SubmitError, match=r"\{group_key\} (starts with '-'|holds a control)"):
+        CommandSubmitter(command, 10).submit(command_submission(tmp_path, group_key))
+    assert not marker.exists(), "the command must not run"
+
+
+def test_after_a_double_dash_a_wire_value_is_an_operand_and_passed_as_is(tmp_path: Path) -> None:
+    import sys
+
+    from processors.command import CommandSubmitter
+
+    marker = tmp_path / "ran"
+    script = f"import pathlib, sys; pathlib.Path({str(marker)!r}).write_text(repr(sys.argv[1:]))"
+    command = f"{sys.executable} -c {script!r} -- {{group_key}} --key={{group_key}}"
+    CommandSubmitter(command, 10).submit(command_submission(tmp_path, "--output=/etc/x"))
+    assert marker.read_text() == repr(["--", "--output=/etc/x", "--key=--output=/etc/x"])

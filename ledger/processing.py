@@ -192,14 +192,8 @@ class Processing:
                 JobState.PENDING,
                 f"{len(ids)} instances of group {group_key!r}: {why}",
             )
-        log.info(
-            "job %d claimed %d instances ae=%s group=%s (%s)",
-            job_id,
-            len(ids),
-            called_ae,
-            group_key,
-            why,
-        )
+        # Not the group key: with group_by = PatientID it is PHI (it is in the ledger).
+        log.info("job %d claimed %d instances ae=%s (%s)", job_id, len(ids), called_ae, why)
         return self.job(job_id)
 
     # -- jobs -----------------------------------------------------------------

@@ -49,6 +49,7 @@ from watchers.spool_watcher import SpoolWatcher
 
 log = logging.getLogger("adapter")
 EXPORT_TICK_SECONDS = 0.5
+PRIVATE_UMASK = 0o027  # files 0640, folders 0750 at most
 
 
 def admission_policy(config: Config) -> AdmissionPolicy:
@@ -187,6 +188,10 @@ class Adapter:
         self._stopping = False
 
     def start(self) -> None:
+        # Spool files, job folders, manifests, command output and the ledger
+        # hold patient data: none of it readable by other users, whatever
+        # umask the service was started with (the SCP process inherits it).
+        os.umask(os.umask(0) | PRIVATE_UMASK)
         self.layout.ensure(self.config.aes)
         before, after = upgrade(self.engine)
         if before != after:

@@ -520,8 +520,8 @@ def _delete_discarded(exports: Exports, export_id: int) -> int:
         if root is None:
             click.echo(f"kept {path}: not in an outbox's {STAGING}/ folder", err=True)
             continue
-        delete_staged(path, root)
-        deleted.append(file.id)
+        if delete_staged(path, root):
+            deleted.append(file.id)
     if deleted:
         exports.mark_reclaimed(deleted, "its undelivered files were deleted (exports discard)")
     return len(deleted)

@@ -14,6 +14,11 @@ class NotDicom(ValueError):
 def spec_for(path: Path, owned: bool) -> ExportFileSpec:
     """Read ``path``'s file meta (only) into an export file spec.
 
+    A file the export will own (and delete once delivered) keeps the path it
+    has in its staging folder, never a resolved one: resolving a symlink
+    could point the deletion anywhere.  A file named on ``send`` (never
+    deleted) is recorded resolved, as the user meant it.
+
     Raises
     ------
     NotDicom
@@ -27,7 +32,7 @@ def spec_for(path: Path, owned: bool) -> ExportFileSpec:
     except Exception as exc:  # pydicom raises many kinds on bad input
         raise NotDicom(f"{path}: not a DICOM file ({type(exc).__name__}: {exc})") from None
     return ExportFileSpec(
-        path=str(path.resolve()),
+        path=str(path.absolute() if owned else path.resolve()),
         owned=owned,
         sop_instance_uid=sop_instance,
         sop_class_uid=sop_class,

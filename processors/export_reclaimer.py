@@ -13,6 +13,7 @@ it leaves empty.
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Mapping
 from datetime import datetime
 from pathlib import Path
@@ -37,25 +38,38 @@ class ExportReclaimer:
         now = now or utcnow()
         done = 0
         for destination, seconds in self.retention.items():
+            root = self.staging_roots[destination]
             while batch := self.exports.reclaimable_files(destination, seconds, now):
-                for file in batch:
-                    delete_staged(Path(file.path), self.staging_roots[destination])
-                self.exports.mark_reclaimed(
-                    [f.id for f in batch], "its delivered outbox files were deleted"
-                )
-                done += len(batch)
+                deleted = [f.id for f in batch if delete_staged(Path(f.path), root)]
+                left = [f.id for f in batch if f.id not in deleted]
+                self.exports.mark_reclaimed(deleted, "its delivered outbox files were deleted")
+                if left:  # recorded, so the next run does not meet them again
+                    reason = "delivered files outside the staging folder left in place"
+                    self.exports.mark_reclaimed(left, reason)
+                done += len(deleted)
         if done:
             log.info("deleted %s", plural(done, "delivered outbox file"))
         return done
 
 
-def delete_staged(path: Path, root: Path) -> None:
-    """Delete one owned export file and the staging folders it leaves empty, under ``root``."""
+def delete_staged(path: Path, root: Path) -> bool:
+    """Delete one owned export file and the staging folders it leaves empty, under ``root``.
+
+    Only inside ``root`` (an outbox's ``.sending/``), judged by the path and
+    by where its folder really is: a path leading out, through ``..`` or a
+    symlinked folder, is left alone (False) with one log line.
+    """
+    real_root = os.path.realpath(root)
+    inside = path.is_relative_to(root) and ".." not in path.relative_to(root).parts
+    if not inside or not Path(os.path.realpath(path.parent)).is_relative_to(real_root):
+        log.warning("not deleting %s: outside its outbox's staging folder %s", path, root)
+        return False
     path.unlink(missing_ok=True)
     folder = path.parent
     while folder != root and folder.is_relative_to(root):
         try:
             folder.rmdir()
         except OSError:
-            return
+            return True
         folder = folder.parent
+    return True

@@ -4,14 +4,18 @@ Files are taken like hand-dropped spool files: once quiet for the settle
 time and open for writing by nobody.  Each scan's files for a destination
 move, with their sub-paths, into ``.sending/o-<id>/`` (so no later scan sees
 them again) and become one task.  A file that is not DICOM moves to
-``quarantine/`` beside a ``.reason`` file.  A staging folder a crash left
-without its task is queued again at start-up.
+``quarantine/`` beside a ``.reason`` file, and so does anything that is not
+a regular file: a symlink is never followed (its target, perhaps anywhere
+on the machine, would be sent and then deleted as the export's own file),
+a FIFO never opened.  A staging folder a crash left without its task is
+queued again at start-up.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import stat
 import time
 import uuid
 from pathlib import Path
@@ -61,7 +65,7 @@ class OutboxScanner:
             for orphan in staged:
                 if str(orphan) in known:
                     continue
-                specs = self._specs(folder, [p for p in orphan.rglob("*") if p.is_file()])
+                specs = self._specs(folder, [p for p in orphan.rglob("*") if _not_a_folder(p)])
                 if specs:
                     self.exports.create(destination, "outbox", specs)
                     adopted += 1
@@ -76,10 +80,12 @@ class OutboxScanner:
                 if name.startswith(".") or name.endswith(".reason"):
                     continue
                 try:
-                    settled = os.lstat(path).st_mtime <= settled_before
+                    info = os.lstat(path)
                 except FileNotFoundError:
                     continue
-                if settled and not is_open_for_writing(path):
+                if not stat.S_ISREG(info.st_mode):
+                    found.append(path)  # quarantined by _specs, never opened
+                elif info.st_mtime <= settled_before and not is_open_for_writing(path):
                     found.append(path)
         return found
 
@@ -96,8 +102,19 @@ class OutboxScanner:
         specs = []
         for path in files:
             try:
+                if not stat.S_ISREG(os.lstat(path).st_mode):
+                    raise NotDicom(
+                        f"{path}: not a regular file (symlinks, FIFOs and devices are not followed)"
+                    )
                 specs.append(spec_for(path, owned=True))
             except NotDicom as exc:
                 kept = quarantine(SpoolLayout(folder), path, str(exc))
                 log.warning("outbox file quarantined as %s: %s", kept, exc)
         return specs
+
+
+def _not_a_folder(path: Path) -> bool:
+    try:
+        return not stat.S_ISDIR(os.lstat(path).st_mode)
+    except FileNotFoundError:
+        return False

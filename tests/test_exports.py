@@ -496,3 +496,63 @@ def test_a_destination_that_is_down_fails_alone_and_is_sent_after_a_retry(
     assert {(f.state, f.status) for f in running.adapter.exports.files(down_id)} == {("sent", 0)}
     assert_delivered(down_files, back)
     assert all(path.exists() for path in down_files)  # sent, not moved
+
+
+def test_an_outbox_symlink_or_fifo_is_quarantined_never_followed_and_its_target_kept(
+    start_adapter: Callable[[Path], RunningAdapter],
+    storescp: Callable[..., Storescp],
+    tmp_path: Path,
+    port: int,
+) -> None:
+    """A symlink dropped into an outbox used to be resolved: its target (anywhere on
+    the machine) was sent, then deleted by the export reclaimer as the export's
+    own file.  Now only regular files are taken; the rest goes to quarantine."""
+    scp = storescp()
+    config = exports_config(
+        tmp_path, port, destination("PACS", scp.port, keys="retention = 0"), reclaim=0.2
+    )
+    running = start_adapter(config)
+    outbox = tmp_path / "var" / "outbox" / "PACS"
+    [outside] = make_study(tmp_path / "elsewhere", 1)  # somebody's file, not the outbox's
+    before = outside.read_bytes()
+    [regular] = make_study(tmp_path / "results", 1)
+    folder = drop([regular], outbox, "results", settled=True).parent / ".links"
+    folder.mkdir()
+    (folder / "link.dcm").symlink_to(outside)
+    os.mkfifo(folder / "pipe.dcm")
+    past = time.time() - 60
+    for name in ("link.dcm", "pipe.dcm"):
+        os.utime(folder / name, (past, past), follow_symlinks=False)
+    folder.rename(outbox / "links")
+
+    wait_for(lambda: len(list(outbox.glob("quarantine/*.reason"))) == 2, timeout=10)
+    reasons = sorted(p.read_text() for p in outbox.glob("quarantine/*.reason"))
+    assert all(
+        "not a regular file (symlinks, FIFOs and devices are not followed)" in r for r in reasons
+    )
+    wait_for(lambda: running.adapter.exports.tasks(), timeout=10)
+    [task] = running.adapter.exports.tasks()
+    task = wait_state(running, task.id, "succeeded")
+    assert task.file_count == 1
+    wait_for(lambda: running.adapter.exports.get(task.id).reclaimed_at is not None, timeout=10)
+    assert outside.read_bytes() == before, "the link's target must be neither sent nor deleted"
+    assert set(scp.received()) == {str(read_file_meta_info(regular).MediaStorageSOPInstanceUID)}
+
+
+def test_the_export_reclaimer_deletes_nothing_outside_the_staging_folder(tmp_path: Path) -> None:
+    from processors.export_reclaimer import delete_staged
+
+    root = tmp_path / "outbox" / ".sending"
+    (root / "o-1").mkdir(parents=True)
+    victim = tmp_path / "victim.dcm"
+    victim.write_text("keep me")
+    (root / "o-1" / "linked").symlink_to(tmp_path, target_is_directory=True)
+    for path in (
+        root / "o-1" / ".." / ".." / ".." / "victim.dcm",
+        root / "o-1" / "linked" / "victim.dcm",
+    ):
+        assert delete_staged(path, root) is False
+    assert victim.read_text() == "keep me"
+    inside = root / "o-1" / "a.dcm"
+    inside.write_text("ours")
+    assert delete_staged(inside, root) is True and not inside.exists()

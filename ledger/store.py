@@ -143,12 +143,21 @@ class LedgerTransaction:
         self._events([(id_, reason, None, State.REJECTED)])
         return id_
 
-    def supersede(self, instance_id: int, path: str, reason: str) -> None:
-        """A ``received`` copy gave way to a newer one: ``superseded``, its file at ``path``."""
-        current = State(self._state(instance_id))
-        check_move(current, State.SUPERSEDED)
-        self._update(instance_id, state=State.SUPERSEDED, path=path, missing_since=None)
-        self._events([(instance_id, reason, current, State.SUPERSEDED)])
+    def supersede(self, instance_id: int, path: str, reason: str) -> bool:
+        """A ``received`` copy gave way to a newer one: ``superseded``, its file at ``path``.
+
+        Guarded by the state in the UPDATE itself, so a claim that commits in
+        between (PostgreSQL's READ COMMITTED) is never overwritten: False then.
+        """
+        check_move(State.RECEIVED, State.SUPERSEDED)
+        changed = self.connection.execute(
+            update(INSTANCES)
+            .where(INSTANCES.c.id == instance_id, INSTANCES.c.state == State.RECEIVED)
+            .values(state=State.SUPERSEDED, path=path, missing_since=None, updated_at=self.now)
+        ).rowcount
+        if changed:
+            self._events([(instance_id, reason, State.RECEIVED, State.SUPERSEDED)])
+        return bool(changed)
 
     def relocate(self, instance_id: int, path: str, reason: str) -> None:
         """The row's file is the same, at another path."""

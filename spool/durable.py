@@ -46,3 +46,26 @@ def link_or_copy(source: Path, target: Path) -> None:
     except OSError:
         shutil.copy2(source, target)
         fsync_file(target)
+
+
+def move_no_replace(source: Path, target: Path) -> bool:
+    """Move ``source`` to ``target`` unless something is there already; durably.
+
+    ``os.rename`` silently replaces its target, which could destroy a kept
+    copy of an instance; a hard link refuses (EEXIST) instead.  The link
+    and the unlink are fsynced in both folders before this returns, so a
+    power cut cannot undo the move after a ledger commit that records it.
+    Both paths must be on one filesystem (in the spool).
+
+    Returns False, moving nothing, when ``target`` exists.
+    """
+    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.link(source, target)
+    except FileExistsError:
+        return False
+    os.unlink(source)
+    fsync_dir(target.parent)
+    if source.parent != target.parent:
+        fsync_dir(source.parent)
+    return True

@@ -374,3 +374,70 @@ def test_patient_ids_are_logged_only_with_log_phi(
     running.wait_rows(1)
     wait_for(lambda: "received id=" in caplog.text)
     assert ("SECRET-PATIENT-42" in caplog.text) is log_phi
+
+
+def test_a_failed_replace_never_moves_the_first_copy_over_a_newer_file(
+    adapter: RunningAdapter, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first copy moved aside freed its name; the SCP publishes a third copy under
+    it; then the transaction fails.  Moving the first copy back must not replace the
+    third, acknowledged one (``os.rename`` would have)."""
+    from watchers.duplicates import Duplicates
+
+    first, second = two_versions(tmp_path)
+    third = make_instance(
+        tmp_path / "v3.dcm",
+        patient_id="THIRD",
+        study_uid="1.2.3.4",
+        series_uid="1.2.3.4.5",
+        sop_instance_uid="1.2.3.4.5.6",
+    )
+    assert send(adapter, first) == 0
+    [row] = adapter.wait_rows(1)
+
+    def scp_publishes_then_power_cut(self, *_args: object) -> int:
+        shutil.copyfile(third, row.path)  # the freed name taken by an acknowledged copy
+        raise RuntimeError("power cut before commit")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(Duplicates, "_add", scp_publishes_then_power_cut)
+        assert send(adapter, second) == 0
+        wait_for(lambda: len(aside(adapter)) == 1)
+        adapter.settle()
+    assert Path(row.path).read_bytes() == third.read_bytes(), "the third copy was overwritten"
+    [kept] = aside(adapter)
+    assert kept.read_bytes().endswith(dataset_bytes(first))
+
+
+def test_a_first_copy_set_aside_by_a_crashed_pass_is_found_even_if_its_name_was_reused(
+    adapter: RunningAdapter, tmp_path: Path
+) -> None:
+    first, second = two_versions(tmp_path)
+    third = make_instance(
+        tmp_path / "v3.dcm",
+        patient_id="THIRD",
+        study_uid="1.2.3.4",
+        series_uid="1.2.3.4.5",
+        sop_instance_uid="1.2.3.4.5.6",
+    )
+    assert send(adapter, first) == 0
+    [row] = adapter.wait_rows(1)
+    target = adapter.adapter.layout.superseded_path(AE, row.id, Path(row.path).name)
+    target.parent.mkdir(parents=True)
+    os.rename(row.path, target)  # the killed pass had moved it aside
+    shutil.copyfile(third, row.path)  # and the SCP published a third copy under the name
+    os.rename(second, Path(row.path).with_name("1.2.3.4.5.6~1.dcm"))
+    adapter.adapter.reconciler.tick(startup=True)
+    adapter.settle()
+    # The third copy's path was still the first row's during that pass: the next
+    # pass (reconcile_interval) records it.
+    adapter.adapter.reconciler.tick(startup=True)
+    adapter.settle()
+    rows = {r.patient_id: r for r in adapter.rows()}
+    assert rows["FIRST"].state == "superseded" and rows["FIRST"].path == str(target)
+    assert target.read_bytes().endswith(dataset_bytes(first))
+    assert {p: rows[p].state for p in ("SECOND", "THIRD")} in (
+        {"SECOND": "received", "THIRD": "superseded"},
+        {"SECOND": "superseded", "THIRD": "received"},
+    )
+    assert all(Path(r.path).is_file() for r in rows.values())

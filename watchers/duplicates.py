@@ -35,6 +35,7 @@ from pathlib import Path
 from ledger.records import InstanceRecord, NewInstance
 from ledger.states import State
 from ledger.store import LedgerTransaction
+from spool.durable import move_no_replace
 from spool.layout import SpoolLayout
 
 log = logging.getLogger(__name__)
@@ -52,10 +53,16 @@ class FileMoves:
     undo: list[tuple[Path, Path]] = field(default_factory=list)  # if it fails: moved back
 
     def roll_back(self) -> None:
-        """The transaction failed: first copies moved aside go back where they were."""
+        """The transaction failed: first copies moved aside go back, if their place is free.
+
+        The SCP may have published a newer copy under the freed name since;
+        then the first copy stays aside (no row names it until the next pass
+        decides again) rather than replace an acknowledged file.
+        """
         for moved, original in reversed(self.undo):
             try:
-                os.rename(moved, original)
+                if not move_no_replace(moved, original):
+                    log.warning("%s is taken again: %s stays where it is", original, moved)
             except OSError:
                 log.exception("could not move %s back to %s", moved, original)
 
@@ -64,9 +71,9 @@ class FileMoves:
         for path in self.discard:
             path.unlink(missing_ok=True)
         for source, target in self.aside:
-            target.parent.mkdir(parents=True, exist_ok=True)
             try:
-                os.rename(source, target)
+                if not move_no_replace(source, target):
+                    log.error("not moving %s aside: %s exists", source, target)
             except FileNotFoundError:
                 log.warning("superseded copy %s vanished before it was moved aside", source)
 
@@ -112,31 +119,36 @@ class Duplicates:
             return None
         if not present:  # every kept copy's file is gone: never set aside the only file
             return self._add(new, f"copy of instance {ids}, whose file is gone", policy)
-        first = present[0]
+        waiting = [c for c in present if c.state == State.RECEIVED]
+        live = waiting[-1] if waiting else present[-1]  # what the new copy would replace
         allowed = policy == "replace-any" or (
             policy == "replace"
-            and _source(first.calling_ae, first.peer_address)
+            and _source(live.calling_ae, live.peer_address)
             == _source(new.calling_ae, new.peer_address)
         )
         if not allowed:
-            return self._set_new_aside(new, first, policy)
-        waiting = [c for c in copies if c.state == State.RECEIVED]
+            return self._set_new_aside(new, live, policy)
         if not waiting:
-            reason = f"newer copy of instance {ids}, already '{first.state}': stored as a new row"
-            return self._add(new, reason, policy)
-        target = waiting[-1]
-        self._set_old_aside(target, new, policy)
-        return self._add(new, f"newer copy: replaces instance {target.id}", policy)
+            reason = f"newer copy of instance {ids}, already '{live.state}': stored as a new row"
+        elif self._set_old_aside(live, new, policy):
+            return self._add(new, f"newer copy: replaces instance {live.id}", policy)
+        else:
+            reason = f"newer copy of instance {live.id}, claimed meanwhile: stored as a new row"
+        return self._add(new, reason, policy)
 
     def _finish_interrupted(self, copy: InstanceRecord) -> bool:
-        """A first copy a crashed pass moved aside before its commit: finish the move."""
-        if copy.state != State.RECEIVED or os.path.lexists(copy.path):
+        """A first copy a crashed pass moved aside before its commit: finish the move.
+
+        Its aside name holds its row id, so a file there is this row's file,
+        whatever now sits at its old path (the SCP may have published a newer
+        copy under the freed name; intake records that one on its own).
+        """
+        if copy.state != State.RECEIVED:
             return False
         aside = self.layout.superseded_path(copy.called_ae or "", copy.id, Path(copy.path).name)
         if not os.path.lexists(aside):
             return False
-        self.tx.supersede(copy.id, str(aside), "found set aside by an interrupted replace")
-        return True
+        return self.tx.supersede(copy.id, str(aside), "found set aside by an interrupted replace")
 
     def _add(self, new: NewInstance, why: str, policy: str) -> int:
         return self.tx.add(new, f"{why} (duplicates={policy})")
@@ -165,17 +177,23 @@ class Duplicates:
         )
         return instance_id
 
-    def _set_old_aside(self, old: InstanceRecord, new: NewInstance, policy: str) -> None:
-        """The first copy gives way: moved aside now, moved back if the commit fails."""
+    def _set_old_aside(self, old: InstanceRecord, new: NewInstance, policy: str) -> bool:
+        """The first copy gives way: ``superseded`` and its file moved aside, before the commit.
+
+        False when it cannot: a job claimed it meanwhile (several nodes on one
+        ledger), or its aside name is taken.  The row moves first, guarded by
+        its state, then the file, durably; a failed commit moves it back.
+        """
         aside = self.layout.superseded_path(old.called_ae or "", old.id, Path(old.path).name)
-        if os.path.lexists(old.path):
-            aside.parent.mkdir(parents=True, exist_ok=True)
-            os.rename(old.path, aside)
-            self.moves.undo.append((aside, Path(old.path)))
-        self.tx.supersede(
-            old.id,
-            str(aside),
+        reason = (
             f"superseded by a newer copy {new.path} (sha256 {new.sha256}); moved aside to "
-            f"{aside} (duplicates={policy})",
+            f"{aside} (duplicates={policy})"
         )
+        if not self.tx.supersede(old.id, str(aside), reason):
+            return False
+        if os.path.lexists(old.path):
+            if not move_no_replace(Path(old.path), aside):
+                raise FileExistsError(f"{aside} exists: instance {old.id} cannot be set aside")
+            self.moves.undo.append((aside, Path(old.path)))
         log.info("duplicate replaced id=%d sop=%s", old.id, new.sop_instance_uid)
+        return True

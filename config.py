@@ -702,6 +702,7 @@ class _Reader:
         aes: dict[str, AeConfig] = {}
         sources: list[SourceConfig] = []
         destinations: dict[str, DestinationConfig] = {}
+        outboxes: dict[Path, str] = {}  # an outbox -> the destination that has it
         for section in parser.sections():
             kind, _, label = section.partition(":")
             if kind not in SCHEMA or (kind in LABELLED) != bool(label):
@@ -727,6 +728,10 @@ class _Reader:
                 self.check_destination_tls(section, values)
                 if values.get("outbox") is None:
                     values["outbox"] = (self.folder / "var" / "outbox" / label).resolve()
+                # Two destinations on one outbox would stage into each other's
+                # folders (and the second would delete the first's links).
+                if (other := outboxes.setdefault(values["outbox"], label)) != label:
+                    self.report(section, "outbox", f"is [destination:{other}]'s outbox too")
                 if not self.problems:
                     destinations[label] = DestinationConfig(name=label, **values)
         for section in parser.sections():

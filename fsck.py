@@ -180,11 +180,11 @@ def _lost_findings(ledger: Ledger) -> list[Finding]:
         for instance_id in delivery.reclaimed_without_a_finished_job(ledger)
     ]
     owed = delivery.forwarded_not_delivered(ledger) + delivery.owned_not_delivered(ledger)
-    seen: set[tuple[int | None, int | None]] = set()
+    seen: set[tuple[int | None, int | None, str | None]] = set()
     for item in owed:
-        if (item.instance_id, item.export_id) in seen:
+        if (item.instance_id, item.export_id, item.path) in seen:
             continue
-        seen.add((item.instance_id, item.export_id))
+        seen.add((item.instance_id, item.export_id, item.path))
         if item.path is not None and os.path.lexists(item.path):
             continue  # undelivered, but kept: a failed-export finding covers it
         subject = "a file" if item.instance_id is None else f"instance {item.instance_id}"

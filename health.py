@@ -15,7 +15,7 @@ from typing import Any
 from config import Config
 from ledger.exports import Exports
 from ledger.processing import Processing
-from ledger.states import ExportState, FileState, JobState
+from ledger.states import ExportState, JobState
 from ledger.store import Ledger
 
 _LISTEN = "0A"  # TCP state in /proc/net/tcp
@@ -52,7 +52,7 @@ def health(config: Config, ledger: Ledger) -> dict[str, Any]:
     failed_exports = [task.id for task in exports.tasks(ExportState.FAILED)]
     # Export files refused or out of retries: kept on disk, waiting for
     # ``exports retry`` or ``exports discard``.
-    undelivered = exports.file_counts()[FileState.FAILED]
+    undelivered = exports.undelivered()
     facts = {
         "listening": listening(config.dicom.port),
         "last_reconcile_at": state.get("last_reconcile_at"),

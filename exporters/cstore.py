@@ -22,6 +22,7 @@ becomes of a file is the ledger's decision, from its outcome.
 
 from __future__ import annotations
 
+import logging
 import ssl
 from collections.abc import Iterator
 
@@ -33,11 +34,14 @@ from spool.part10 import dataset_offset
 
 __all__ = ["MAX_CONTEXTS", "ExportError", "Peer", "echo", "send", "status_outcome"]
 
+log = logging.getLogger(__name__)
+
 MAX_CONTEXTS = 128  # odd context IDs 1..255 (PS3.8 9.3.2.2)
 DELIVERED = frozenset({0x0000, 0xB000, 0xB006, 0xB007})
 IMPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2"
-# Statuses a resend cannot change (PS3.4 B.2.3, C.4.2.1.4): not authorised,
-# SOP class not supported, data set does not match, cannot understand.
+# Besides 0xA9xx (data set does not match the SOP class) and 0xCxxx (cannot
+# understand), statuses a resend cannot change (PS3.7 C.4): SOP class not
+# supported, not authorised.
 _REFUSED_CODES = frozenset({0x0122, 0x0124})
 
 
@@ -122,16 +126,28 @@ def _send_batch(peer: Peer, files: list[ExportFileRecord]) -> list[FileOutcome]:
             for f in files
         ]
     try:
-        return [
-            _send_one(assoc, file)
-            if assoc.established
-            else FileOutcome(
-                file.id, None, "not attempted: the association was lost", True, attempted=False
-            )
-            for file in files
-        ]
+        return [_attempt(assoc, file) for file in files]
     finally:
         assoc.release()
+
+
+def _attempt(assoc: Association, file: ExportFileRecord) -> FileOutcome:
+    """One file's outcome; an unexpected error costs that file's attempt, not the others'.
+
+    What the destination made of a message cut short by our own error is
+    unknown, so the association is aborted and the files after it wait for
+    the next attempt.
+    """
+    if not assoc.established:
+        return FileOutcome(
+            file.id, None, "not attempted: the association was lost", True, attempted=False
+        )
+    try:
+        return _send_one(assoc, file)
+    except Exception as exc:
+        log.exception("export of %s failed unexpectedly", file.path)
+        assoc.abort()
+        return FileOutcome(file.id, None, f"not delivered: {type(exc).__name__}: {exc}", True)
 
 
 def _send_one(assoc: Association, file: ExportFileRecord) -> FileOutcome:
@@ -147,8 +163,9 @@ def _send_one(assoc: Association, file: ExportFileRecord) -> FileOutcome:
         handle = open(file.path, "rb", buffering=0)  # noqa: SIM115 - closed below
     except FileNotFoundError:
         return FileOutcome(file.id, None, f"file missing: {file.path}")
-    except OSError as exc:
-        return FileOutcome(file.id, None, f"cannot send {file.path}: {type(exc).__name__}: {exc}")
+    except OSError as exc:  # out of descriptors, a permission to fix: worth another attempt
+        reason = f"cannot send {file.path}: {type(exc).__name__}: {exc}"
+        return FileOutcome(file.id, None, reason, retry=True)
     with handle:
         try:
             handle.seek(dataset_offset(handle))

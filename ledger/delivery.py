@@ -32,7 +32,6 @@ class Undelivered:
     export_id: int | None
     destination: str | None
     path: str | None
-    state: str | None
 
 
 def reclaimed_without_a_finished_job(ledger: Ledger) -> list[int]:
@@ -62,7 +61,6 @@ def forwarded_not_delivered(ledger: Ledger) -> list[Undelivered]:
             EXPORTS.c.id,
             EXPORTS.c.destination,
             EXPORT_FILES.c.path,
-            EXPORT_FILES.c.state,
         )
         .join(JOBS, JOBS.c.id == INSTANCES.c.job_id)
         .join(EXPORTS, EXPORTS.c.job_id == JOBS.c.id)
@@ -91,7 +89,6 @@ def owned_not_delivered(ledger: Ledger) -> list[Undelivered]:
             EXPORTS.c.id,
             EXPORTS.c.destination,
             EXPORT_FILES.c.path,
-            EXPORT_FILES.c.state,
         )
         .join(EXPORTS, EXPORTS.c.id == EXPORT_FILES.c.export_id)
         .where(

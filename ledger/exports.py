@@ -303,13 +303,18 @@ class Exports:
     ) -> None:
         """These owned files were deleted; a task with none left is ``reclaimed_at`` too."""
         with self.ledger.transaction(now) as tx:
+            touched: set[int] = set()
             for chunk in chunked(file_ids):
                 tx.connection.execute(
                     update(EXPORT_FILES)
                     .where(EXPORT_FILES.c.id.in_(chunk))
                     .values(reclaimed_at=tx.now)
                 )
-            touched = select(EXPORT_FILES.c.export_id).where(EXPORT_FILES.c.id.in_(list(file_ids)))
+                touched.update(
+                    tx.connection.scalars(
+                        select(EXPORT_FILES.c.export_id).where(EXPORT_FILES.c.id.in_(chunk))
+                    )
+                )
             left = (
                 select(EXPORT_FILES.c.id)
                 .where(
@@ -319,11 +324,15 @@ class Exports:
                 )
                 .exists()
             )
-            done = tx.connection.execute(
-                select(EXPORTS.c.id, EXPORTS.c.state).where(
-                    EXPORTS.c.id.in_(touched), EXPORTS.c.reclaimed_at.is_(None), ~left
+            done = [
+                row
+                for chunk in chunked(touched)
+                for row in tx.connection.execute(
+                    select(EXPORTS.c.id, EXPORTS.c.state).where(
+                        EXPORTS.c.id.in_(chunk), EXPORTS.c.reclaimed_at.is_(None), ~left
+                    )
                 )
-            ).all()
+            ]
             for export_id, state in done:
                 EXPORT.update(tx, export_id, reclaimed_at=tx.now)
                 EXPORT.note(tx, export_id, state, state, reason)
@@ -340,6 +349,19 @@ class Exports:
         query = select(EXPORT_FILES.c.state, func.count()).group_by(EXPORT_FILES.c.state)
         counts.update({state: count for state, count in self.ledger.read(query)})
         return counts
+
+    def undelivered(self) -> int:
+        """Files of ``failed`` tasks not delivered: kept on disk, waiting for a human.
+
+        A refused file of a task still retrying its other files counts once
+        the task fails, when ``exports retry`` or ``discard`` can act on it.
+        """
+        query = (
+            select(func.count())
+            .select_from(EXPORT_FILES.join(EXPORTS, EXPORTS.c.id == EXPORT_FILES.c.export_id))
+            .where(EXPORT_FILES.c.state == FileState.FAILED, EXPORTS.c.state == ExportState.FAILED)
+        )
+        return int(self.ledger.read(query)[0][0])
 
     def staged_paths(self, prefixes: Collection[str]) -> set[str]:
         """Which of these staging folders some task's files live in."""

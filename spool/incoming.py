@@ -111,7 +111,8 @@ class IncomingFile:
         if self.failed is None:
             self._pending += data
             self.size += len(data)
-            if self._max_size and self._length_at and self.size - self._dataset_at > self._max_size:
+            over = self._length_at is not None and self.size - self._dataset_at > self._max_size
+            if self._max_size and over:
                 message = f"larger than max_instance_size ({self._max_size} bytes)"
                 self._fail(OSError(errno.EFBIG, message))
             elif len(self._pending) >= WRITE_BUFFER:

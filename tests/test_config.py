@@ -102,6 +102,20 @@ def test_min_free_forms(tmp_path: Path, text: str, expected: tuple[float, int]) 
             "option 'port' in section 'dicom' already exists",
         ),
         ("[ae:A]\n[ae:A]\n", "section 'ae:A' already exists"),
+        ("[ae:superseded]\n", "[ae:superseded]: AE title 'superseded' is reserved"),
+        (
+            "[dicom]\nmax_instance_size = huge\n[ae:A]\n",
+            "[dicom] max_instance_size: must be a size",
+        ),
+        (
+            "[storage]\nsuperseded_retention = forever\n[ae:A]\n",
+            "[storage] superseded_retention: must be 'never' or a number of seconds",
+        ),
+        (
+            "[ae:A]\n[destination:P]\nae_title = P\nhost = h\nport = 1\noutbox = out\n"
+            "[destination:Q]\nae_title = Q\nhost = h\nport = 1\noutbox = out\n",
+            "[destination:Q] outbox: is [destination:P]'s outbox too",
+        ),
     ],
 )
 def test_errors_name_file_section_and_key(tmp_path: Path, text: str, message: str) -> None:

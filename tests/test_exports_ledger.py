@@ -222,3 +222,52 @@ def test_migration_reopens_tasks_an_older_version_called_succeeded(tmp_path: Pat
         ).scalars()
     assert reason == "reopened by ledger migration 0006: undelivered files: 1"
     engine.dispose()
+
+
+def test_migration_links_existing_forward_files_to_their_instances(tmp_path: Path) -> None:
+    """Forward files have always been named ``<instance id>.dcm``: after the upgrade each
+    names its instance, so ``ledger check`` does not call forwarded instances lost."""
+    from ledger import delivery
+
+    engine = make_engine(f"sqlite:///{tmp_path / 'ledger.db'}")
+    upgrade(engine, to="0005")
+    at = "2026-11-27T12:00:00.000000Z"
+    with engine.begin() as connection:
+        connection.execute(
+            text(
+                "INSERT INTO jobs (id, processor, called_ae, group_key, instance_count, state, "
+                "attempts, idempotency_key, created_at, updated_at, finished_at) VALUES "
+                "(7, 'forward', 'AE', '1.2', 2, 'succeeded', 1, 'k', :at, :at, :at)"
+            ),
+            {"at": at},
+        )
+        for instance_id in (41, 42):
+            connection.execute(
+                text(
+                    "INSERT INTO instances (id, state, path, called_ae, sop_instance_uid, "
+                    "received_at, updated_at, job_id) VALUES "
+                    "(:i, 'reclaimed', :p, 'AE', :s, :at, :at, 7)"
+                ),
+                {"i": instance_id, "p": f"/spool/{instance_id}", "s": f"1.{instance_id}", "at": at},
+            )
+        connection.execute(
+            text(
+                "INSERT INTO exports (id, destination, origin, job_id, state, file_count, "
+                "failed_count, attempts, created_at, updated_at) VALUES "
+                "(3, 'PACS', 'forward', 7, 'succeeded', 2, 0, 1, :at, :at)"
+            ),
+            {"at": at},
+        )
+        for instance_id in (41, 42):
+            connection.execute(
+                text(
+                    "INSERT INTO export_files (export_id, path, owned, state, sop_instance_uid) "
+                    "VALUES (3, :p, 1, 'sent', :s)"
+                ),
+                {"p": f"/outbox/PACS/.sending/job-7/{instance_id}.dcm", "s": f"1.{instance_id}"},
+            )
+    upgrade(engine)
+    ledger = Ledger(engine)
+    assert [f.instance_id for f in Exports(ledger).files(3)] == [41, 42]
+    assert delivery.forwarded_not_delivered(ledger) == []
+    engine.dispose()

@@ -23,8 +23,11 @@ from tests.conftest import RunningAdapter, wait_for
 from tests.dicom import make_instance
 from tests.peers.send import send_files
 
-# pydicom warns about the non-conformant UIDs these tests write on purpose.
-pytestmark = pytest.mark.filterwarnings("ignore:Invalid value for VR UI:UserWarning")
+# pydicom warns about the non-conformant values these tests write on purpose.
+pytestmark = [
+    pytest.mark.filterwarnings("ignore:Invalid value for VR UI:UserWarning"),
+    pytest.mark.filterwarnings("ignore:The value length:UserWarning"),
+]
 AE = "DICOMADAPTER"
 LEGACY = {"study_uid": "1.2.04.5", "series_uid": "1.2.04.5.6", "sop_instance_uid": "1.2.04.5.6.7"}
 
@@ -164,3 +167,24 @@ def test_what_the_scp_refuses_is_refused_on_the_wire_and_leaves_nothing(
     adapter.settle()
     wait_for(lambda: not list((adapter.spool / ".tmp").iterdir()))
     assert adapter.rows() == []
+
+
+def test_values_longer_than_their_ledger_column_are_cut_with_a_warning(
+    adapter: RunningAdapter, tmp_path: Path, dropped: Path
+) -> None:
+    """PostgreSQL enforces column widths: one over-long Patient ID or calling AE title in a
+    hand-dropped file must not fail the insert of the whole intake batch."""
+    odd = rewrite(
+        make_instance(tmp_path / "long.dcm"),
+        lambda ds: (
+            setattr(ds, "PatientID", "P" * 80),
+            setattr(ds.file_meta, "SourceApplicationEntityTitle", "A" * 20),
+        ),
+    )
+    drop(adapter, odd, "long.dcm")
+    [row] = adapter.wait_rows(1, "received")
+    assert (row.patient_id, row.calling_ae) == ("P" * 64, "A" * 16)
+    assert events(adapter, row.id)[1:] == [
+        "warning: patient_id longer than 64 characters: recorded cut to 64",
+        "warning: calling_ae longer than 16 characters: recorded cut to 16",
+    ]

@@ -24,6 +24,7 @@ from typing import BinaryIO
 
 from pydicom.uid import UID_dictionary
 
+from ledger.models import Instance
 from spool.header import STUDY_INSTANCE_UID, HeaderValues, Malformed, read_values
 from spool.identity import (
     IDENTITY_TAGS,
@@ -38,6 +39,7 @@ from spool.part10 import dataset_offset
 from spool.text import one_line
 
 _HASH_CHUNK = 2**20
+INSTANCE_COLUMNS = Instance.__table__.c
 # Tags of the elements the ledger records, besides the AE's group_by element.
 PATIENT_ID = 0x00100020
 ROWS = 0x00280010
@@ -115,12 +117,20 @@ def read_header(path: Path, group_tag: int = STUDY_INSTANCE_UID) -> Inspection:
                     raise NotAnInstance(f"truncated: {problem}")
                 warnings.append(f"{problem}, as the sender sent it")
             size, digest = dataset_sha256(handle, structure.dataset_offset)
+        header = _header(values, size, digest, group_tag, warnings)
     except NotAnInstance:
         raise
     except Malformed as exc:
         raise NotAnInstance(str(exc)) from None
     except Exception as exc:  # anything odder from a hostile file
         raise NotAnInstance(f"not readable as DICOM: {type(exc).__name__}: {exc}") from None
+    return Inspection(header, tuple(warnings))
+
+
+def _header(
+    values: HeaderValues, size: int, digest: str, group_tag: int, warnings: list[str]
+) -> Header:
+    """The ledger's columns for a file the rule keeps (:func:`spool.identity.judge`)."""
     identity = identity_of(values)
     # The file meta records the C-STORE request's UIDs (ours, for a received file).
     request = (
@@ -132,20 +142,34 @@ def read_header(path: Path, group_tag: int = STUDY_INSTANCE_UID) -> Inspection:
         raise NotAnInstance(verdict.refusal)
     warnings += verdict.warnings
     address = values.text(SENDING_PRESENTATION_ADDRESS)
-    header = Header(
+    return Header(
         size=size,
         sha256=digest,
         sop_instance_uid=identity.sop_instance_uid,  # type: ignore[arg-type]  # judged
         study_instance_uid=identity.study_instance_uid,  # type: ignore[arg-type]
         series_instance_uid=identity.series_instance_uid,
         sop_class_uid=identity.sop_class_uid,
-        transfer_syntax_uid=values.text(TRANSFER_SYNTAX_UID),
-        patient_id=_text(values, PATIENT_ID, "Patient ID", warnings),
-        calling_ae=values.text(SOURCE_AE_TITLE),
-        peer_address=address.removeprefix("dicom://") if address else None,
+        transfer_syntax_uid=_fit(values.text(TRANSFER_SYNTAX_UID), "transfer_syntax_uid", warnings),
+        patient_id=_fit(_text(values, PATIENT_ID, "Patient ID", warnings), "patient_id", warnings),
+        calling_ae=_fit(values.text(SOURCE_AE_TITLE), "calling_ae", warnings),
+        peer_address=_fit(
+            address.removeprefix("dicom://") if address else None, "peer_address", warnings
+        ),
         group_key=_text(values, group_tag, "the group_by element", warnings),
     )
-    return Inspection(header, tuple(warnings))
+
+
+def _fit(value: str | None, column: str, warnings: list[str]) -> str | None:
+    """``value`` cut to its ledger column's width (PostgreSQL enforces it), with a warning.
+
+    A hand-dropped file's meta or a hostile data set can hold anything; one
+    over-long value must not fail the insert of a whole intake batch.
+    """
+    limit = INSTANCE_COLUMNS[column].type.length
+    if value is None or limit is None or len(value) <= limit:
+        return value
+    warnings.append(f"{column} longer than {limit} characters: recorded cut to {limit}")
+    return value[:limit]
 
 
 def _text(values: HeaderValues, tag: int, name: str, warnings: list[str]) -> str | None:

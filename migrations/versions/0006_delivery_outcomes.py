@@ -2,7 +2,9 @@
 
 ``export_files.instance_id`` names the ``instances`` row a forwarded file
 was linked from, so ``ledger check`` can tell whether every destination
-confirmed an instance whose spool copy is gone.  ``export_files.reclaimed_at``
+confirmed an instance whose spool copy is gone.  Existing forward files get
+it from their name, which has always been ``<instance id>.dcm`` in
+``.sending/job-<job id>/``.  ``export_files.reclaimed_at``
 records when the reclaimer deleted an owned file: files are reclaimed one by
 one once delivered, never because their task as a whole succeeded.
 ``export_files.failures`` counts the attempts that reached a file and did not
@@ -22,6 +24,9 @@ Revision ID: 0006
 Revises: 0005
 Create Date: 2026-12-03
 """
+
+from datetime import UTC, datetime
+from pathlib import PurePath
 
 import sqlalchemy as sa
 from alembic import op
@@ -63,22 +68,45 @@ def upgrade() -> None:
         "(SELECT reclaimed_at FROM exports WHERE exports.id = export_files.export_id) "
         "WHERE owned AND export_id IN (SELECT id FROM exports WHERE reclaimed_at IS NOT NULL)"
     )
-    now = "strftime('%Y-%m-%dT%H:%M:%fZ', 'now')"
-    if op.get_bind().dialect.name != "sqlite":
-        now = "to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')"
+    _link_forwarded_files()
     undelivered = (
         "SELECT id FROM exports WHERE state = 'succeeded' AND EXISTS "
         "(SELECT 1 FROM export_files f WHERE f.export_id = exports.id AND f.state != 'sent')"
     )
-    op.execute(
-        "INSERT INTO export_events (export_id, from_state, to_state, at, reason) "
-        f"SELECT id, 'succeeded', 'failed', {now}, "
-        "'reopened by ledger migration 0006: undelivered files: ' || failed_count "
-        f"FROM exports WHERE id IN ({undelivered})"
+    op.get_bind().execute(
+        sa.text(
+            "INSERT INTO export_events (export_id, from_state, to_state, at, reason) "
+            "SELECT id, 'succeeded', 'failed', :now, "
+            "'reopened by ledger migration 0006: undelivered files: ' || failed_count "
+            f"FROM exports WHERE id IN ({undelivered})"
+        ),
+        {"now": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")},  # as ledger.models
     )
     op.execute(f"UPDATE exports SET state = 'failed' WHERE id IN ({undelivered})")
     op.execute("DROP VIEW studies")
     op.execute(_studies_view(_STATES, "state != 'superseded'"))
+
+
+def _link_forwarded_files() -> None:
+    """Name each existing forward file's instance: ``<instance id>.dcm``, of the task's job."""
+    bind = op.get_bind()
+    rows = bind.execute(
+        sa.text(
+            "SELECT f.id, f.path, e.job_id FROM export_files f "
+            "JOIN exports e ON e.id = f.export_id WHERE e.origin = 'forward'"
+        )
+    ).all()
+    for file_id, path, job_id in rows:
+        stem = PurePath(path).stem
+        if not stem.isdecimal():
+            continue
+        bind.execute(
+            sa.text(
+                "UPDATE export_files SET instance_id = :instance WHERE id = :file AND EXISTS "
+                "(SELECT 1 FROM instances WHERE id = :instance AND job_id = :job)"
+            ),
+            {"instance": int(stem), "file": file_id, "job": job_id},
+        )
 
 
 def downgrade() -> None:

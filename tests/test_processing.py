@@ -407,7 +407,9 @@ def test_hung_command_is_killed_with_its_process_group(
     wait_for(pid_file.exists, timeout=10)
     pids = [int(pid) for pid in pid_file.read_text().split()]
     try:
-        wait_for(lambda: [job.state for job in jobs(running)] == ["failed"], timeout=10)
+        # Generous: on a loaded machine the job may start late; how long it ran is
+        # what the kill is judged by (ran_for below).
+        wait_for(lambda: [job.state for job in jobs(running)] == ["failed"], timeout=30)
         [job] = jobs(running)
         assert job.last_error == "command killed after command_timeout = 0.5s"
         events = job_history(running, job.id)

@@ -210,7 +210,9 @@ def webhook_config(tmp_path: Path, port: int, url: str) -> Path:
     return write_config(
         tmp_path,
         port,
-        f"processor = webhook\nurl = {url}\ntimeout = 0.4\nretries = 3\nretry_delay = 0.1\n"
+        # A quiet period long enough that a loaded CI machine does not split the
+        # study into two groups (rows can lag the sender by a few hundred ms).
+        f"processor = webhook\nurl = {url}\ntimeout = 1.5\nretries = 3\nretry_delay = 0.1\n"
         "webhook_timeout = 5\n",
     )
 

@@ -169,6 +169,15 @@ def parse_request(command: bytes) -> Request:
     return Request(field, message_id, sop_class, sop_instance, data_set != NO_DATA_SET)
 
 
+def command_field(command: bytes) -> int | None:
+    """The Command Field (0000,0100) of any command set; None if it cannot be read."""
+    try:
+        value = _elements(command).get(_COMMAND_FIELD)
+    except ValueError:
+        return None
+    return struct.unpack("<H", value)[0] if value is not None and len(value) == 2 else None
+
+
 def parse_response(command: bytes) -> Response:
     """Read Command Field, Message ID Being Responded To and Status from a command set.
 

@@ -17,11 +17,15 @@ megabytes and sends them makes the receiver buffer them all.
   negotiated (PS3.8 D.1: the peer must not send more), any other PDU no
   longer than :data:`OTHER_PDU_LIMIT` (an A-ASSOCIATE-RQ with 128
   presentation contexts of 30 transfer syntaxes each is about 270 KB); a
-  longer declaration drops the connection before its body is read.
+  longer declaration drops the connection before its body is read;
+- every P-DATA-TF goes through a :class:`scp.message_limits.MessageMeter`,
+  whoever reads it (the direct path or pynetdicom), so no message makes the
+  process buffer more than its bounds: the association is aborted first.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import ssl
@@ -29,6 +33,9 @@ import time
 from typing import Any
 
 from pynetdicom.transport import AssociationSocket
+
+from dimse import upper_layer as ul
+from scp.message_limits import MessageMeter, MessageOverrun
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +62,8 @@ class _LimitedSocket(AssociationSocket):
     _max_p_data: int
     _pdu_type: int | None
     _inbox: bytearray
+    _meter: MessageMeter
+    _premetered: int  # bytes at the head of the inbox that were metered when first read
 
     @property
     def ready(self) -> bool:
@@ -79,14 +88,38 @@ class _LimitedSocket(AssociationSocket):
                     f"PDU type 0x{pdu_type:02X} declares {nr_bytes} bytes, over the {limit} allowed"
                 )
         data = self._read(nr_bytes)
+        seen = min(self._premetered, len(data))
+        self._premetered -= seen
+        if pdu_type == P_DATA_TF and not seen:
+            self._measure(data)
         if pdu_type is None and nr_bytes == _HEADER and len(data) == _HEADER:
             self._pdu_type = data[0]
         return data
 
     def unread(self, data: bytes) -> None:
-        """Put ``data`` back in front: the next reads return it first."""
+        """Put ``data`` back in front: the next reads return it first (metered already)."""
         self._inbox[0:0] = data
+        self._premetered += len(data)
         self._pdu_type = None
+
+    def _measure(self, body: bytes) -> None:
+        """Meter one P-DATA-TF body; abort the association past a bound."""
+        try:
+            items = ul.pdvs(bytes(body))
+        except ValueError:
+            return  # malformed: whoever reads it refuses it
+        try:
+            self._meter.take(items)
+        except MessageOverrun as exc:
+            self._abort()
+            raise self._refuse(str(exc)) from None
+
+    def _abort(self) -> None:
+        """An A-ABORT to the peer (best effort) before the connection is dropped."""
+        sock = self.socket
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.sendall(ul.abort())
 
     def _read(self, nr_bytes: int) -> bytearray:
         """``nr_bytes`` from the buffer, filled within the deadline; fewer if the peer closed."""
@@ -162,5 +195,7 @@ def limit_reads(assoc: Any, read_timeout: float, max_p_data: int) -> None:
     sock._max_p_data = max_p_data
     sock._pdu_type = None
     sock._inbox = bytearray()
+    sock._meter = MessageMeter()
+    sock._premetered = 0
     if sock.socket is not None:
         sock.socket.settimeout(read_timeout)  # also makes the descriptor non-blocking

@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 CONFIG ?= config.ini
 
-.PHONY: run test fuzz invariant bench bench-export bench-memory bench-ledger bench-reconcile install install-test install-service lint clean
+.PHONY: run test fuzz invariant soak bench bench-export bench-memory bench-ledger bench-reconcile install install-test install-service lint clean
 
 $(BIN)/dicom-adapter: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -40,6 +40,13 @@ invariant: install-test
 		INVARIANT_SEED=$$(od -An -N4 -tu4 /dev/urandom | tr -d ' ') \
 			$(BIN)/pytest -q -s -p no:cacheprovider tests/test_delivery_invariant.py || exit 1; \
 	done
+
+## Sustained load with reloads and status calls; RSS, threads and fds over time and the RSS slope:
+## make soak SOAK_SECONDS=1800 SOAK_SENDERS=4 SOAK_RELOAD=30 SOAK_STATUS=10 (see bench/soak.py).
+soak: install-test
+	$(BIN)/python bench/soak.py --corpus var/bench-corpus --seconds $(or $(SOAK_SECONDS),1800) \
+		--senders $(or $(SOAK_SENDERS),4) --reload-every $(or $(SOAK_RELOAD),30) \
+		--status-every $(or $(SOAK_STATUS),10)
 
 ## Install the systemd unit (edit its paths first if the project is not in /opt/dicom-adapter).
 install-service:

@@ -28,6 +28,7 @@ from ledger.processing import Processing
 from ledger.store import Ledger
 from metrics import MetricsServer
 from notify import notify, watchdog_seconds
+from privileges import clear_ambient_capabilities
 from processors.base import Submitter
 from processors.command import CommandSubmitter, kill_leftovers
 from processors.dispatcher import Dispatcher, DispatchRules
@@ -192,6 +193,10 @@ class Adapter:
         # hold patient data: none of it readable by other users, whatever
         # umask the service was started with (the SCP process inherits it).
         os.umask(os.umask(0) | PRIVATE_UMASK)
+        # The SCP process first, while this one may still pass on the right to
+        # bind port 104; then nothing started later (commands) inherits it.
+        self.server.spawn()
+        clear_ambient_capabilities()
         self.layout.ensure(self.config.aes)
         before, after = upgrade(self.engine)
         if before != after:

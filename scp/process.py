@@ -129,16 +129,16 @@ class ScpProcess:
             and self._reader.is_alive()
         )
 
-    def start(self) -> None:
-        """Start the child and wait until it listens.
+    def spawn(self) -> None:
+        """Start the child, idle until :meth:`start`.
 
-        Raises
-        ------
-        OSError
-            When the child cannot listen (address in use, permission).
+        Done first, before the adapter runs anything else: the child is what
+        binds the ports, so it is the one process that inherits the ability
+        to bind port 104 (see :mod:`privileges`).
         """
+        if self._process is not None:
+            return
         ours, theirs = socket.socketpair()
-        level = logging.getLogger().getEffectiveLevel()
         # The child finds our modules where we found them, wherever it was started.
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
         self._process = subprocess.Popen(
@@ -149,6 +149,17 @@ class ScpProcess:
         )
         theirs.close()
         self._conn = Connection(ours.detach())
+
+    def start(self) -> None:
+        """Have the child (spawned now if it was not yet) listen; wait until it does.
+
+        Raises
+        ------
+        OSError
+            When the child cannot listen (address in use, permission).
+        """
+        self.spawn()
+        level = logging.getLogger().getEffectiveLevel()
         self._send(("serve", self.dicom, self._policy, self._layout, self._min_free, level))
         first = self._first_word()
         if first is None or first[0] != "listening":

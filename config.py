@@ -131,6 +131,7 @@ class DicomConfig:
     maximum_pdu_size: int
     shutdown_grace: float
     max_instance_size: int = 0  # bytes of one C-STORE data set; 0: no limit
+    max_associations_per_host: int | None = None  # None: half of max_associations, at least 2
     tls_port: int = 0  # 0: no TLS listener
     certificate: Path | None = None
     private_key: Path | None = None
@@ -138,6 +139,13 @@ class DicomConfig:
     require_client_certificate: bool = False
     tls_minimum_version: str = "1.2"
     tls_ciphers: str = DEFAULT_TLS_CIPHERS
+
+    @property
+    def per_host_limit(self) -> int:
+        """Associations one host may hold at once (``max_associations_per_host``)."""
+        if self.max_associations_per_host is not None:
+            return self.max_associations_per_host
+        return max(2, self.max_associations // 2)
 
     @property
     def tls(self) -> TlsSettings | None:
@@ -550,6 +558,7 @@ SCHEMA: dict[str, dict[str, tuple[Parser, Any]]] = {
         "host": (_host, "0.0.0.0"),
         "port": (_integer(1, 65535), "11112"),
         "max_associations": (_integer(1, 1000), "16"),
+        "max_associations_per_host": (_integer(1, 1000), None),
         "reject_unknown_sources": (_boolean, "false"),
         "verification": (_boolean, "true"),
         "transfer_syntaxes": (_transfer_syntaxes, "all"),

@@ -49,7 +49,14 @@ def handle_requested(event: evt.Event, server: object) -> None:
     assoc = event.assoc
     policy: AdmissionPolicy = server.policy  # type: ignore[attr-defined]
     peer = provenance_of(assoc)
-    rejection, reason = policy.decide(peer.called_ae, peer.calling_ae, assoc.requestor.address)
+    server.unrequested.requested(assoc)  # type: ignore[attr-defined]
+    host = assoc.requestor.address
+    rejection, reason = policy.decide(peer.called_ae, peer.calling_ae, host)
+    if rejection is None:
+        held = server.associations_from(host, assoc)  # type: ignore[attr-defined]
+        if held >= server.dicom.per_host_limit:  # type: ignore[attr-defined]
+            rejection = REJECT_LOCAL_LIMIT
+            reason = f"{held} associations from {host} already (max_associations_per_host)"
     if rejection is None and not server.writer.has_room():  # type: ignore[attr-defined]
         rejection, reason = REJECT_LOCAL_LIMIT, "spool free space under min_free"
     if rejection is not None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from pynetdicom import AE, AllStoragePresentationContexts, evt
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
@@ -23,6 +23,7 @@ from scp.association_log import AssociationLog
 from scp.handlers import handle_conn_open, handle_echo, handle_requested, handle_store
 from scp.receiving import Receiving
 from scp.tls import HandshakeInThread
+from scp.unrequested import Unrequested
 from spool.incoming import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 from spool.writer import SpoolWriter
 
@@ -32,8 +33,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 SHUTDOWN_POLL_SECONDS = 0.05
 LISTEN_BACKLOG = 128
-# TLS handshakes in progress at once, per allowed association: honest peers
-# finish theirs in milliseconds; silent ones are dropped beyond this.
+# TLS handshakes in progress at once, and connections not yet associating, per
+# allowed association: honest peers finish in milliseconds; silent ones are
+# dropped beyond this.
 HANDSHAKES_PER_ASSOCIATION = 4
 
 
@@ -67,6 +69,20 @@ class _Listener(ThreadedAssociationServer):
     """
 
     request_queue_size = LISTEN_BACKLOG
+    unrequested: Unrequested
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        """A thread for the connection, unless too many others have not yet associated."""
+        if not self.unrequested.admit():
+            log.warning(
+                "dropping connection from %s:%s: %d connections already waiting to associate",
+                client_address[0],
+                client_address[1],
+                self.unrequested.cap,
+            )
+            self.shutdown_request(request)
+            return
+        super().process_request(request, client_address)
 
 
 class _TlsListener(HandshakeInThread, _Listener):
@@ -97,6 +113,7 @@ class StoreServer:
         self.writer = writer
         self.receiving = Receiving(writer)
         self.tally = AssociationLog()
+        self.unrequested = Unrequested(HANDSHAKES_PER_ASSOCIATION * dicom.max_associations)
         self._servers: list[ThreadedAssociationServer] = []
         self._threads: list[threading.Thread] = []
 
@@ -131,6 +148,7 @@ class StoreServer:
             (evt.EVT_C_STORE, handle_store, [self.receiving, self.tally]),
             (evt.EVT_ESTABLISHED, self.tally.opened),
             (evt.EVT_CONN_CLOSE, self.tally.closed),
+            (evt.EVT_CONN_CLOSE, self.unrequested.closed),
             (evt.EVT_REJECTED, self.tally.refused_by_pynetdicom),
         ]
         try:
@@ -150,6 +168,7 @@ class StoreServer:
             self.receiving.uninstall()
             raise
         for server in self._servers:
+            server.unrequested = self.unrequested
             ae._servers.append(server)  # as start_server does: shutdown() removes it
             server.contexts = _SharedContexts(server.contexts)
             thread = threading.Thread(
@@ -179,6 +198,15 @@ class StoreServer:
     @property
     def active_associations(self) -> int:
         return sum(len(server.active_associations) for server in self._servers)
+
+    def associations_from(self, host: str, other_than: object) -> int:
+        """Associations (connections) ``host`` holds on either listener, besides one."""
+        return sum(
+            1
+            for server in self._servers
+            for assoc in server.active_associations
+            if assoc is not other_than and assoc.requestor.address == host
+        )
 
     @property
     def running(self) -> bool:

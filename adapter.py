@@ -203,7 +203,10 @@ class Adapter:
             log.info("ledger migrated from %s to %s", before or "empty", after)
         self.intake.start()
         self.watcher.start()
-        self.reconciler.tick(startup=True)
+        # Everything a crash left unrecorded is recorded before the SCP listens,
+        # a pass at a time (each hands intake a bounded number of files).
+        while self.reconciler.tick(startup=True).more:
+            self.intake.wait_idle()
         self.intake.wait_idle()
         self.ledger.set_service_state("last_reconcile_at", utcnow().strftime(TIME_FORMAT))
         self.config.storage.jobs.mkdir(parents=True, exist_ok=True)

@@ -144,7 +144,8 @@ def _recover(config: Config, ledger: Ledger) -> None:
     reconciler = Reconciler(
         layout, ledger, intake.process, config.watcher.settle_seconds, stale_tmp_seconds=0.0
     )
-    reconciler.tick(startup=True)
+    while reconciler.tick(startup=True).more:
+        pass  # intake ran inside each pass: the next one finds the files after these
     kill_leftovers(config.storage.jobs)
     Exports(ledger).recover()
     Processing(ledger).recover()

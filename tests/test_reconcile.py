@@ -165,3 +165,44 @@ def test_reconcile_queues_a_file_once_and_intake_skips_recorded_files_unread(
     assert intake.process(files + files) == 0
     assert read == files, "a recorded file was read again"
     engine.dispose()
+
+
+def test_a_backlog_costs_disk_not_memory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A sender outrunning intake for hours: intake's queue and a reconcile pass hold a
+    bounded number of paths; the rest wait on disk (durable already) for the next pass."""
+    import watchers.intake as intake_module
+    import watchers.reconcile as reconcile_module
+    from ledger.db import make_engine
+    from ledger.migrate import upgrade
+    from ledger.store import Ledger
+    from spool.layout import SpoolLayout
+    from tests.dicom import make_instance
+    from watchers.intake import Intake, IntakeWorker
+    from watchers.reconcile import Reconciler
+
+    monkeypatch.setattr(intake_module, "MAX_QUEUED", 4)
+    monkeypatch.setattr(reconcile_module, "MAX_ORPHANS", 3)
+    layout = SpoolLayout(tmp_path / "spool")
+    layout.ensure(["AE"])
+    engine = make_engine(f"sqlite:///{tmp_path / 'ledger.db'}")
+    upgrade(engine)
+    ledger = Ledger(engine)
+    intake = Intake(layout, ledger, {"AE": "replace"})
+    worker = IntakeWorker(intake)  # not started: nothing drains its queue
+    files = [make_instance(layout.root / "AE" / f"{n}.dcm") for n in range(7)]
+    reconciler = Reconciler(layout, ledger, worker.submit, 0.0, stale_tmp_seconds=600)
+    first = reconciler.tick(startup=True)
+    assert (first.adopted, first.more) == (3, True)
+    assert worker.queued == 3
+    worker.submit(files)  # the watcher reports all seven
+    worker.submit(files)
+    assert worker.queued == 4  # the cap: three wait on disk for a later pass
+    assert caplog.text.count("intake's queue is full (4 files)") == 1
+    # Drained a pass at a time (what Adapter.start does), every file is recorded.
+    synchronous = Reconciler(layout, ledger, intake.process, 0.0, stale_tmp_seconds=600)
+    while synchronous.tick(startup=True).more:
+        pass
+    assert sorted(ledger.recorded([str(f) for f in files])) == sorted(str(f) for f in files)
+    engine.dispose()

@@ -33,6 +33,10 @@ from watchers.inspect import STUDY_INSTANCE_UID, Header, Inspection, NotAnInstan
 log = logging.getLogger(__name__)
 
 BATCH_MAX = 500
+# Paths waiting at most: beyond it a file waits on disk, unqueued, for the
+# next reconcile pass (it is durable already), so a sender outrunning intake
+# for hours costs disk, never memory.
+MAX_QUEUED = 20_000
 # How long a batch gathers arrivals: fewer, larger ledger commits (each one
 # an fsync) leave the disk and the GIL to the SCP under load.
 BATCH_WINDOW_SECONDS = 0.1
@@ -218,14 +222,31 @@ class IntakeWorker:
         # files waiting, not by how many passes saw them.
         self._queued: set[Path] = set()
         self._queued_lock = threading.Lock()
+        self._full = False  # the last submit found no room (logged once per episode)
         self._thread = threading.Thread(target=self._run, name="intake", daemon=True)
 
     def submit(self, paths: Iterable[Path]) -> None:
+        """Queue the paths not queued yet, while there is room (see :data:`MAX_QUEUED`)."""
         with self._queued_lock:
             fresh = [p for p in dict.fromkeys(paths) if p not in self._queued]
+            room = max(0, MAX_QUEUED - len(self._queued))
+            if len(fresh) > room and not self._full:
+                log.warning(
+                    "intake's queue is full (%d files): the rest wait on disk for the next "
+                    "reconcile",
+                    MAX_QUEUED,
+                )
+            self._full = len(fresh) > room
+            fresh = fresh[:room]
             self._queued.update(fresh)
         for path in fresh:
             self._queue.put(path)
+
+    @property
+    def room(self) -> int:
+        """How many more paths the queue takes now."""
+        with self._queued_lock:
+            return max(0, MAX_QUEUED - len(self._queued))
 
     @property
     def queued(self) -> int:

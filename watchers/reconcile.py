@@ -23,6 +23,9 @@ from spool.settle import is_open_for_writing
 
 log = logging.getLogger(__name__)
 _CHUNK = 2000  # spool paths looked up in the ledger at a time
+# Orphans one pass hands to intake at most; the rest wait on disk for the
+# next pass, so a backlog of a million unrecorded files costs no memory.
+MAX_ORPHANS = 20_000
 
 
 @dataclass(frozen=True)
@@ -31,6 +34,7 @@ class ReconcileReport:
     missing: int
     found: int
     temporary_removed: int
+    more: bool = False  # orphans beyond MAX_ORPHANS are left for the next pass
 
 
 class Reconciler:
@@ -60,28 +64,33 @@ class Reconciler:
         now = time.time() if now is None else now
         removed = self._clean_tmp(None if startup else now - self.stale_tmp_seconds)
         scp_idle = startup or shutdown
-        orphans = self._orphans(now if scp_idle else now - self.settle_seconds)
+        orphans, more = self._orphans(now if scp_idle else now - self.settle_seconds)
         if orphans:
             self.submit(orphans)
         missing, found = self._check_rows()
-        report = ReconcileReport(len(orphans), missing, found, removed)
+        report = ReconcileReport(len(orphans), missing, found, removed, more)
         if orphans or missing or found or removed:
             log.info(
-                "reconcile: %d files adopted, %d rows missing their file, %d found again, "
+                "reconcile: %d files adopted%s, %d rows missing their file, %d found again, "
                 "%d temporary files removed",
-                *report.__dict__.values(),
+                len(orphans),
+                " (more for the next pass)" if more else "",
+                missing,
+                found,
+                removed,
             )
         return report
 
-    def _orphans(self, settled_before: float) -> list[Path]:
-        """Unrecorded candidate files, quiet since ``settled_before``, open for writing by nobody.
+    def _orphans(self, settled_before: float) -> tuple[list[Path], bool]:
+        """Unrecorded candidate files, quiet since ``settled_before``, open for writing by
+        nobody; at most :data:`MAX_ORPHANS`, and whether there were more.
 
         The spool is walked in chunks, each looked up in the ledger by path
         (an index), and only a file with no row is checked further: at a
         million recorded files a pass costs a walk and a look-up each, and
         memory holds one chunk, not every path.
         """
-        orphans = []
+        orphans: list[Path] = []
         for chunk in chunked(self.layout.candidate_paths(), _CHUNK):
             recorded = self.ledger.recorded(chunk)
             orphans += [
@@ -89,7 +98,9 @@ class Reconciler:
                 for path in chunk
                 if path not in recorded and _settled(path, settled_before)
             ]
-        return sorted(orphans)
+            if len(orphans) >= MAX_ORPHANS:
+                return sorted(orphans[:MAX_ORPHANS]), True
+        return sorted(orphans), False
 
     def _check_rows(self) -> tuple[int, int]:
         changes = []

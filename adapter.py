@@ -17,7 +17,7 @@ import threading
 from sqlalchemy import literal, select
 
 import scheduler as schedule
-from config import AeConfig, Config, load_config
+from config import AeConfig, Config, config_warnings, load_config
 from errors import ConfigError
 from exporters.cstore import Peer
 from ledger.db import make_engine
@@ -56,8 +56,9 @@ PRIVATE_UMASK = 0o027  # files 0640, folders 0750 at most
 def admission_policy(config: Config) -> AdmissionPolicy:
     return AdmissionPolicy(
         called_aes=frozenset(config.aes),
-        sources=tuple(Source(s.ae_title, s.host) for s in config.sources),
+        sources=tuple(Source(s.ae_title, s.host, s.certificate_name) for s in config.sources),
         reject_unknown_sources=config.dicom.reject_unknown_sources,
+        reject_unknown_over_tls=config.dicom.reject_unknown_over_tls,
     )
 
 
@@ -193,6 +194,8 @@ class Adapter:
         # hold patient data: none of it readable by other users, whatever
         # umask the service was started with (the SCP process inherits it).
         os.umask(os.umask(0) | PRIVATE_UMASK)
+        for warning in config_warnings(self.config):
+            log.warning("%s %s", self.config.path, warning)
         # The SCP process first, while this one may still pass on the right to
         # bind port 104; then nothing started later (commands) inherits it.
         self.server.spawn()
@@ -243,7 +246,10 @@ class Adapter:
         self.server.start()
         if self.metrics is not None:
             self.metrics.start()
-        self.ledger.set_service_state("listening", f"{self.config.dicom.host}:{self.server.port}")
+        listeners = [f"{self.config.dicom.host}:{self.server.port}"] if self.server.port else []
+        if self.server.tls_port:
+            listeners.append(f"{self.config.dicom.host}:{self.server.tls_port} (TLS)")
+        self.ledger.set_service_state("listening", ", ".join(listeners))
         self.ledger.set_service_state("pid", str(os.getpid()))
         notify("READY=1")
         if (seconds := watchdog_seconds()) is not None:
@@ -267,8 +273,7 @@ class Adapter:
             self.config.ledger,
         ):
             log.warning(
-                "reload: [dicom], [ledger] and [storage] changes other than min_free "
-                "need a restart"
+                "reload: [dicom], [ledger] and [storage] changes other than min_free need a restart"
             )
         self.layout.ensure(new.aes)
         self.server.policy = admission_policy(new)

@@ -22,7 +22,7 @@ from typing import Any
 import click
 from sqlalchemy.exc import NoResultFound
 
-from config import Config, check_config, default_config_path, load_config
+from config import Config, check_config, config_warnings, default_config_path, load_config
 from errors import EXIT_CONFIG, EXIT_FAILURE, AdapterError, ConfigError, IllegalTransition
 from health import health
 from ledger.db import make_engine
@@ -553,6 +553,8 @@ def config_check(config_path: Path | None) -> None:
     if problems:
         sys.exit(EXIT_CONFIG)
     config = load_config(path)
+    for warning in config_warnings(config):
+        click.echo(f"Warning: {path} {warning}", err=True)
     processed = sum(1 for ae in config.aes.values() if ae.processor != "none")
     click.echo(
         f"{path}: OK, {len(config.aes)} AE titles ({processed} with a processor), "

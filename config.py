@@ -139,6 +139,19 @@ class DicomConfig:
     require_client_certificate: bool = False
     tls_minimum_version: str = "1.2"
     tls_ciphers: str = DEFAULT_TLS_CIPHERS
+    tls_reject_unknown_sources: bool | None = None  # None: as reject_unknown_sources
+
+    @property
+    def ports(self) -> tuple[int, ...]:
+        """The ports configured to listen: the plain one, the TLS one, or both."""
+        return tuple(port for port in (self.port, self.tls_port) if port)
+
+    @property
+    def reject_unknown_over_tls(self) -> bool:
+        """The TLS listener's own policy for calling AEs no ``[source:NAME]`` names."""
+        if self.tls_reject_unknown_sources is None:
+            return self.reject_unknown_sources
+        return self.tls_reject_unknown_sources
 
     @property
     def per_host_limit(self) -> int:
@@ -261,6 +274,7 @@ class SourceConfig:
     name: str
     ae_title: str
     host: str | None
+    certificate_name: str | None = None  # set: only over TLS with a certificate naming it
 
 
 @dataclass(frozen=True)
@@ -436,6 +450,24 @@ def _source_host(text: str, _: Path) -> str:
     return text
 
 
+PORT_RANGE = "must be 1-65535 (0 turns the plain port off: set tls_port)"
+
+
+def _listen_port(text: str, folder: Path) -> int:
+    """The plain DICOM port; 0, with ``tls_port`` set, listens on TLS alone."""
+    try:
+        return _integer(0, 65535)(text, folder)
+    except ValueError as exc:
+        raise ValueError(PORT_RANGE if "must be 0-65535" in str(exc) else str(exc)) from None
+
+
+def _certificate_name(text: str, _: Path) -> str:
+    """A subject (``CN=ct1.example,O=Hospital``), a common name, or a subjectAltName value."""
+    if not text or not text.isprintable():
+        raise ValueError("must be printable text: a subject, common name or subjectAltName")
+    return text
+
+
 def _path(text: str, folder: Path) -> Path:
     if not text:
         raise ValueError("must not be empty")
@@ -556,7 +588,7 @@ SCHEMA: dict[str, dict[str, tuple[Parser, Any]]] = {
     "dicom": {
         "ae_title": (_ae_title, "DICOMADAPTER"),
         "host": (_host, "0.0.0.0"),
-        "port": (_integer(1, 65535), "11112"),
+        "port": (_listen_port, "11112"),
         "max_associations": (_integer(1, 1000), "16"),
         "max_associations_per_host": (_integer(1, 1000), None),
         "reject_unknown_sources": (_boolean, "false"),
@@ -571,6 +603,7 @@ SCHEMA: dict[str, dict[str, tuple[Parser, Any]]] = {
         "tls_port": (_integer(0, 65535), "0"),
         **TLS_KEYS,
         "require_client_certificate": (_boolean, "false"),
+        "tls_reject_unknown_sources": (_boolean, None),  # None: as reject_unknown_sources
     },
     "storage": {
         "spool": (_path, "var/spool"),
@@ -620,7 +653,11 @@ SCHEMA: dict[str, dict[str, tuple[Parser, Any]]] = {
         **TLS_KEYS,
         "verify_hostname": (_boolean, "true"),
     },
-    "source": {"ae_title": (_calling_ae_title, REQUIRED), "host": (_source_host, None)},
+    "source": {
+        "ae_title": (_calling_ae_title, REQUIRED),
+        "host": (_source_host, None),
+        "certificate_name": (_certificate_name, None),
+    },
 }
 
 
@@ -686,7 +723,7 @@ class _Reader:
             return None
         sections = {kind: self.section(parser, kind, kind) for kind in UNLABELLED}
         self.check_listener_tls(sections["dicom"])
-        aes, sources, destinations = self.labelled(parser)
+        aes, sources, destinations = self.labelled(parser, sections["dicom"])
         if not any(section.startswith("ae:") for section in parser.sections()):
             self.report(None, None, "no [ae:NAME] section: the adapter would answer to no AE title")
         if self.problems:
@@ -705,9 +742,9 @@ class _Reader:
         )
 
     def labelled(
-        self, parser: configparser.ConfigParser
+        self, parser: configparser.ConfigParser, dicom: dict[str, Any]
     ) -> tuple[dict[str, AeConfig], list[SourceConfig], dict[str, DestinationConfig]]:
-        """The ``[kind:NAME]`` sections."""
+        """The ``[kind:NAME]`` sections (``dicom``: the ``[dicom]`` values they refer to)."""
         aes: dict[str, AeConfig] = {}
         sources: list[SourceConfig] = []
         destinations: dict[str, DestinationConfig] = {}
@@ -725,8 +762,10 @@ class _Reader:
                 self.check_processor(section, values)
                 if not self.problems:
                     aes[label] = AeConfig(ae_title=label, **values)
-            elif kind == "source" and not self.problems:
-                sources.append(SourceConfig(name=label, **values))
+            elif kind == "source":
+                self.check_source_tls(section, values, dicom)
+                if not self.problems:
+                    sources.append(SourceConfig(name=label, **values))
             elif kind == "destination":
                 if not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", label):
                     self.report(
@@ -785,7 +824,12 @@ class _Reader:
             )
 
     def check_listener_tls(self, values: dict[str, Any]) -> None:
-        """``tls_port`` needs a certificate and key that load, and a port of its own."""
+        """``tls_port`` needs a certificate and key that load, and a port of its own;
+        ``port = 0`` (no plain listener) needs ``tls_port``."""
+        if values.get("port") == 0 and not values.get("tls_port"):
+            self.report(
+                "dicom", "port", "must be 1-65535 (0 turns the plain port off: set tls_port)"
+            )
         if not values.get("tls_port"):
             return
         if values["tls_port"] == values.get("port"):
@@ -796,6 +840,19 @@ class _Reader:
         if values.get("require_client_certificate") and values.get("ca_certificates") is None:
             self.report("dicom", "ca_certificates", "is required with require_client_certificate")
         self.check_tls_loads("dicom", values, server_side=True)
+
+    def check_source_tls(self, section: str, values: dict[str, Any], dicom: dict[str, Any]) -> None:
+        """``certificate_name`` needs a TLS listener that verifies client certificates."""
+        if values.get("certificate_name") is None:
+            return
+        if not dicom.get("tls_port"):
+            self.report(section, "certificate_name", "needs [dicom] tls_port")
+        elif dicom.get("ca_certificates") is None:
+            self.report(
+                section,
+                "certificate_name",
+                "needs [dicom] ca_certificates to verify the certificate",
+            )
 
     def check_destination_tls(self, section: str, values: dict[str, Any]) -> None:
         """A client certificate comes with its key; everything given must load."""
@@ -810,9 +867,7 @@ class _Reader:
         keys = ("certificate", "private_key", "ca_certificates", "tls_minimum_version")
         if any(f"[{section}] {key}:" in str(p) for p in self.problems for key in keys):
             return  # already reported, more precisely
-        if values.get("tls_ciphers") is None or (
-            values.get("certificate") is None and server_side
-        ):
+        if values.get("tls_ciphers") is None or (values.get("certificate") is None and server_side):
             return
         settings = TlsSettings(
             values["certificate"],
@@ -832,3 +887,30 @@ class _Reader:
         except ValueError as exc:
             self.report(section, key, str(exc))
             return None
+
+
+def config_warnings(config: Config) -> list[str]:
+    """What loads but is likely not what the admin meant, one line each.
+
+    ``config check`` prints them and the service logs them at start; neither
+    refuses to run, since a site may want exactly that.
+    """
+    warnings = []
+    dicom = config.dicom
+    if dicom.tls_port and dicom.port and not _is_loopback(dicom.host):
+        warnings.append(
+            f"[dicom] port: {dicom.port} is open without TLS on {dicom.host} while tls_port "
+            "is set, so a peer can bypass the TLS listener's checks there "
+            "(port = 0 listens on TLS alone)"
+        )
+    return warnings
+
+
+def _is_loopback(host: str) -> bool:
+    """True for an address only this machine can reach (``localhost``, 127/8, ::1)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a hostname: it may resolve anywhere

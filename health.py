@@ -54,7 +54,7 @@ def health(config: Config, ledger: Ledger) -> dict[str, Any]:
     # ``exports retry`` or ``exports discard``.
     undelivered = exports.undelivered()
     facts = {
-        "listening": listening(config.dicom.port),
+        "listening": all(listening(port) for port in config.dicom.ports),
         "last_reconcile_at": state.get("last_reconcile_at"),
         "spool_free_bytes": free,
         "spool_min_free_bytes": needed,

@@ -92,7 +92,6 @@ class Result(Throughput):
     cli_times: list[float] = field(default_factory=list)
 
 
-
 def start_sink(work: Path, max_pdu: int) -> Sink:
     """Start storescp in ``work/out`` and wait for its port."""
     out = work / "out"

@@ -23,6 +23,7 @@ from scp.direct import serve_directly
 from scp.placement import read_identity
 from scp.read_limits import limit_reads
 from scp.receiving import Receiving, provenance_of
+from scp.tls import arrival_over
 from scp.wakeful import wake_on_events
 from spool.identity import judge
 from spool.incoming import IncomingFile
@@ -51,7 +52,8 @@ def handle_requested(event: evt.Event, server: object) -> None:
     peer = provenance_of(assoc)
     server.unrequested.requested(assoc)  # type: ignore[attr-defined]
     host = assoc.requestor.address
-    rejection, reason = policy.decide(peer.called_ae, peer.calling_ae, host)
+    arrival = arrival_over(assoc.dul.socket.socket, host)
+    rejection, reason = policy.decide(peer.called_ae, peer.calling_ae, arrival)
     if rejection is None:
         held = server.associations_from(host, assoc)  # type: ignore[attr-defined]
         if held >= server.dicom.per_host_limit:  # type: ignore[attr-defined]

@@ -119,15 +119,20 @@ class StoreServer:
 
     @property
     def port(self) -> int:
-        """The bound port (useful when configured as 0)."""
-        assert self._servers, "server not started"
-        return int(self._servers[0].server_address[1])
+        """The bound plain port; 0 without a plain listener (``port = 0``: TLS alone)."""
+        return self._bound(_Listener, self.dicom.port)
 
     @property
     def tls_port(self) -> int:
         """The bound TLS port; 0 without a TLS listener."""
+        return self._bound(_TlsListener, self.dicom.tls_port)
+
+    def _bound(self, kind: type, configured: int) -> int:
         assert self._servers, "server not started"
-        return int(self._servers[1].server_address[1]) if len(self._servers) > 1 else 0
+        if not configured:
+            return 0
+        server = next(s for s in self._servers if type(s) is kind)
+        return int(server.server_address[1])
 
     def start(self) -> None:
         """Listen on ``port``, and on ``tls_port`` if set: one AE, so one association limit.
@@ -152,13 +157,14 @@ class StoreServer:
             (evt.EVT_REJECTED, self.tally.refused_by_pynetdicom),
         ]
         try:
-            self._servers.append(
-                ae.make_server(
-                    (self.dicom.host, self.dicom.port),
-                    evt_handlers=handlers,
-                    server_class=_Listener,
+            if self.dicom.port:
+                self._servers.append(
+                    ae.make_server(
+                        (self.dicom.host, self.dicom.port),
+                        evt_handlers=handlers,
+                        server_class=_Listener,
+                    )
                 )
-            )
             if self.dicom.tls is not None:
                 self._servers.append(self._make_tls_server(ae, handlers))
         except BaseException:
@@ -176,9 +182,16 @@ class StoreServer:
             )
             thread.start()
             self._threads.append(thread)
-        log.info("listening on %s:%d as %s", self.dicom.host, self.port, self.dicom.ae_title)
+        if self.port:
+            log.info("listening on %s:%d as %s", self.dicom.host, self.port, self.dicom.ae_title)
         if self.tls_port:
-            log.info("listening for TLS on %s:%d", self.dicom.host, self.tls_port)
+            log.info(
+                "listening for TLS on %s:%d as %s%s",
+                self.dicom.host,
+                self.tls_port,
+                self.dicom.ae_title,
+                "" if self.port else " (no plain port: port = 0)",
+            )
 
     def _make_tls_server(self, ae: AE, handlers: list) -> _TlsListener:  # type: ignore[type-arg]
         assert self.dicom.tls is not None
@@ -231,8 +244,7 @@ class StoreServer:
         for assoc in (assoc for server in servers for assoc in server.active_associations):
             if assoc.is_established:  # the rest never associated: nothing to report
                 log.warning(
-                    "aborting an association still running after the %gs shutdown grace: "
-                    "peer %s",
+                    "aborting an association still running after the %gs shutdown grace: peer %s",
                     grace,
                     assoc.requestor.address,
                 )

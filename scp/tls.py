@@ -26,6 +26,8 @@ import threading
 import time
 from typing import Any
 
+from scp.admission import Arrival
+
 log = logging.getLogger(__name__)
 
 
@@ -127,3 +129,41 @@ def describe(exc: ssl.SSLError) -> str:
 def _dropped(client_address: Any, reason: str) -> None:
     host, port = client_address[0], client_address[1]
     log.warning("dropping TLS connection from %s:%s: %s", host, port, reason)
+
+
+# RFC 4514's short names for the attributes Python's getpeercert() spells out.
+_SHORT_NAMES = {
+    "commonName": "CN",
+    "organizationName": "O",
+    "organizationalUnitName": "OU",
+    "countryName": "C",
+    "stateOrProvinceName": "ST",
+    "localityName": "L",
+    "domainComponent": "DC",
+    "streetAddress": "STREET",
+    "userId": "UID",
+}
+
+
+def arrival_over(sock: Any, peer_ip: str) -> Arrival:
+    """How a connection came in: over TLS or not, and with which verified client certificate.
+
+    The certificate's subject is in RFC 4514 order and short names (``CN=ct1,O=Hospital``,
+    as ``openssl x509 -subject -nameopt rfc2253`` prints it); the names are
+    that subject, each common name, and each subjectAltName value (DNS, IP
+    address, URI, email).  Python only returns a certificate the handshake
+    verified.
+    """
+    if not isinstance(sock, ssl.SSLSocket):
+        return Arrival(peer_ip)
+    certificate = sock.getpeercert()
+    if not certificate:
+        return Arrival(peer_ip, tls=True)
+    rdns = certificate.get("subject", ())
+    subject = ",".join(
+        "+".join(f"{_SHORT_NAMES.get(key, key)}={value}" for key, value in rdn)
+        for rdn in reversed(rdns)
+    )
+    common = {value for rdn in rdns for key, value in rdn if key == "commonName"}
+    alternative = {value.strip() for _, value in certificate.get("subjectAltName", ())}
+    return Arrival(peer_ip, True, subject, frozenset({subject, *common, *alternative}))

@@ -154,7 +154,6 @@ def wake_on_events(assoc: Any) -> None:
     dimse.msg_queue = _SignallingQueue(attention.set)
 
 
-
 def _close_if_crashed(dul: Any) -> None:
     """Close the connection of a DUL thread that died with it open.
 

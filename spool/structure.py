@@ -114,9 +114,7 @@ def survey(handle: BinaryIO, size: int, wanted: Collection[int] = frozenset()) -
     )
 
 
-def _walk_meta(
-    window: FileWindow, size: int, elements: dict[int, RawElement]
-) -> tuple[int, str]:
+def _walk_meta(window: FileWindow, size: int, elements: dict[int, RawElement]) -> tuple[int, str]:
     """The dataset offset and Transfer Syntax UID, from the explicit VR LE meta group.
 
     Every meta element goes into ``elements``.

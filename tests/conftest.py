@@ -88,9 +88,7 @@ def write_config(
         [log]
         level = DEBUG
         """)  # dedented before the values go in: they may span lines
-    path.write_text(
-        template.format(port=port, dicom=dicom, storage=storage) + aes + "\n" + extra
-    )
+    path.write_text(template.format(port=port, dicom=dicom, storage=storage) + aes + "\n" + extra)
     return path
 
 

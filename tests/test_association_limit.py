@@ -69,8 +69,10 @@ def test_64_clients_against_a_limit_of_16(start_adapter, tmp_path: Path, port: i
     running.wait_rows(len(stored), "received")
     # Back to baseline once the associations' threads have ended.
     wait_for(
-        lambda: proc_status(scp_pid)["Threads"] <= before["Threads"]
-        and proc_status(scp_pid)["fds"] <= before["fds"],
+        lambda: (
+            proc_status(scp_pid)["Threads"] <= before["Threads"]
+            and proc_status(scp_pid)["fds"] <= before["fds"]
+        ),
         timeout=15,
     )
     after = proc_status(scp_pid)
@@ -133,7 +135,6 @@ def test_connections_that_never_associate_are_capped(
     import logging
     import socket
     import time
-
 
     caplog.set_level(logging.WARNING)
     running = start_adapter(write_config(tmp_path, port, dicom="max_associations = 2"))

@@ -141,7 +141,10 @@ def test_cli_broken_config_exits_2_with_one_line(tmp_path: Path) -> None:
             timeout=60,
         )
         assert result.returncode == 2, result
-        assert result.stderr == f"Error: {path} [dicom] port: must be 1-65535\n"
+        assert result.stderr == (
+            f"Error: {path} [dicom] port: must be 1-65535 (0 turns the plain port off: "
+            "set tls_port)\n"
+        )
         assert result.stdout == ""
 
 
@@ -263,7 +266,7 @@ destinations = NOWHERE
     assert result.returncode == 2 and result.stdout == ""
     assert result.stderr.splitlines() == [
         f"Error: {path} [dicom] prot: unknown key",
-        f"Error: {path} [dicom] port: must be 1-65535",
+        f"Error: {path} [dicom] port: must be 1-65535 (0 turns the plain port off: set tls_port)",
         f"Error: {path} [storage] min_free: must be a percentage (5%) or a size (2GiB), not 'lots'",
         f"Error: {path} [exports]: unknown section",
         f"Error: {path} [ae:A] destinations: no [destination:NOWHERE] section",

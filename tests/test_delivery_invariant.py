@@ -255,7 +255,4 @@ def test_every_acknowledged_instance_is_delivered_or_kept_with_a_reason(
     findings = json.loads(check.stdout)["findings"]
     assert [f for f in findings if f["kind"] == "lost"] == [], findings
     assert "Traceback" not in (tmp_path / "adapter.log").read_text()
-    print(
-        f"seed {seed}: killed after {kills} s; {summary}; "
-        f"took {time.monotonic() - began:.1f} s"
-    )
+    print(f"seed {seed}: killed after {kills} s; {summary}; took {time.monotonic() - began:.1f} s")

@@ -220,7 +220,6 @@ def test_echo_a_real_peer(storescp) -> None:
 # -- scripted peers ---------------------------------------------------------------------
 
 
-
 def pdata(context_id: int, control: int, data: bytes) -> bytes:
     return struct.pack(">BxLLBB", 4, len(data) + 6, len(data) + 2, context_id, control) + data
 

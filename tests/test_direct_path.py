@@ -93,9 +93,7 @@ def test_command_and_data_set_in_one_pdu(adapter: RunningAdapter, tmp_path: Path
     uid, data = instance(tmp_path, "one")
     sock = associate(adapter.port)
     sock.sendall(
-        ul.pdata_many(
-            [(CONTEXT, ul.COMMAND | ul.LAST, command(1, uid)), (CONTEXT, ul.LAST, data)]
-        )
+        ul.pdata_many([(CONTEXT, ul.COMMAND | ul.LAST, command(1, uid)), (CONTEXT, ul.LAST, data)])
     )
     assert store_status(sock) == 0x0000
     release(sock)

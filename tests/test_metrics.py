@@ -42,8 +42,10 @@ def test_metrics_tell_what_happened(start_adapter, tmp_path: Path, port: int) ->
     # association's thread ends a moment after the reject is sent.
     rejected = 'dicom_adapter_associations_rejected_total{reason="called_ae"}'
     wait_for(
-        lambda: scrape(metrics_port).get(rejected) == 1
-        and scrape(metrics_port)["dicom_adapter_associations_active"] == 0
+        lambda: (
+            scrape(metrics_port).get(rejected) == 1
+            and scrape(metrics_port)["dicom_adapter_associations_active"] == 0
+        )
     )
     values = scrape(metrics_port)
     assert values['dicom_adapter_instances_received_total{called_ae="DICOMADAPTER"}'] == 3

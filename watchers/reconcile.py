@@ -134,4 +134,3 @@ def _settled(path: str, settled_before: float) -> bool:
     except FileNotFoundError:
         return False
     return settled and not is_open_for_writing(Path(path))
-

@@ -302,7 +302,6 @@ class FlakyStorageSCP:
             time.sleep(delay)
         return status
 
-
     def _write_record(self, store: Store) -> None:
         """One JSON line per answered store (the lock is held), flushed at once."""
         line = {

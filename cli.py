@@ -80,8 +80,10 @@ def run(config_path: Path | None) -> None:
       dicom-adapter run --config config.ini
     """
     from adapter import Adapter
+    from arenas import limit_malloc_arenas
     from logs import configure_logging
 
+    limit_malloc_arenas()
     config = _load(config_path)
     configure_logging(config.log.level)
     # The handlers only record the signal; the main thread looks every half

@@ -343,7 +343,9 @@ def _report(server: StoreServer, send: Any, done: threading.Event) -> None:
 
 if __name__ == "__main__":
     # Under its own name, so the Tally it pickles unpickles in the adapter.
+    from arenas import limit_malloc_arenas
     from scp import process
 
+    limit_malloc_arenas()
     process.die_with(int(sys.argv[2]))
     process.serve(Connection(int(sys.argv[1])))

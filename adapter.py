@@ -9,7 +9,6 @@ is the same as the ``dicom-adapter`` command.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 import threading
@@ -18,6 +17,7 @@ from sqlalchemy import literal, select
 
 import scheduler as schedule
 from config import AeConfig, Config, config_warnings, load_config
+from config_changes import needing_restart
 from errors import ConfigError
 from exporters.cstore import Peer
 from ledger.db import make_engine
@@ -26,6 +26,7 @@ from ledger.migrate import upgrade
 from ledger.models import TIME_FORMAT, utcnow
 from ledger.processing import Processing
 from ledger.store import Ledger
+from ledger.wording import plural
 from metrics import MetricsServer
 from notify import notify, watchdog_seconds
 from privileges import clear_ambient_capabilities
@@ -122,46 +123,20 @@ class Adapter:
             {name: d.retention for name, d in config.destinations.items()},
             {name: folder / STAGING for name, folder in outboxes.items()},
         )
-        processed = {name: ae for name, ae in config.aes.items() if ae.processor != "none"}
-        self.groupers = {
-            name: Grouper(
-                GroupRules(
-                    name,
-                    ae.processor,
-                    ae.timeout,
-                    ae.max_wait,
-                    ae.ignored_sop_classes,
-                    ae.allowed_sop_classes,
-                ),
-                self.processing,
-            )
-            for name, ae in processed.items()
-        }
-        self.dispatcher = Dispatcher(
-            self.processing,
-            config.storage.jobs,
-            {
-                name: DispatchRules(
-                    submitter_for(ae, config, self.exports),
-                    ae.group_by,
-                    ae.retries,
-                    ae.retry_delay,
-                )
-                for name, ae in processed.items()
-            },
-        )
+        self.groupers: dict[str, Grouper] = {}  # filled by _take_aes, read by the notifier
+        self.dispatcher = Dispatcher(self.processing, config.storage.jobs, {})
         self.reclaimer = Reclaimer(
             self.processing,
             self.layout,
             config.storage.jobs,
-            {name: ae.retention for name, ae in processed.items()},
+            {},
             config.storage.superseded_retention,
         )
         intake = Intake(
             self.layout,
             self.ledger,
-            {name: ae.duplicates for name, ae in config.aes.items()},
-            group_by={name: ae.group_by for name, ae in config.aes.items()},
+            {},
+            group_by={},
             notify=Notifier(self.groupers),
             log_phi=config.log.log_phi,
         )
@@ -188,6 +163,41 @@ class Adapter:
             else None
         )
         self._stopping = False
+        self._take_aes(config)
+
+    def _take_aes(self, config: Config) -> None:
+        """What each ``[ae:NAME]`` asks for: intake rules, grouping, submitting, retention.
+
+        At start and on reload alike, so an AE a reload adds runs its
+        processor at once (the group and dispatch ticks see it next time).
+        """
+        processed = {name: ae for name, ae in config.aes.items() if ae.processor != "none"}
+        groupers = {
+            name: Grouper(
+                GroupRules(
+                    name,
+                    ae.processor,
+                    ae.timeout,
+                    ae.max_wait,
+                    ae.ignored_sop_classes,
+                    ae.allowed_sop_classes,
+                ),
+                self.processing,
+            )
+            for name, ae in processed.items()
+        }
+        self.groupers.clear()
+        self.groupers.update(groupers)
+        self.dispatcher.rules = {
+            name: DispatchRules(
+                submitter_for(ae, config, self.exports), ae.group_by, ae.retries, ae.retry_delay
+            )
+            for name, ae in processed.items()
+        }
+        self.reclaimer.retention = {name: ae.retention for name, ae in processed.items()}
+        self.reclaimer.superseded_retention = config.storage.superseded_retention
+        self.intake.intake.duplicates = {name: ae.duplicates for name, ae in config.aes.items()}
+        self.intake.intake.group_by = {name: ae.group_by for name, ae in config.aes.items()}
 
     def start(self) -> None:
         # Spool files, job folders, manifests, command output and the ledger
@@ -224,24 +234,9 @@ class Adapter:
             log.info(
                 "after restart: %d running jobs requeued, %d claims released", requeued, released
             )
-        tick = group_tick_seconds(self.config)
-        schedule.every(self.scheduler, "group", tick, self._group_tick)
-        schedule.every(self.scheduler, "dispatch", tick, self.dispatcher.tick)
-        schedule.every(
-            self.scheduler, "reclaim", self.config.storage.reclaim_interval, self._reclaim_tick
-        )
+        self._schedule_ticks()
         for name, runner in self.export_runners.items():
             schedule.every(self.scheduler, f"export:{name}", EXPORT_TICK_SECONDS, runner.tick)
-        if self.export_runners:
-            schedule.every(
-                self.scheduler, "outbox", self.config.watcher.settle_seconds / 2, self.outbox.tick
-            )
-        schedule.every(
-            self.scheduler,
-            "reconcile",
-            self.config.watcher.reconcile_interval,
-            self._reconcile_tick,
-        )
         self.scheduler.start()
         self.server.start()
         if self.metrics is not None:
@@ -256,38 +251,42 @@ class Adapter:
             schedule.every(self.scheduler, "watchdog", seconds, self._watchdog_tick)
 
     def reload(self) -> bool:
-        """Take new AE titles, sources, destinations and min_free from the config file (SIGHUP).
+        """Apply the config file again (SIGHUP), all of it or none of it.
 
-        Running associations keep going; a broken file changes nothing.
-        Listening address, spool, ledger and AE processors need a restart.
+        AE titles with their processors, sources, destinations with their
+        outboxes, and the keys config_changes.RELOADABLE names are applied
+        while running associations keep going.  A broken file, or a change
+        only a restart can apply, is refused with one log line and changes
+        nothing.
         """
         try:
             new = load_config(self.config.path)
         except ConfigError as exc:
             log.error("reload refused, keeping the running config: %s", exc)
             return False
-        storage = dataclasses.replace(new.storage, min_free=self.config.storage.min_free)
-        if (new.dicom, storage, new.ledger) != (
-            self.config.dicom,
-            self.config.storage,
-            self.config.ledger,
-        ):
-            log.warning(
-                "reload: [dicom], [ledger] and [storage] changes other than min_free need a restart"
+        if restart := needing_restart(self.config, new):
+            log.error(
+                "reload refused, keeping the running config: %s %s a restart",
+                ", ".join(restart),
+                "needs" if len(restart) == 1 else "need",
             )
+            return False
         self.layout.ensure(new.aes)
         self.server.policy = admission_policy(new)
         self.server.min_free = new.storage.min_free
-        self.intake.intake.duplicates = {name: ae.duplicates for name, ae in new.aes.items()}
-        self.intake.intake.group_by = {name: ae.group_by for name, ae in new.aes.items()}
+        self._take_aes(new)
         self._reload_destinations(new)
         self.config = new
+        if self.scheduler.running:
+            self._schedule_ticks()
+        processed = sum(1 for ae in new.aes.values() if ae.processor != "none")
         log.info(
-            "reloaded %s: %d AE titles, %d sources, %d destinations",
+            "reloaded %s: %s (%d with a processor), %s, %s",
             new.path,
-            len(new.aes),
-            len(new.sources),
-            len(new.destinations),
+            plural(len(new.aes), "AE title"),
+            processed,
+            plural(len(new.sources), "source"),
+            plural(len(new.destinations), "destination"),
         )
         return True
 
@@ -333,6 +332,28 @@ class Adapter:
             else:
                 log.error("not alive: withholding the systemd watchdog ping")
 
+    def _schedule_ticks(self) -> None:
+        """The periodic jobs whose pace the config sets; again after a reload.
+
+        The outbox is scanned even with no destination, so one a reload
+        adds is watched at once (a scan of no folders costs nothing).
+        """
+        tick = group_tick_seconds(self.config)
+        schedule.every(self.scheduler, "group", tick, self._group_tick)
+        schedule.every(self.scheduler, "dispatch", tick, self.dispatcher.tick)
+        schedule.every(
+            self.scheduler, "reclaim", self.config.storage.reclaim_interval, self._reclaim_tick
+        )
+        schedule.every(
+            self.scheduler, "outbox", self.config.watcher.settle_seconds / 2, self.outbox.tick
+        )
+        schedule.every(
+            self.scheduler,
+            "reconcile",
+            self.config.watcher.reconcile_interval,
+            self._reconcile_tick,
+        )
+
     def _reclaim_tick(self) -> None:
         self.reclaimer.tick()
         self.export_reclaimer.tick()
@@ -343,7 +364,7 @@ class Adapter:
         self.ledger.set_service_state("last_reconcile_at", utcnow().strftime(TIME_FORMAT))
 
     def _group_tick(self) -> None:
-        for name, grouper in self.groupers.items():
+        for name, grouper in list(self.groupers.items()):  # a reload may replace them
             try:
                 grouper.tick()
             except Exception:  # one AE's trouble must not stop the others' groups

@@ -71,7 +71,8 @@ def main() -> None:
 def run(config_path: Path | None) -> None:
     """Run the service in the foreground until SIGTERM or SIGINT; SIGHUP reloads.
 
-    SIGHUP re-reads the config for AE titles, sources and destinations
+    SIGHUP re-reads the config (AE titles with their processors, sources,
+    destinations, a few keys; see docs/configuration.md)
     without dropping running associations; a broken config is refused with
     one log line and the running one stays.
 

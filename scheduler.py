@@ -9,6 +9,7 @@ with the job id.
 
 import logging
 from collections.abc import Callable
+from datetime import timedelta
 
 from apscheduler.events import EVENT_JOB_ERROR, EVENT_JOB_MAX_INSTANCES, JobEvent
 from apscheduler.executors.pool import ThreadPoolExecutor
@@ -36,7 +37,11 @@ def make_scheduler(jobs: int) -> BackgroundScheduler:
 def every(
     scheduler: BackgroundScheduler, job_id: str, seconds: float, tick: Callable[[], object]
 ) -> None:
-    """Run ``tick`` every ``seconds``."""
+    """Run ``tick`` every ``seconds``; a job already doing just that is left on its pace
+    (a reload every 30 s must not keep pushing a 60 s reconcile back)."""
+    job = scheduler.get_job(job_id)
+    if job is not None and job.func == tick and job.trigger.interval == timedelta(seconds=seconds):
+        return
     scheduler.add_job(tick, "interval", seconds=seconds, id=job_id, replace_existing=True)
 
 

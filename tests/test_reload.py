@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import shutil
 import signal
 from pathlib import Path
 
@@ -9,8 +11,11 @@ import pytest
 from pynetdicom import AE
 from pynetdicom.sop_class import Verification
 
-from tests.conftest import AdapterProcess, wait_for
-from tests.peers.send import AssociationRejected, echo
+from ledger.exports import Exports
+from ledger.states import JobState
+from tests.conftest import AdapterProcess, free_port, wait_for
+from tests.dicom import make_study
+from tests.peers.send import AssociationRejected, echo, send_files
 
 
 def test_sighup_reloads_and_a_broken_config_is_refused(adapter_process: AdapterProcess) -> None:
@@ -62,3 +67,67 @@ def test_reload_adds_changes_and_removes_destinations(start_adapter, config_path
     config_path.write_text(base)
     assert adapter.reload()
     assert "PACS" not in adapter.export_runners and adapter.scheduler.get_job("export:PACS") is None
+
+
+def test_a_processor_added_by_reload_runs(start_adapter, config_path: Path, tmp_path: Path) -> None:
+    running = start_adapter(config_path)
+    output = tmp_path / "published"
+    config_path.write_text(
+        config_path.read_text()
+        + f"\n[ae:PROC]\nprocessor = folder\noutput = {output}\ntimeout = 0.5\n"
+    )
+    assert running.adapter.reload()
+    files = make_study(tmp_path / "study", 5)
+    statuses = send_files("127.0.0.1", running.port, files, called_ae="PROC")
+    assert [status for _, status in statuses] == [0] * 5
+    wait_for(lambda: len(list(output.glob("job-*/*.dcm"))) == 5, timeout=30)
+    assert [job.state for job in running.adapter.processing.jobs()] == [JobState.SUCCEEDED]
+
+
+def test_an_outbox_added_by_reload_is_watched(
+    start_adapter, config_path: Path, tmp_path: Path
+) -> None:
+    running = start_adapter(config_path)
+    config_path.write_text(
+        config_path.read_text()
+        + f"\n[destination:PACS]\nae_title = PACS\nhost = 127.0.0.1\nport = {free_port()}\n"
+    )
+    assert running.adapter.reload()
+    outbox = config_path.parent / "var" / "outbox" / "PACS"
+    (dropped,) = make_study(tmp_path / "study", 1)
+    shutil.copy(dropped, outbox / "dropped.dcm")
+    wait_for(lambda: Exports(running.ledger).tasks(), timeout=20)
+    (task,) = Exports(running.ledger).tasks()
+    assert task.destination == "PACS"
+
+
+def test_a_reload_that_needs_a_restart_is_refused_whole(
+    start_adapter, config_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    running = start_adapter(config_path)
+    before = running.adapter.config
+    text = config_path.read_text().replace("acse_timeout = 5", "acse_timeout = 7")
+    text = text.replace("level = DEBUG", "level = INFO")
+    config_path.write_text(text + "\n[ae:NEWAE]\n")
+    assert not running.adapter.reload()
+    (line,) = [r.getMessage() for r in caplog.records if "reload refused" in r.getMessage()]
+    assert line == (
+        "reload refused, keeping the running config: [dicom] acse_timeout, [log] level "
+        "need a restart"
+    )
+    assert running.adapter.config is before
+    with pytest.raises(AssociationRejected):
+        echo("127.0.0.1", running.port, called_ae="NEWAE")  # no AE half-added
+    assert not (running.spool / "NEWAE").exists()
+
+
+def test_the_reload_log_line_counts_in_words(start_adapter, config_path: Path, caplog) -> None:
+    caplog.set_level(logging.INFO, logger="adapter")
+    running = start_adapter(config_path)
+    config_path.write_text(
+        config_path.read_text()
+        + "\n[source:CT]\nae_title = CT\n[destination:PACS]\nae_title = PACS\nhost = h\nport = 1\n"
+    )
+    assert running.adapter.reload()
+    (line,) = [r.getMessage() for r in caplog.records if r.getMessage().startswith("reloaded")]
+    assert line.endswith(": 1 AE title (0 with a processor), 1 source, 1 destination")

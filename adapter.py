@@ -25,6 +25,7 @@ from ledger.exports import Exports
 from ledger.migrate import upgrade
 from ledger.models import TIME_FORMAT, utcnow
 from ledger.processing import Processing
+from ledger.states import ExportState, JobState
 from ledger.store import Ledger
 from ledger.wording import plural
 from metrics import MetricsServer
@@ -228,11 +229,15 @@ class Adapter:
         self.outbox.adopt_orphans()
         resent = self.exports.recover()
         if resent:
-            log.info("after restart: %d exports that were sending will be sent again", resent)
+            log.info(
+                "after restart: %s that were sending will be sent again", plural(resent, "export")
+            )
         requeued, released = self.processing.recover()
         if requeued or released:
             log.info(
-                "after restart: %d running jobs requeued, %d claims released", requeued, released
+                "after restart: %s requeued, %s released",
+                plural(requeued, "running job"),
+                plural(released, "claim"),
             )
         self._schedule_ticks()
         for name, runner in self.export_runners.items():
@@ -332,6 +337,21 @@ class Adapter:
             else:
                 log.error("not alive: withholding the systemd watchdog ping")
 
+    def _in_flight(self) -> str:
+        """Associations, files waiting for intake, running jobs and sending exports, now."""
+        try:
+            jobs = len(self.processing.jobs(JobState.RUNNING))
+            exports = len(self.exports.tasks(ExportState.SENDING))
+        except Exception:  # the ledger may be the reason for stopping
+            jobs = exports = -1
+        counts = [
+            plural(self.server.active_associations, "association"),
+            f"{plural(self.intake.queued, 'file')} waiting for intake",
+            plural(jobs, "running job") if jobs >= 0 else "running jobs unknown",
+            f"{plural(exports, 'export')} sending" if exports >= 0 else "exports unknown",
+        ]
+        return ", ".join(counts)
+
     def _schedule_ticks(self) -> None:
         """The periodic jobs whose pace the config sets; again after a reload.
 
@@ -370,11 +390,16 @@ class Adapter:
             except Exception:  # one AE's trouble must not stop the others' groups
                 log.exception("grouping for %s failed", name)
 
-    def stop(self) -> None:
+    def stop(self, reason: str | None = None) -> None:
         """Stop accepting, then wind down the rest in reverse order.
 
-        Safe to call after a partial start and more than once.
+        ``reason`` (the signal, say) is logged with what was still in flight,
+        so the last line of a service's log says why it ended and what it
+        left to the next start.  Safe to call after a partial start and more
+        than once.
         """
+        if reason is not None:
+            log.info("stopping: %s; in flight: %s", reason, self._in_flight())
         with self._notifying:
             self._stopping = True
             notify("STOPPING=1")

@@ -50,14 +50,18 @@ def _config_option(command: Callable[..., Any]) -> Callable[..., Any]:
 
 def _load(config_path: Path | None) -> Config:
     try:
-        return load_config(config_path or default_config_path())
+        return load_config(_group_config(config_path) or default_config_path())
     except ConfigError as exc:
         click.echo(f"Error: {exc}", err=True)
         sys.exit(EXIT_CONFIG)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
-def main() -> None:
+@_config_option
+@click.version_option(
+    package_name="dicom-adapter", prog_name="dicom-adapter", message="%(prog)s %(version)s"
+)
+def main(config_path: Path | None) -> None:
     """DICOM edge adapter: receive, record, process, export, reclaim.
 
     \b
@@ -83,6 +87,7 @@ def run(config_path: Path | None) -> None:
     from adapter import Adapter
     from arenas import limit_malloc_arenas
     from logs import configure_logging
+    from scp.server import ensure_bindable
 
     limit_malloc_arenas()
     config = _load(config_path)
@@ -97,18 +102,22 @@ def run(config_path: Path | None) -> None:
     for number in (signal.SIGTERM, signal.SIGINT):
         signal.signal(number, lambda n, _frame: received.append(n))
     signal.signal(signal.SIGHUP, lambda n, _frame: reloads.append(n))
+    try:
+        ensure_bindable(config.dicom)
+    except OSError as exc:
+        raise click.ClickException(exc.strerror or str(exc)) from None
     adapter = Adapter(config)
     try:
         adapter.start()
     except OSError as exc:
         adapter.stop()
-        raise click.ClickException(f"cannot start: {exc}") from None
+        raise click.ClickException(f"cannot start: {exc.strerror or exc}") from None
     while not received:
         time.sleep(SIGNAL_POLL_SECONDS)
         if reloads:
             reloads.clear()
             adapter.reload()
-    adapter.stop()
+    adapter.stop(reason=signal.Signals(received[0]).name)
     sys.exit(130 if received[0] == signal.SIGINT else 0)
 
 
@@ -210,7 +219,8 @@ def _status_text(report: dict[str, Any]) -> str:
             "(none)"
             if group is None
             else (
-                f"{group['called_ae']} {group['group_key']}, {group['instances']} instances, "
+                f"{group['called_ae']} {group['group_key']}, "
+                f"{plural(group['instances'], 'instance')}, "
                 f"waiting {group['waiting_seconds']:g}s"
             )
         ),
@@ -232,16 +242,17 @@ def _iso(value: datetime | None) -> str | None:
 
 
 def _open_processing(config_path: Path | None) -> tuple[Processing, Any]:
-    config = _load(_group_config(config_path))
+    config = _load(config_path)
     engine = make_engine(config.ledger.url)
     _require_current_schema(config, engine)
     return Processing(Ledger(engine)), engine
 
 
 def _group_config(config_path: Path | None) -> Path | None:
-    """``--config`` given to the group (``jobs --config X retry 7``) counts for its commands."""
-    context = click.get_current_context()
-    while config_path is None and context.parent is not None:
+    """``--config`` given to a group (``jobs --config X retry 7``, ``--config X status``)
+    counts for the commands below it; the nearest one wins."""
+    context = click.get_current_context(silent=True)
+    while config_path is None and context is not None and context.parent is not None:
         context = context.parent
         config_path = context.params.get("config_path")
     return config_path
@@ -313,7 +324,7 @@ def jobs_retry(job_id: int, config_path: Path | None) -> None:
         raise click.ClickException(f"job {job_id}: {exc}") from None
     finally:
         engine.dispose()
-    click.echo(f"job {job.id} is pending again ({job.instance_count} instances)")
+    click.echo(f"job {job.id} is pending again ({plural(job.instance_count, 'instance')})")
 
 
 @main.command("echo")
@@ -386,7 +397,7 @@ def send_command(
     upgrade(engine)
     exports = Exports(Ledger(engine))
     export_id = exports.create(destination, "send", specs)
-    click.echo(f"queued {len(specs)} files as export {export_id} for {destination}")
+    click.echo(f"queued {plural(len(specs), 'file')} as export {export_id} for {destination}")
     if wait:
         task = _wait_for_export(exports, export_id, timeout)
         click.echo(
@@ -459,7 +470,7 @@ def exports_retry(export_id: int, config_path: Path | None) -> None:
         raise click.ClickException(f"export {export_id}: {exc}") from None
     finally:
         engine.dispose()
-    click.echo(f"export {task.id} is pending again ({task.file_count} files)")
+    click.echo(f"export {task.id} is pending again ({plural(task.file_count, 'file')})")
 
 
 @exports.command("discard")
@@ -549,7 +560,7 @@ def config_check(config_path: Path | None) -> None:
     Example:
       dicom-adapter config check --config /etc/dicom-adapter/config.ini
     """
-    path = config_path or default_config_path()
+    path = _group_config(config_path) or default_config_path()
     problems = check_config(path)
     for problem in problems:
         click.echo(f"Error: {problem}", err=True)
@@ -560,8 +571,9 @@ def config_check(config_path: Path | None) -> None:
         click.echo(f"Warning: {path} {warning}", err=True)
     processed = sum(1 for ae in config.aes.values() if ae.processor != "none")
     click.echo(
-        f"{path}: OK, {len(config.aes)} AE titles ({processed} with a processor), "
-        f"{len(config.sources)} sources, {len(config.destinations)} destinations"
+        f"{path}: OK, {plural(len(config.aes), 'AE title')} ({processed} with a processor), "
+        f"{plural(len(config.sources), 'source')}, "
+        f"{plural(len(config.destinations), 'destination')}"
     )
 
 
@@ -600,7 +612,7 @@ def ledger_check(repair: bool, as_json: bool, config_path: Path | None) -> None:
             click.echo(f"{finding.kind}: {finding.detail}")
         click.echo(
             ("repaired; " if report.repaired else "")
-            + ("ledger and spool agree" if report.ok else f"{len(report.findings)} findings")
+            + ("ledger and spool agree" if report.ok else plural(len(report.findings), "finding"))
         )
     if not report.ok:
         sys.exit(EXIT_FAILURE)

@@ -903,6 +903,12 @@ def config_warnings(config: Config) -> list[str]:
             "is set, so a peer can bypass the TLS listener's checks there "
             "(port = 0 listens on TLS alone)"
         )
+    if dicom.ae_title not in config.aes:
+        warnings.append(
+            f"[dicom] ae_title: {dicom.ae_title} is our calling AE title for exports, and is "
+            f"not answered: peers must call {', '.join(sorted(config.aes))} "
+            f"(add [ae:{dicom.ae_title}] to answer it too)"
+        )
     return warnings
 
 

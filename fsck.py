@@ -29,6 +29,7 @@ from ledger.processing import Processing
 from ledger.records import InstanceRecord
 from ledger.states import ExportState, JobState, State
 from ledger.store import Ledger, chunked
+from ledger.wording import plural
 from processors.command import kill_leftovers
 from spool.layout import SpoolLayout
 from watchers.intake import Intake
@@ -238,7 +239,7 @@ def _job_findings(processing: Processing) -> list[Finding]:
     return findings + [
         Finding(
             "failed-job",
-            f"job {job.id}: failed after {job.attempts} attempts: "
+            f"job {job.id}: failed after {plural(job.attempts, 'attempt')}: "
             f"{_first_line(job.last_error)} (dicom-adapter jobs retry {job.id})",
         )
         for job in processing.jobs(JobState.FAILED)
@@ -258,7 +259,8 @@ def _export_findings(exports: Exports) -> list[Finding]:
     return findings + [
         Finding(
             "failed-export",
-            f"export {task.id}: failed to {task.destination} after {task.attempts} attempts: "
+            f"export {task.id}: failed to {task.destination} "
+            f"after {plural(task.attempts, 'attempt')}: "
             f"{_first_line(task.last_error)} (dicom-adapter exports retry {task.id})",
         )
         for task in exports.tasks(ExportState.FAILED)

@@ -10,6 +10,7 @@ room) happens in EVT_REQUESTED; pynetdicom itself enforces
 from __future__ import annotations
 
 import logging
+import socket
 import threading
 import time
 from typing import TYPE_CHECKING, Any
@@ -182,14 +183,15 @@ class StoreServer:
             )
             thread.start()
             self._threads.append(thread)
+        answered = ", ".join(sorted(self.policy.called_aes))
         if self.port:
-            log.info("listening on %s:%d as %s", self.dicom.host, self.port, self.dicom.ae_title)
+            log.info("listening on %s:%d for %s", self.dicom.host, self.port, answered)
         if self.tls_port:
             log.info(
-                "listening for TLS on %s:%d as %s%s",
+                "listening for TLS on %s:%d for %s%s",
                 self.dicom.host,
                 self.tls_port,
-                self.dicom.ae_title,
+                answered,
                 "" if self.port else " (no plain port: port = 0)",
             )
 
@@ -250,3 +252,30 @@ class StoreServer:
                 )
             assoc.abort()
         self.receiving.uninstall()
+
+
+def ensure_bindable(dicom: DicomConfig) -> None:
+    """Bind and release each configured port, before anything else is created.
+
+    So ``run`` on a port already taken (or on port 104 without the right)
+    fails at once, naming the address, rather than after creating the
+    ledger and spool.
+
+    Raises
+    ------
+    OSError
+        Its ``strerror`` names the address, the port and the reason.
+    """
+    for port, kind in ((dicom.port, "DICOM"), (dicom.tls_port, "DICOM TLS")):
+        if not port:
+            continue
+        family = socket.AF_INET6 if ":" in dicom.host else socket.AF_INET
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the listener does
+            try:
+                probe.bind((dicom.host, port))
+            except OSError as exc:
+                reason = exc.strerror or str(exc)
+                raise OSError(
+                    exc.errno, f"cannot listen on {dicom.host}:{port} ({kind} port): {reason}"
+                ) from None

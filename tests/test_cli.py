@@ -102,9 +102,12 @@ def test_port_in_use_is_one_error_line(config_path: Path, port: int) -> None:
         taken.listen()
         result = cli("run", "--config", str(config_path))
     assert result.returncode == 1
-    assert result.stderr.splitlines()[-1] == (
-        "Error: cannot start: [Errno 98] Address already in use"
-    )
+    assert result.stderr.splitlines() == [
+        f"Error: cannot listen on 127.0.0.1:{port} (DICOM port): Address already in use"
+    ]
+    # checked before anything was created
+    assert not (config_path.parent / "ledger.db").exists()
+    assert not (config_path.parent / "spool").exists()
 
 
 def every_command(group: click.Group, path: tuple[str, ...] = ()) -> list[list[str]]:

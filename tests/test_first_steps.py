@@ -1,0 +1,77 @@
+"""What a new admin meets first: which AE titles are answered, the version, a
+top-level --config, the shutdown line, counted nouns.  Real subprocesses and
+exact output, as tests/test_cli.py."""
+
+from __future__ import annotations
+
+import logging
+import signal
+from pathlib import Path
+
+import pytest
+
+from config import config_warnings, load_config
+from tests.conftest import AdapterProcess, write_config
+from tests.test_cli import cli
+
+EDGE_ONLY_CT = "[ae:CT]"
+
+
+def edge_config(tmp_path: Path, port: int) -> Path:
+    """``[dicom] ae_title = EDGE`` with only ``[ae:CT]``: EDGE is not answered."""
+    path = write_config(tmp_path, port, aes=EDGE_ONLY_CT, dicom="ae_title = EDGE")
+    return path
+
+
+def test_config_check_says_the_dicom_ae_title_is_not_answered(tmp_path: Path, port: int) -> None:
+    path = edge_config(tmp_path, port)
+    (warning,) = config_warnings(load_config(path))
+    assert warning == (
+        "[dicom] ae_title: EDGE is our calling AE title for exports, and is not answered: "
+        "peers must call CT (add [ae:EDGE] to answer it too)"
+    )
+    result = cli("config", "check", "--config", str(path))
+    assert result.returncode == 0
+    assert result.stderr == f"Warning: {path} {warning}\n"
+    assert result.stdout.startswith(f"{path}: OK, 1 AE title (0 with a processor)")
+
+
+def test_the_start_up_line_names_the_ae_titles_answered(
+    start_adapter, tmp_path: Path, port: int, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    start_adapter(edge_config(tmp_path, port))
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("listening on")]
+    assert lines == [f"listening on 127.0.0.1:{port} for CT"]
+
+
+def test_version(tmp_path: Path) -> None:
+    from importlib.metadata import version
+
+    result = cli("--version")
+    assert result.returncode == 0
+    assert result.stdout == f"dicom-adapter {version('dicom-adapter')}\n"
+
+
+def test_a_top_level_config_reaches_every_command(config_path: Path, tmp_path: Path) -> None:
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    assert cli("--config", str(config_path), "db", "upgrade", cwd=elsewhere).returncode == 0
+    result = cli("--config", str(config_path), "status", cwd=elsewhere)
+    assert "UNHEALTHY: not listening" in result.stdout, result
+    # the command's own --config wins over the top-level one
+    result = cli("--config", str(tmp_path / "nope.ini"), "status", "--config", str(config_path))
+    assert "UNHEALTHY: not listening" in result.stdout, result
+
+
+def test_one_line_at_shutdown_with_the_reason_and_what_was_in_flight(
+    adapter_process: AdapterProcess,
+) -> None:
+    adapter_process.start()
+    assert adapter_process.signal(signal.SIGTERM) == 0
+    lines = [line for line in adapter_process.log.read_text().splitlines() if "stopping:" in line]
+    assert len(lines) == 1, adapter_process.log.read_text()
+    assert lines[0].endswith(
+        " INFO adapter: stopping: SIGTERM; in flight: 0 associations, "
+        "0 files waiting for intake, 0 running jobs, 0 exports sending"
+    )

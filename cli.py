@@ -36,6 +36,8 @@ from ledger.store import Ledger
 from ledger.wording import plural
 
 SIGNAL_POLL_SECONDS = 0.5
+PHI_COLUMNS = frozenset({"patient_id"})  # of the studies view: only with status --phi
+UID_GROUPINGS = frozenset({0x0020000D, 0x0020000E})  # StudyInstanceUID, SeriesInstanceUID
 
 
 def _config_option(command: Callable[..., Any]) -> Callable[..., Any]:
@@ -125,11 +127,14 @@ def run(config_path: Path | None) -> None:
 @_config_option
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
 @click.option("--studies", default=10, show_default=True, help="How many recent studies to list.")
-def status(config_path: Path | None, as_json: bool, studies: int) -> None:
+@click.option("--phi", is_flag=True, help="Include patient identifiers (Patient ID, group keys).")
+def status(config_path: Path | None, as_json: bool, studies: int, phi: bool) -> None:
     """Show health, instance counts by state and the most recent studies.
 
     Exits 1 when unhealthy (not listening, disk under min_free, or a failed
-    job or export), for monitoring scripts.
+    job or export), for monitoring scripts.  Patient identifiers (Patient
+    ID, a group key taken from a patient-level attribute) are left out
+    unless --phi is given: the output ends up in tickets and monitoring.
 
     \b
     Example:
@@ -156,17 +161,28 @@ def status(config_path: Path | None, as_json: bool, studies: int) -> None:
         if oldest is None
         else {
             "called_ae": oldest.called_ae,
-            "group_key": oldest.group_key,
+            "group_key": oldest.group_key
+            if phi or _group_key_is_a_uid(config, oldest.called_ae)
+            else None,
             "instances": oldest.instances,
             "first_received_at": _iso(oldest.first_received_at),
             "waiting_seconds": round((utcnow() - oldest.first_received_at).total_seconds(), 1),
         },
-        "studies": ledger.recent_studies(studies),
+        "studies": [
+            study if phi else {k: v for k, v in study.items() if k not in PHI_COLUMNS}
+            for study in ledger.recent_studies(studies)
+        ],
     }
     engine.dispose()
     click.echo(json.dumps(report, indent=2) if as_json else _status_text(report))
     if not report["health"]["healthy"]:
         sys.exit(EXIT_FAILURE)
+
+
+def _group_key_is_a_uid(config: Config, called_ae: str) -> bool:
+    """Groups by Study or Series Instance UID name no patient; by Patient ID they do."""
+    ae = config.aes.get(called_ae)
+    return ae is not None and ae.group_by in UID_GROUPINGS
 
 
 def _status_text(report: dict[str, Any]) -> str:
@@ -219,7 +235,7 @@ def _status_text(report: dict[str, Any]) -> str:
             "(none)"
             if group is None
             else (
-                f"{group['called_ae']} {group['group_key']}, "
+                f"{group['called_ae']} {group['group_key'] or '(group key: --phi)'}, "
                 f"{plural(group['instances'], 'instance')}, "
                 f"waiting {group['waiting_seconds']:g}s"
             )

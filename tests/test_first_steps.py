@@ -4,6 +4,7 @@ exact output, as tests/test_cli.py."""
 
 from __future__ import annotations
 
+import json
 import logging
 import signal
 from pathlib import Path
@@ -11,7 +12,9 @@ from pathlib import Path
 import pytest
 
 from config import config_warnings, load_config
-from tests.conftest import AdapterProcess, write_config
+from tests.conftest import AdapterProcess, wait_for, write_config
+from tests.dicom import make_study
+from tests.peers.send import send_files
 from tests.test_cli import cli
 
 EDGE_ONLY_CT = "[ae:CT]"
@@ -75,3 +78,28 @@ def test_one_line_at_shutdown_with_the_reason_and_what_was_in_flight(
         " INFO adapter: stopping: SIGTERM; in flight: 0 associations, "
         "0 files waiting for intake, 0 running jobs, 0 exports sending"
     )
+
+
+def test_status_keeps_patient_identifiers_out_unless_asked(
+    start_adapter, tmp_path: Path, port: int
+) -> None:
+    aes = f"[ae:DICOMADAPTER]\nprocessor = folder\noutput = {tmp_path / 'out'}\n"
+    aes += "group_by = PatientID\ntimeout = 3600\n"
+    path = write_config(tmp_path, port, aes=aes)
+    running = start_adapter(path)
+    files = make_study(tmp_path / "study", 2, patient_id="PAT-SECRET-7")
+    assert [s for _, s in send_files("127.0.0.1", port, files, called_ae="DICOMADAPTER")] == [0, 0]
+    running.wait_rows(2)
+    wait_for(
+        lambda: "PAT-SECRET-7" in cli("status", "--json", "--phi", "--config", str(path)).stdout
+    )
+    for form in (["--json"], []):
+        result = cli("status", *form, "--config", str(path))
+        assert "PAT-SECRET-7" not in result.stdout, result.stdout
+    report = json.loads(cli("status", "--json", "--config", str(path)).stdout)
+    assert report["oldest_open_group"]["group_key"] is None
+    assert "patient_id" not in report["studies"][0]
+    assert "(group key: --phi)" in cli("status", "--config", str(path)).stdout
+    shown = json.loads(cli("status", "--json", "--phi", "--config", str(path)).stdout)
+    assert shown["oldest_open_group"]["group_key"] == "PAT-SECRET-7"
+    assert shown["studies"][0]["patient_id"] == "PAT-SECRET-7"

@@ -2,9 +2,12 @@
 
 from pathlib import Path
 
+from pydicom.errors import InvalidDicomError
 from pydicom.filereader import read_file_meta_info
 
 from ledger.records import ExportFileSpec
+
+META_NEEDED = ("MediaStorageSOPClassUID", "MediaStorageSOPInstanceUID", "TransferSyntaxUID")
 
 
 class NotDicom(ValueError):
@@ -26,11 +29,20 @@ def spec_for(path: Path, owned: bool) -> ExportFileSpec:
     """
     try:
         meta = read_file_meta_info(path)
-        sop_class = str(meta.MediaStorageSOPClassUID)
-        syntax = str(meta.TransferSyntaxUID)
-        sop_instance = str(meta.MediaStorageSOPInstanceUID)
-    except Exception as exc:  # pydicom raises many kinds on bad input
-        raise NotDicom(f"{path}: not a DICOM file ({type(exc).__name__}: {exc})") from None
+    except InvalidDicomError:
+        raise NotDicom(
+            f"{path}: not a DICOM file: no 'DICM' after a 128-byte preamble (DICOM Part 10)"
+        ) from None
+    except OSError as exc:
+        raise NotDicom(f"{path}: cannot be read: {exc.strerror or exc}") from None
+    except Exception:  # pydicom raises many kinds on bad input; its words suggest force=True
+        raise NotDicom(f"{path}: not a DICOM file: its file meta information is broken") from None
+    missing = [keyword for keyword in META_NEEDED if not meta.get(keyword)]
+    if missing:
+        raise NotDicom(f"{path}: not a DICOM file: its file meta lacks {', '.join(missing)}")
+    sop_class = str(meta.MediaStorageSOPClassUID)
+    syntax = str(meta.TransferSyntaxUID)
+    sop_instance = str(meta.MediaStorageSOPInstanceUID)
     return ExportFileSpec(
         path=str(path.absolute() if owned else path.resolve()),
         owned=owned,

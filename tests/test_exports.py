@@ -284,7 +284,9 @@ def test_a_non_dicom_outbox_file_is_quarantined_and_the_rest_is_sent(
     wait_for(lambda: list(outbox.glob("quarantine/*-notes.txt.reason")), timeout=5)
     [kept] = outbox.glob("quarantine/*-notes.txt")
     assert kept.read_text() == "not an image\n"
-    assert "not a DICOM file" in kept.with_name(kept.name + ".reason").read_text()
+    reason = kept.with_name(kept.name + ".reason").read_text()
+    assert "not a DICOM file: no 'DICM' after a 128-byte preamble" in reason
+    assert "force" not in reason  # our words, not pydicom's
     wait_for(lambda: len(running.adapter.exports.tasks()) == 1, timeout=5)
     [task] = running.adapter.exports.tasks()
     task = wait_state(running, task.id, "succeeded")
@@ -354,7 +356,10 @@ def test_cli_send_wait_and_echo_against_a_running_adapter(
     bad = cli("send", "--dest", "PACS", "--wait", str(folder), config=config)
     assert bad.returncode == 1 and bad.stdout == ""
     [line] = bad.stderr.splitlines()
-    assert line.startswith(f"Error: {folder / 'study' / 'notes.txt'}: not a DICOM file")
+    assert line == (
+        f"Error: {folder / 'study' / 'notes.txt'}: not a DICOM file: "
+        "no 'DICM' after a 128-byte preamble (DICOM Part 10)"
+    )
     assert [t.id for t in running.adapter.exports.tasks()] == [export_id]
     assert {path: path.read_bytes() for path in originals} == before
 

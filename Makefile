@@ -6,14 +6,18 @@ CONFIG ?= config.ini
 
 .PHONY: run test fuzz invariant soak bench bench-export bench-memory bench-ledger bench-reconcile install install-test install-service lint clean
 
+# setuptools warns on every editable install that folders in the working
+# directory may shadow the package: true of every checkout, so not shown.
+QUIET_BUILD = PYTHONWARNINGS=ignore::UserWarning
+
 $(BIN)/dicom-adapter: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e .
+	$(QUIET_BUILD) $(BIN)/pip install --quiet -e .
 	touch $@
 
 $(VENV)/.test-deps: $(BIN)/dicom-adapter
-	$(BIN)/pip install --quiet -e '.[test]'
+	$(QUIET_BUILD) $(BIN)/pip install --quiet -e '.[test]'
 	touch $@
 
 install: $(BIN)/dicom-adapter

@@ -96,3 +96,13 @@ def test_every_cookbook_query_runs_on_a_real_ledger(tmp_path: Path) -> None:
     with sqlite3.connect(tmp_path / "ledger.db") as connection:
         for statement in statements:
             connection.execute(statement).fetchall()
+
+
+def test_the_license_is_an_spdx_string_so_setuptools_does_not_warn() -> None:
+    """The ``license = { text = ... }`` table form made every install print a
+    SetuptoolsDeprecationWarning three times (setuptools 77 wants an SPDX string)."""
+    import tomllib
+
+    document = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    assert document["project"]["license"] == "Apache-2.0"
+    assert "setuptools>=77" in document["build-system"]["requires"]

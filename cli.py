@@ -343,6 +343,51 @@ def jobs_retry(job_id: int, config_path: Path | None) -> None:
     click.echo(f"job {job.id} is pending again ({plural(job.instance_count, 'instance')})")
 
 
+@jobs.command("discard")
+@click.argument("job_id", type=int)
+@click.option(
+    "--delete-files",
+    is_flag=True,
+    help="Also let the reclaimer delete its instances' spool files (default: keep them).",
+)
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@_config_option
+def jobs_discard(job_id: int, delete_files: bool, yes: bool, config_path: Path | None) -> None:
+    """Close a failed job: it is never submitted again, and no longer unhealthy.
+
+    Its instances stay in the spool, claimed by the discarded job, unless
+    --delete-files is given (also later, on a job already discarded): then
+    the service's next reclaim pass deletes their files.  The decision is
+    an event in job_events, and instance_events with --delete-files.
+
+    \b
+    Example:
+      dicom-adapter jobs discard 42 --yes
+    """
+    processing, engine = _open_processing(config_path)
+    try:
+        try:
+            job = processing.job(job_id)
+        except ValueError:
+            raise click.ClickException(f"no job {job_id}") from None
+        fate = "deleted by the reclaimer" if delete_files else "kept in the spool"
+        if job.state == JobState.FAILED and not yes:
+            click.confirm(
+                f"Discard job {job_id} of {job.called_ae}: "
+                f"{plural(job.instance_count, 'instance')} will not be processed "
+                f"(their files {fate})?",
+                abort=True,
+            )
+        given_up = processing.discard(
+            job_id, delete_files, f"dicom-adapter jobs discard (files {fate})"
+        )
+    except IllegalTransition as exc:
+        raise click.ClickException(f"job {job_id}: {exc}") from None
+    finally:
+        engine.dispose()
+    click.echo(f"job {job_id} discarded ({plural(given_up, 'instance')}, files {fate})")
+
+
 @main.command("echo")
 @click.argument("name")
 @_config_option
@@ -555,6 +600,43 @@ def _delete_discarded(exports: Exports, export_id: int) -> int:
     if deleted:
         exports.mark_reclaimed(deleted, "its undelivered files were deleted (exports discard)")
     return len(deleted)
+
+
+@main.command("sample")
+@click.argument("folder", type=click.Path(file_okay=False, path_type=Path))
+@click.option(
+    "--studies", default=1, show_default=True, type=click.IntRange(min=1), help="Studies to write."
+)
+@click.option(
+    "--instances",
+    default=5,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="CT images per study (each study also gets one Secondary Capture).",
+)
+def sample(folder: Path, studies: int, instances: int) -> None:
+    """Write small synthetic studies to try the adapter with (fake patients, new UIDs).
+
+    Each study is a CT series and one Secondary Capture image, valid DICOM
+    files in FOLDER/study-N/ct/ and FOLDER/study-N/sc/.  FOLDER is created
+    if missing; nothing in it is overwritten (each study takes a new study-N).
+
+    \b
+    Example:
+      dicom-adapter sample study
+      storescu -aec DICOMADAPTER localhost 11112 study/*/*/*.dcm
+    """
+    from samples import write_samples
+
+    try:
+        written = write_samples(folder, studies, instances)
+    except OSError as exc:
+        where = exc.filename or folder
+        raise click.ClickException(f"cannot write {where}: {exc.strerror or exc}") from None
+    click.echo(
+        f"wrote {plural(len(written.files), 'instance')} of "
+        f"{plural(len(written.studies), 'study', 'studies')} to {folder}"
+    )
 
 
 @main.group("config")

@@ -35,14 +35,18 @@ class Undelivered:
 
 
 def reclaimed_without_a_finished_job(ledger: Ledger) -> list[int]:
-    """Reclaimed instances whose job did not succeed (or no longer exists)."""
+    """Reclaimed instances whose job did not succeed (or no longer exists); a job an
+    admin discarded with ``--delete-files`` let its files go by decision, with an event."""
     query = (
         select(INSTANCES.c.id)
         .outerjoin(JOBS, JOBS.c.id == INSTANCES.c.job_id)
         .where(
             INSTANCES.c.state == State.RECLAIMED,
             INSTANCES.c.job_id.is_not(None),
-            or_(JOBS.c.id.is_(None), JOBS.c.state != JobState.SUCCEEDED),
+            or_(
+                JOBS.c.id.is_(None),
+                JOBS.c.state.not_in([JobState.SUCCEEDED, JobState.DISCARDED]),
+            ),
         )
         .order_by(INSTANCES.c.id)
     )

@@ -266,6 +266,39 @@ class Processing:
             JOB.update(tx, job_id, attempts=0, next_attempt_at=tx.now, finished_at=None)
         return self.job(job_id)
 
+    def discard(
+        self, job_id: int, delete_files: bool, reason: str, now: datetime | None = None
+    ) -> int:
+        """failed -> discarded: nobody will submit it again; returns its instances given up.
+
+        Its instances stay ``claimed`` by it, their files kept in the spool,
+        unless ``delete_files``: then they become ``reclaimable`` and the
+        reclaimer deletes them.  A job already discarded may still have its
+        files given up that way.
+        """
+        with self.ledger.transaction(now) as tx:
+            state = tx.connection.execute(
+                select(JOBS.c.state).where(JOBS.c.id == job_id)
+            ).scalar_one_or_none()
+            if state is None:
+                raise ValueError(f"no job {job_id}")
+            if state != JobState.DISCARDED or not delete_files:
+                JOB.move(tx, job_id, JobState.DISCARDED, reason)
+                JOB.update(tx, job_id, next_attempt_at=None)
+            claimed = [
+                i
+                for (i,) in tx.connection.execute(
+                    select(INSTANCES.c.id).where(
+                        INSTANCES.c.job_id == job_id, INSTANCES.c.state == State.CLAIMED
+                    )
+                )
+            ]
+            if delete_files:
+                tx.move_many(
+                    claimed, State.CLAIMED, State.RECLAIMABLE, f"job {job_id} discarded: {reason}"
+                )
+        return len(claimed)
+
     def recover(self, now: datetime | None = None) -> tuple[int, int]:
         """After a restart: running jobs run again; claims without a job go back.
 

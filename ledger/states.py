@@ -29,8 +29,9 @@ TRANSITIONS: dict[State | None, frozenset[State]] = {
     # received -> reclaimable: a processor declined it (an ignored SOP class);
     # received -> superseded: a newer copy from the same source replaced it.
     State.RECEIVED: frozenset({State.CLAIMED, State.RECLAIMABLE, State.SUPERSEDED}),
-    # claimed -> received: the claim is released, its job never started.
-    State.CLAIMED: frozenset({State.SUBMITTED, State.RECEIVED}),
+    # claimed -> received: the claim is released, its job never started;
+    # claimed -> reclaimable: its failed job was discarded with --delete-files.
+    State.CLAIMED: frozenset({State.SUBMITTED, State.RECEIVED, State.RECLAIMABLE}),
     State.SUBMITTED: frozenset({State.RECLAIMABLE}),
     State.RECLAIMABLE: frozenset({State.RECLAIMED}),
     State.RECLAIMED: frozenset(),
@@ -63,6 +64,7 @@ class JobState(StrEnum):
     RUNNING = "running"
     SUCCEEDED = "succeeded"
     FAILED = "failed"
+    DISCARDED = "discarded"  # a human gave a failed job up (``jobs discard``)
 
 
 JOB_TRANSITIONS: dict[JobState | None, frozenset[JobState]] = {
@@ -71,8 +73,9 @@ JOB_TRANSITIONS: dict[JobState | None, frozenset[JobState]] = {
     # running -> pending: a retry with backoff, or a restart interrupted it.
     JobState.RUNNING: frozenset({JobState.SUCCEEDED, JobState.PENDING, JobState.FAILED}),
     JobState.SUCCEEDED: frozenset(),
-    # failed -> pending: ``dicom-adapter jobs retry``.
-    JobState.FAILED: frozenset({JobState.PENDING}),
+    # failed -> pending: ``dicom-adapter jobs retry``; -> discarded: ``jobs discard``.
+    JobState.FAILED: frozenset({JobState.PENDING, JobState.DISCARDED}),
+    JobState.DISCARDED: frozenset(),
 }
 
 

@@ -18,13 +18,16 @@ from tests.dcmtk import storescu
 from tests.dicom import make_study
 
 
-def cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+def cli(
+    *args: str, cwd: Path | None = None, input: str | None = None
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, str(ROOT / "adapter.py"), *args],
         capture_output=True,
         text=True,
         timeout=60,
         cwd=cwd,
+        input=input,
     )
 
 

@@ -7,11 +7,14 @@ from __future__ import annotations
 import json
 import logging
 import signal
+import sqlite3
 from pathlib import Path
 
 import pytest
 
 from config import config_warnings, load_config
+from health import health
+from ledger.delivery import reclaimed_without_a_finished_job
 from tests.conftest import AdapterProcess, wait_for, write_config
 from tests.dicom import make_study
 from tests.peers.send import send_files
@@ -103,3 +106,44 @@ def test_status_keeps_patient_identifiers_out_unless_asked(
     shown = json.loads(cli("status", "--json", "--phi", "--config", str(path)).stdout)
     assert shown["oldest_open_group"]["group_key"] == "PAT-SECRET-7"
     assert shown["studies"][0]["patient_id"] == "PAT-SECRET-7"
+
+
+def test_a_failed_job_can_be_discarded_keeping_or_deleting_its_files(
+    start_adapter, tmp_path: Path, port: int
+) -> None:
+    aes = "[ae:DICOMADAPTER]\nprocessor = command\ncommand = /bin/false\nretries = 0\n"
+    aes += "timeout = 0.3\n"
+    path = write_config(tmp_path, port, aes=aes)
+    running = start_adapter(path)
+    files = make_study(tmp_path / "study", 3)
+    assert [s for _, s in send_files("127.0.0.1", port, files, called_ae="DICOMADAPTER")] == [0] * 3
+    processing = running.adapter.processing
+    wait_for(lambda: [j.state for j in processing.jobs()] == ["failed"], timeout=30)
+    (job,) = processing.jobs()
+    assert health(running.config, running.ledger)["failed_jobs"] == [job.id]
+
+    refused = cli("jobs", "discard", str(job.id), "--config", str(path), input="n\n")
+    assert refused.returncode == 1 and processing.job(job.id).state == "failed"
+    result = cli("jobs", "discard", str(job.id), "--config", str(path), input="y\n")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.endswith(
+        f"job {job.id} discarded (3 instances, files kept in the spool)\n"
+    )
+    assert processing.job(job.id).state == "discarded"
+    assert health(running.config, running.ledger)["failed_jobs"] == []
+    rows = running.rows()
+    assert {r.state for r in rows} == {"claimed"} and all(Path(r.path).exists() for r in rows)
+    with sqlite3.connect(tmp_path / "ledger.db") as db:
+        (reason,) = db.execute(
+            "SELECT reason FROM job_events WHERE job_id = ? ORDER BY id DESC LIMIT 1", (job.id,)
+        ).fetchone()
+    assert reason == "dicom-adapter jobs discard (files kept in the spool)"
+
+    later = cli("jobs", "discard", str(job.id), "--delete-files", "--yes", "--config", str(path))
+    assert later.stdout == f"job {job.id} discarded (3 instances, files deleted by the reclaimer)\n"
+    running.adapter.reclaimer.tick()
+    assert {r.state for r in running.rows()} == {"reclaimed"}
+    assert not any(Path(r.path).exists() for r in rows)
+    assert reclaimed_without_a_finished_job(running.ledger) == []  # not "lost": a decision
+    again = cli("jobs", "retry", str(job.id), "--config", str(path))
+    assert again.returncode == 1 and "cannot move a job in state 'discarded'" in again.stderr

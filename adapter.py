@@ -20,6 +20,7 @@ from config import AeConfig, Config, config_warnings, load_config
 from config_changes import needing_restart
 from errors import ConfigError
 from exporters.cstore import Peer
+from health import HEARTBEAT_SECONDS
 from ledger.db import make_engine
 from ledger.exports import Exports
 from ledger.migrate import upgrade
@@ -251,6 +252,8 @@ class Adapter:
             listeners.append(f"{self.config.dicom.host}:{self.server.tls_port} (TLS)")
         self.ledger.set_service_state("listening", ", ".join(listeners))
         self.ledger.set_service_state("pid", str(os.getpid()))
+        self._heartbeat_tick()
+        schedule.every(self.scheduler, "heartbeat", HEARTBEAT_SECONDS, self._heartbeat_tick)
         notify("READY=1")
         if (seconds := watchdog_seconds()) is not None:
             schedule.every(self.scheduler, "watchdog", seconds, self._watchdog_tick)
@@ -325,6 +328,26 @@ class Adapter:
             log.exception("ledger does not answer")
             return False
         return self.server.running and self.intake.running and self.watcher.running
+
+    def problems(self) -> list[str]:
+        """What keeps the running service from doing its job now, one phrase each."""
+        found = []
+        if not self.server.running:
+            found.append("the SCP process has stopped")
+        if (problem := self.intake.problem()) is not None:
+            found.append(problem)
+        if not self.watcher.running:
+            found.append("the spool watcher has stopped")
+        return found
+
+    def _heartbeat_tick(self) -> None:
+        """Tell ``status`` (through the ledger) that the service lives, and what ails it.
+
+        If the ledger cannot be written, the heartbeat goes stale, which
+        ``status`` reports as well.
+        """
+        self.ledger.set_service_state("problems", "; ".join(self.problems()))
+        self.ledger.set_service_state("heartbeat_at", utcnow().strftime(TIME_FORMAT))
 
     def _watchdog_tick(self) -> None:
         """Ping systemd only from a service that works: else it gets restarted."""

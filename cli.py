@@ -211,7 +211,7 @@ def _status_text(report: dict[str, Any]) -> str:
             ),
         )
         if present
-    ]
+    ] + facts["problems"]
     lines = [
         "Health: " + ("healthy" if facts["healthy"] else "UNHEALTHY: " + "; ".join(problems)),
         f"Ledger: {report['ledger']} (revision {report['revision']})",

@@ -1,22 +1,35 @@
 """Is the adapter healthy?  Facts for ``dicom-adapter status`` and monitoring scripts.
 
-Read from outside the service: the kernel's table of listening sockets
-(no connection is made, so no association slot is taken), the ledger (what
-the service last recorded about itself, failed jobs and exports) and the
-spool's filesystem.
+Read from outside the service.  "Listening" means *this* adapter answers:
+the process the ledger names is alive and a C-ECHO to one of its AE titles
+gets an answer from it (one association slot, for a moment; a socket that
+merely listens could be anything).  The ledger must take a write (one,
+rolled back), and the service's own heartbeat in it must be recent and name
+no problem (intake stopped or stuck, the watcher or SCP process gone).
+Then failed jobs and exports, and the spool's filesystem.
 """
 
 from __future__ import annotations
 
+import logging
 import os
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from pynetdicom import AE
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+
 from config import Config
 from ledger.exports import Exports
+from ledger.models import TIME_FORMAT, utcnow
 from ledger.processing import Processing
 from ledger.states import ExportState, JobState
 from ledger.store import Ledger
+
+ECHO_TIMEOUT = 5.0  # seconds for the self C-ECHO's association and answer
+HEARTBEAT_SECONDS = 5.0  # how often the service writes its heartbeat (adapter.py)
+HEARTBEAT_STALE_SECONDS = 6 * HEARTBEAT_SECONDS  # a busy ledger may delay a few
 
 _LISTEN = "0A"  # TCP state in /proc/net/tcp
 
@@ -35,9 +48,46 @@ def listening(port: int) -> bool:
     return False
 
 
+def service_running(state: dict[str, str]) -> bool:
+    """True if the process the ledger last named as the service is alive."""
+    pid = state.get("pid", "")
+    return pid.isdigit() and Path(f"/proc/{pid}").exists()
+
+
+def answers(config: Config, timeout: float = ECHO_TIMEOUT) -> bool:
+    """True if a DICOM SCP on our port answers one of our AE titles as this adapter would.
+
+    Accepted (C-ECHO or not: Verification may be switched off), or rejected
+    1/1/3 by its source allow-list: either way our admission rules answered.
+    Over TLS alone (``port = 0``) no echo is tried (it may need a client
+    certificate): the TLS port listening is taken as the answer.
+    """
+    if not config.dicom.port:
+        return listening(config.dicom.tls_port)
+    host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(config.dicom.host, config.dicom.host)
+    ae = AE(ae_title=config.dicom.ae_title)
+    ae.add_requested_context(Verification)
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout
+    quiet = logging.getLogger("pynetdicom")
+    level, quiet.level = quiet.level, logging.CRITICAL  # a refusal is an answer here
+    try:
+        assoc = ae.associate(host, config.dicom.port, ae_title=sorted(config.aes)[0])
+        if assoc.is_established:
+            assoc.release()
+            return True
+        rejection = assoc.acceptor.primitive if assoc.is_rejected else None
+        return rejection is not None and (rejection.result_source, rejection.diagnostic) == (1, 3)
+    except (OSError, ValueError):
+        return False
+    finally:
+        quiet.level = level
+
+
 def health(config: Config, ledger: Ledger) -> dict[str, Any]:
-    """The health facts, and ``healthy``: listening, room on disk, nothing failed or undelivered."""
+    """The health facts, and ``healthy``: this adapter answers and works, room on disk,
+    nothing failed or undelivered."""
     state = ledger.service_state()
+    running = service_running(state)
     folder = config.storage.spool
     while not folder.exists() and folder != folder.parent:
         folder = folder.parent  # not created yet: the filesystem it will be on
@@ -53,8 +103,20 @@ def health(config: Config, ledger: Ledger) -> dict[str, Any]:
     # Export files refused or out of retries: kept on disk, waiting for
     # ``exports retry`` or ``exports discard``.
     undelivered = exports.undelivered()
+    heartbeat = _age_seconds(state.get("heartbeat_at"))
+    problems = [p for p in state.get("problems", "").split("; ") if p] if running else []
+    if running and (heartbeat is None or heartbeat > HEARTBEAT_STALE_SECONDS):
+        problems.append(
+            "the service has not written the ledger for "
+            + ("ever" if heartbeat is None else f"{heartbeat:.0f}s")
+        )
+    write_problem = ledger.write_problem()
+    if write_problem is not None:
+        problems.append(f"the ledger cannot be written: {write_problem}")
     facts = {
-        "listening": all(listening(port) for port in config.dicom.ports),
+        "listening": running and answers(config),
+        "problems": problems,
+        "heartbeat_age_seconds": None if heartbeat is None else round(heartbeat, 1),
         "last_reconcile_at": state.get("last_reconcile_at"),
         "spool_free_bytes": free,
         "spool_min_free_bytes": needed,
@@ -64,9 +126,17 @@ def health(config: Config, ledger: Ledger) -> dict[str, Any]:
     }
     facts["healthy"] = (
         facts["listening"]
+        and not problems
         and free >= needed
         and not failed_jobs
         and not failed_exports
         and not undelivered
     )
     return facts
+
+
+def _age_seconds(stamp: str | None) -> float | None:
+    if not stamp:
+        return None
+    then = datetime.strptime(stamp, TIME_FORMAT).replace(tzinfo=UTC)
+    return (utcnow() - then).total_seconds()

@@ -16,11 +16,13 @@ from datetime import datetime
 from typing import Any, TypeVar
 
 from sqlalchemy import Connection, Engine, func, insert, select, text, update
+from sqlalchemy.exc import SQLAlchemyError
 
 from errors import IllegalTransition
 from ledger.models import Event, Instance, ServiceState, utcnow
 from ledger.records import InstanceRecord, NewInstance
 from ledger.states import KEPT, ON_DISK, State, check_move
+from spool.text import one_line
 
 log = logging.getLogger(__name__)
 INSTANCES = Instance.__table__
@@ -31,6 +33,7 @@ _NEW_FIELDS = [f.name for f in fields(NewInstance)]
 _KEPT = [str(state) for state in KEPT]
 _ON_DISK = [str(state) for state in ON_DISK]
 _CHUNK = 500  # bound parameters per IN (...) list
+_WRITE_PROBE = "write_probe"  # a service_state name only ever written and rolled back
 T = TypeVar("T")
 
 
@@ -365,6 +368,23 @@ class Ledger:
             name: value
             for name, value in self.read(select(SERVICE_STATE.c.name, SERVICE_STATE.c.value))
         }
+
+    def write_problem(self) -> str | None:
+        """Why this process cannot write the ledger now, or None: one write, rolled back.
+
+        A ledger made read-only or immutable still answers every read, so
+        only a write shows it (SQLite then says "attempt to write a readonly
+        database").
+        """
+        try:
+            with self.engine.connect() as connection, connection.begin() as transaction:
+                connection.execute(
+                    insert(SERVICE_STATE).values(name=_WRITE_PROBE, value="", updated_at=utcnow())
+                )
+                transaction.rollback()
+        except SQLAlchemyError as exc:
+            return one_line(str(getattr(exc, "orig", None) or exc).splitlines()[0])
+        return None
 
     def event_count(self) -> int:
         return self.read(select(func.count()).select_from(EVENTS))[0][0]

@@ -40,6 +40,8 @@ MAX_QUEUED = 20_000
 # How long a batch gathers arrivals: fewer, larger ledger commits (each one
 # an fsync) leave the disk and the GIL to the SCP under load.
 BATCH_WINDOW_SECONDS = 0.1
+# Files waiting this long with no batch finished: intake is stuck, and health says so.
+STALL_SECONDS = 60.0
 
 
 class Intake:
@@ -223,6 +225,8 @@ class IntakeWorker:
         self._queued: set[Path] = set()
         self._queued_lock = threading.Lock()
         self._full = False  # the last submit found no room (logged once per episode)
+        self._failure: str | None = None  # why the last batch failed; None once one succeeds
+        self._progress_at = time.monotonic()  # when a batch last finished, or the queue emptied
         self._thread = threading.Thread(target=self._run, name="intake", daemon=True)
 
     def submit(self, paths: Iterable[Path]) -> None:
@@ -238,6 +242,8 @@ class IntakeWorker:
                 )
             self._full = len(fresh) > room
             fresh = fresh[:room]
+            if fresh and not self._queued:  # waiting starts now, not at the last batch
+                self._progress_at = time.monotonic()
             self._queued.update(fresh)
         for path in fresh:
             self._queue.put(path)
@@ -253,6 +259,23 @@ class IntakeWorker:
         """Paths waiting for intake."""
         with self._queued_lock:
             return len(self._queued)
+
+    def problem(self) -> str | None:
+        """Why intake is not recording files now, for health; None when it is.
+
+        Stopped, failing (the ledger refuses its writes: each batch waits for
+        the next reconcile), or stuck with files waiting and no batch done
+        for :data:`STALL_SECONDS`.
+        """
+        if not self.running:
+            return "intake has stopped"
+        if self._failure is not None:
+            return f"intake cannot record files: {self._failure}"
+        waiting = self.queued
+        idle = time.monotonic() - self._progress_at
+        if waiting and idle > STALL_SECONDS:
+            return f"intake is stuck: {waiting} files waiting, none recorded for {idle:.0f}s"
+        return None
 
     def wait_idle(self) -> None:
         """Block until everything submitted so far is recorded."""
@@ -285,9 +308,12 @@ class IntakeWorker:
                 self._queued.difference_update(batch)  # type: ignore[arg-type]
             try:
                 self.intake.process(p for p in batch if p is not None)
-            except Exception:
+                self._failure = None
+            except Exception as exc:
+                self._failure = one_line(f"{type(exc).__name__}: {exc}".splitlines()[0])
                 log.exception("intake failed for a batch of %d; reconcile will retry", len(batch))
             finally:
+                self._progress_at = time.monotonic()
                 for _ in batch:
                     self._queue.task_done()
             if stop:

@@ -1,0 +1,107 @@
+"""``status``'s health: this adapter answers, its ledger takes writes, its parts run.
+
+Real adapter, real ledger file made immutable with ``chattr +i`` (root on
+ext4, as on an edge box where someone "protected" the file), a real socket
+squatting on the port, and the service's own heartbeat.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+from health import health
+from ledger.db import make_engine
+from ledger.store import Ledger
+from tests.conftest import RunningAdapter, write_config
+from tests.test_cli import cli
+
+
+@contextmanager
+def immutable(path: Path) -> Iterator[None]:
+    chattr = shutil.which("chattr")
+    if chattr is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail("chattr is not installed (Debian package e2fsprogs)")
+        pytest.skip("chattr is not installed")
+    subprocess.run([chattr, "+i", str(path)], check=True)
+    try:
+        yield
+    finally:
+        subprocess.run([chattr, "-i", str(path)], check=True)
+
+
+def test_a_running_adapter_is_healthy(adapter: RunningAdapter) -> None:
+    facts = health(adapter.config, adapter.ledger)
+    assert facts["listening"] is True and facts["problems"] == [] and facts["healthy"] is True
+    assert facts["heartbeat_age_seconds"] < 10
+
+
+def test_a_ledger_that_cannot_be_written_is_unhealthy(
+    adapter: RunningAdapter, config_path: Path
+) -> None:
+    fresh = Ledger(make_engine(adapter.config.ledger.url))  # as status opens it
+    with immutable(config_path.parent / "ledger.db"):
+        facts = health(adapter.config, fresh)
+        result = cli("status", "--config", str(config_path))
+    fresh.engine.dispose()
+    assert facts["healthy"] is False
+    assert facts["problems"] == [
+        "the ledger cannot be written: attempt to write a readonly database"
+    ], facts
+    assert result.returncode == 1
+    assert result.stdout.splitlines()[0] == (
+        "Health: UNHEALTHY: the ledger cannot be written: attempt to write a readonly database"
+    )
+    assert health(adapter.config, adapter.ledger)["healthy"] is True  # writable again
+
+
+def test_a_stopped_watcher_or_intake_is_reported(adapter: RunningAdapter) -> None:
+    adapter.adapter.watcher.stop()
+    adapter.adapter._heartbeat_tick()  # as its scheduler job does every few seconds
+    facts = health(adapter.config, adapter.ledger)
+    assert facts["problems"] == ["the spool watcher has stopped"]
+    adapter.adapter.intake.stop()
+    adapter.adapter._heartbeat_tick()
+    facts = health(adapter.config, adapter.ledger)
+    assert facts["problems"] == ["intake has stopped", "the spool watcher has stopped"]
+    assert facts["healthy"] is False
+
+
+def test_a_stale_heartbeat_is_reported(adapter: RunningAdapter) -> None:
+    adapter.adapter.scheduler.pause()  # the service hangs: nothing writes the ledger
+    adapter.ledger.set_service_state("heartbeat_at", "2026-01-01T00:00:00.000000Z")
+    (problem,) = health(adapter.config, adapter.ledger)["problems"]
+    assert problem.startswith("the service has not written the ledger for ")
+    adapter.adapter.scheduler.resume()
+
+
+def test_something_else_on_the_port_is_not_this_adapter(
+    tmp_path: Path, port: int, config_path: Path
+) -> None:
+    assert cli("db", "upgrade", "--config", str(config_path)).returncode == 0
+    ledger = Ledger(make_engine(f"sqlite:///{config_path.parent / 'ledger.db'}"))
+    ledger.set_service_state("pid", str(os.getpid()))  # a live process, not an adapter
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", port))
+        squatter.listen()
+        from config import load_config
+
+        facts = health(load_config(config_path), ledger)
+    assert facts["listening"] is False and facts["healthy"] is False
+    ledger.engine.dispose()
+
+
+def test_a_refusing_allow_list_still_counts_as_answering(
+    start_adapter, tmp_path: Path, port: int
+) -> None:
+    path = write_config(tmp_path, port, dicom="reject_unknown_sources = true")
+    running = start_adapter(path)
+    assert health(running.config, running.ledger)["listening"] is True

@@ -22,7 +22,6 @@ from errors import IllegalTransition
 from ledger.models import Event, Instance, ServiceState, utcnow
 from ledger.records import InstanceRecord, NewInstance
 from ledger.states import KEPT, ON_DISK, State, check_move
-from spool.text import one_line
 
 log = logging.getLogger(__name__)
 INSTANCES = Instance.__table__
@@ -383,7 +382,7 @@ class Ledger:
                 )
                 transaction.rollback()
         except SQLAlchemyError as exc:
-            return one_line(str(getattr(exc, "orig", None) or exc).splitlines()[0])
+            return (str(getattr(exc, "orig", None) or exc).splitlines() or ["?"])[0]
         return None
 
     def event_count(self) -> int:

@@ -274,7 +274,8 @@ class Adapter:
             return False
         if restart := needing_restart(self.config, new):
             log.error(
-                "reload refused, keeping the running config: %s %s a restart",
+                "reload refused, keeping the running config: %s %s %s a restart",
+                new.path,
                 ", ".join(restart),
                 "needs" if len(restart) == 1 else "need",
             )

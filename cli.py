@@ -249,6 +249,7 @@ def _status_text(report: dict[str, Any]) -> str:
             f"  {study['called_ae']:<16} {study['study_instance_uid'] or '-':<64} "
             f"{study['instances']:>6} instances, {study['received']:>6} received, "
             f"last {study['last_received_at']}"
+            + (f", patient {study['patient_id']}" if "patient_id" in study else "")
         )
     return "\n".join(lines)
 

@@ -26,6 +26,7 @@ from ledger.models import TIME_FORMAT, utcnow
 from ledger.processing import Processing
 from ledger.states import ExportState, JobState
 from ledger.store import Ledger
+from scp.admission import HEALTH_CHECK_AE
 
 ECHO_TIMEOUT = 5.0  # seconds for the self C-ECHO's association and answer
 HEARTBEAT_SECONDS = 5.0  # how often the service writes its heartbeat (adapter.py)
@@ -65,7 +66,7 @@ def answers(config: Config, timeout: float = ECHO_TIMEOUT) -> bool:
     if not config.dicom.port:
         return listening(config.dicom.tls_port)
     host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(config.dicom.host, config.dicom.host)
-    ae = AE(ae_title=config.dicom.ae_title)
+    ae = AE(ae_title=HEALTH_CHECK_AE)
     ae.add_requested_context(Verification)
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout
     quiet = logging.getLogger("pynetdicom")

@@ -6,7 +6,6 @@ its history rows, so a restart finds every group, job and file where it was.
 """
 
 import hashlib
-import logging
 from collections.abc import Collection
 from datetime import datetime, timedelta
 from typing import Any
@@ -19,7 +18,6 @@ from ledger.records import GroupState, InstanceRecord, JobRecord
 from ledger.states import JobState, State, check_job_move
 from ledger.store import INSTANCES, Ledger, to_record
 
-log = logging.getLogger(__name__)
 JOBS = Job.__table__
 JOB_EVENTS = JobEvent.__table__
 _JOB_FIELDS = [column.name for column in JOBS.columns]
@@ -192,8 +190,8 @@ class Processing:
                 JobState.PENDING,
                 f"{len(ids)} instances of group {group_key!r}: {why}",
             )
-        # Not the group key: with group_by = PatientID it is PHI (it is in the ledger).
-        log.info("job %d claimed %d instances ae=%s (%s)", job_id, len(ids), called_ae, why)
+        # The claim's own line (Ledger.move_many) says it; not the group key, which
+        # with group_by = PatientID is PHI (it is in the ledger).
         return self.job(job_id)
 
     # -- jobs -----------------------------------------------------------------

@@ -12,6 +12,11 @@ from dataclasses import dataclass
 
 from spool.names import validate_ae_title
 
+# The calling AE title of ``dicom-adapter status``'s C-ECHO to its own adapter
+# (health.py): from loopback, its association lines are DEBUG, not INFO or
+# WARNING, so monitoring every few seconds does not fill the log.
+HEALTH_CHECK_AE = "HEALTHCHECK"
+
 REJECT_CALLED_AE = (0x01, 0x01, 0x07)
 REJECT_CALLING_AE = (0x01, 0x01, 0x03)
 REJECT_LOCAL_LIMIT = (0x02, 0x03, 0x02)
@@ -125,3 +130,11 @@ def _host_matches(host: str, peer_ip: str) -> bool:
     except OSError:
         return False
     return any(ipaddress.ip_address(info[4][0]) == peer for info in infos)
+
+
+def is_health_check(calling_ae: str, peer_ip: str) -> bool:
+    """An association from ``status`` on this machine (only its log level depends on it)."""
+    try:
+        return calling_ae == HEALTH_CHECK_AE and ipaddress.ip_address(peer_ip).is_loopback
+    except ValueError:
+        return False

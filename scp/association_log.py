@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 from pynetdicom import events as evt
 
-from scp.admission import REJECTION_NAMES
+from scp.admission import REJECTION_NAMES, is_health_check
 
 log = logging.getLogger("scp.associations")
 
@@ -83,13 +83,16 @@ class AssociationLog:
             return  # rejected or never associated: logged by admission
         request = assoc.requestor.primitive
         result = "released" if assoc.is_released else "aborted" if assoc.is_aborted else "closed"
-        log.info(
+        calling = str(request.calling_ae_title).strip()
+        quiet = is_health_check(calling, assoc.requestor.address) and not tally.stored
+        log.log(
+            logging.DEBUG if quiet else logging.INFO,
             "association %s peer=%s:%s calling=%r called=%r stored=%d refused=%d bytes=%d "
             "seconds=%.2f",
             result,
             assoc.requestor.address,
             assoc.requestor.port,
-            str(request.calling_ae_title).strip(),
+            calling,
             str(request.called_ae_title).strip(),
             tally.stored,
             tally.refused,

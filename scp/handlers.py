@@ -17,7 +17,12 @@ from typing import TYPE_CHECKING, Any
 
 from pynetdicom import events as evt
 
-from scp.admission import REJECT_LOCAL_LIMIT, REJECTION_NAMES, AdmissionPolicy
+from scp.admission import (
+    REJECT_LOCAL_LIMIT,
+    REJECTION_NAMES,
+    AdmissionPolicy,
+    is_health_check,
+)
 from scp.association_log import AssociationLog
 from scp.direct import serve_directly
 from scp.placement import read_identity
@@ -63,7 +68,8 @@ def handle_requested(event: evt.Event, server: object) -> None:
         rejection, reason = REJECT_LOCAL_LIMIT, "spool free space under min_free"
     if rejection is not None:
         server.tally.rejection(REJECTION_NAMES[rejection])  # type: ignore[attr-defined]
-        log.warning(
+        log.log(
+            logging.DEBUG if is_health_check(peer.calling_ae, host) else logging.WARNING,
             "association rejected %d/%d/%d peer=%s calling=%r called=%r: %s",
             *rejection,
             peer.peer_address,

@@ -103,6 +103,8 @@ def test_status_keeps_patient_identifiers_out_unless_asked(
     assert report["oldest_open_group"]["group_key"] is None
     assert "patient_id" not in report["studies"][0]
     assert "(group key: --phi)" in cli("status", "--config", str(path)).stdout
+    text = cli("status", "--phi", "--config", str(path)).stdout
+    assert "patient PAT-SECRET-7" in text and "DICOMADAPTER PAT-SECRET-7, 2 instances" in text
     shown = json.loads(cli("status", "--json", "--phi", "--config", str(path)).stdout)
     assert shown["oldest_open_group"]["group_key"] == "PAT-SECRET-7"
     assert shown["studies"][0]["patient_id"] == "PAT-SECRET-7"

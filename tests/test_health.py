@@ -7,6 +7,7 @@ squatting on the port, and the service's own heartbeat.
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import socket
@@ -20,7 +21,7 @@ import pytest
 from health import health
 from ledger.db import make_engine
 from ledger.store import Ledger
-from tests.conftest import RunningAdapter, write_config
+from tests.conftest import RunningAdapter, wait_for, write_config
 from tests.test_cli import cli
 
 
@@ -105,3 +106,14 @@ def test_a_refusing_allow_list_still_counts_as_answering(
     path = write_config(tmp_path, port, dicom="reject_unknown_sources = true")
     running = start_adapter(path)
     assert health(running.config, running.ledger)["listening"] is True
+
+
+def test_the_health_check_echo_does_not_fill_the_log(
+    start_adapter, config_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)  # before start: the SCP process takes this level
+    adapter = start_adapter(config_path)
+    assert health(adapter.config, adapter.ledger)["listening"] is True
+    wait_for(lambda: [r for r in caplog.records if "'HEALTHCHECK'" in r.getMessage()])
+    (record,) = [r for r in caplog.records if "'HEALTHCHECK'" in r.getMessage()]
+    assert record.levelno == logging.DEBUG and "association released" in record.getMessage()

@@ -112,8 +112,8 @@ def test_a_reload_that_needs_a_restart_is_refused_whole(
     assert not running.adapter.reload()
     (line,) = [r.getMessage() for r in caplog.records if "reload refused" in r.getMessage()]
     assert line == (
-        "reload refused, keeping the running config: [dicom] acse_timeout, [log] level "
-        "need a restart"
+        f"reload refused, keeping the running config: {config_path} [dicom] acse_timeout, "
+        "[log] level need a restart"
     )
     assert running.adapter.config is before
     with pytest.raises(AssociationRejected):

@@ -347,7 +347,7 @@ def test_cli_send_wait_and_echo_against_a_running_adapter(
     assert sorted(f.path for f in files) == sorted(str(p) for p in originals)
 
     # A reclaimer run (retention = 0) leaves them alone: a send task owns no file.
-    running.adapter.export_reclaimer.tick()
+    assert running.adapter.export_reclaimer.tick() == 0  # nothing deleted, nothing logged
     assert {path: path.read_bytes() for path in originals} == before
     assert running.adapter.exports.get(export_id).reclaimed_at is None
 

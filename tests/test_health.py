@@ -11,6 +11,7 @@ import logging
 import os
 import shutil
 import socket
+import sqlite3
 import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -22,7 +23,9 @@ from health import health
 from ledger.db import make_engine
 from ledger.store import Ledger
 from tests.conftest import RunningAdapter, wait_for, write_config
+from tests.dicom import make_instance
 from tests.test_cli import cli
+from watchers import intake as intake_module
 
 
 @contextmanager
@@ -117,3 +120,31 @@ def test_the_health_check_echo_does_not_fill_the_log(
     wait_for(lambda: [r for r in caplog.records if "'HEALTHCHECK'" in r.getMessage()])
     (record,) = [r for r in caplog.records if "'HEALTHCHECK'" in r.getMessage()]
     assert record.levelno == logging.DEBUG and "association released" in record.getMessage()
+
+
+def test_intake_stuck_on_a_locked_ledger_then_failing_is_reported(
+    adapter: RunningAdapter, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """An admin's sqlite3 shell left in a write transaction: intake's batch waits on the
+    lock (stuck), then gives up (failing); once the lock goes, intake recovers."""
+    monkeypatch.setattr(intake_module, "STALL_SECONDS", 1.0)
+    shell = sqlite3.connect(str(adapter.ledger.engine.url.database), isolation_level=None)
+    shell.execute("BEGIN EXCLUSIVE")
+    try:
+        shutil.copy(make_instance(tmp_path / "one.dcm"), adapter.spool / "DICOMADAPTER" / "in.dcm")
+        wait_for(lambda: adapter.adapter.intake.problem() is not None, timeout=15)
+        assert adapter.adapter.intake.problem() == (
+            "intake is stuck: a batch of 1 file has taken "
+            + adapter.adapter.intake.problem().rsplit(" ", 1)[-1]
+        )
+        wait_for(lambda: "cannot record" in (adapter.adapter.intake.problem() or ""), timeout=60)
+        assert adapter.adapter.intake.problem() == (
+            "intake cannot record files: OperationalError: (sqlite3.OperationalError) "
+            "database is locked"
+        )
+    finally:
+        shell.execute("ROLLBACK")
+        shell.close()
+    adapter.adapter.reconciler.tick()  # the file waits for reconcile, as the log said
+    wait_for(lambda: adapter.rows(), timeout=20)
+    wait_for(lambda: adapter.adapter.intake.problem() is None, timeout=20)

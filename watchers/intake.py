@@ -23,6 +23,7 @@ from pathlib import Path
 
 from ledger.records import InstanceRecord, NewInstance
 from ledger.store import Ledger, LedgerTransaction
+from ledger.wording import plural
 from spool.layout import SpoolLayout
 from spool.names import validate_ae_title
 from spool.quarantine import quarantine
@@ -40,7 +41,7 @@ MAX_QUEUED = 20_000
 # How long a batch gathers arrivals: fewer, larger ledger commits (each one
 # an fsync) leave the disk and the GIL to the SCP under load.
 BATCH_WINDOW_SECONDS = 0.1
-# Files waiting this long with no batch finished: intake is stuck, and health says so.
+# A batch taking this long: intake is stuck, and health says so.
 STALL_SECONDS = 60.0
 
 
@@ -226,7 +227,7 @@ class IntakeWorker:
         self._queued_lock = threading.Lock()
         self._full = False  # the last submit found no room (logged once per episode)
         self._failure: str | None = None  # why the last batch failed; None once one succeeds
-        self._progress_at = time.monotonic()  # when a batch last finished, or the queue emptied
+        self._busy: tuple[float, int] | None = None  # (since, files) of the batch in hand
         self._thread = threading.Thread(target=self._run, name="intake", daemon=True)
 
     def submit(self, paths: Iterable[Path]) -> None:
@@ -242,8 +243,6 @@ class IntakeWorker:
                 )
             self._full = len(fresh) > room
             fresh = fresh[:room]
-            if fresh and not self._queued:  # waiting starts now, not at the last batch
-                self._progress_at = time.monotonic()
             self._queued.update(fresh)
         for path in fresh:
             self._queue.put(path)
@@ -263,18 +262,18 @@ class IntakeWorker:
     def problem(self) -> str | None:
         """Why intake is not recording files now, for health; None when it is.
 
-        Stopped, failing (the ledger refuses its writes: each batch waits for
-        the next reconcile), or stuck with files waiting and no batch done
-        for :data:`STALL_SECONDS`.
+        Stopped; failing (the ledger refuses its writes: each batch waits
+        for the next reconcile); or stuck, one batch taking longer than
+        :data:`STALL_SECONDS` (a ledger locked by someone's open write
+        transaction, a hung disk).
         """
         if not self.running:
             return "intake has stopped"
         if self._failure is not None:
             return f"intake cannot record files: {self._failure}"
-        waiting = self.queued
-        idle = time.monotonic() - self._progress_at
-        if waiting and idle > STALL_SECONDS:
-            return f"intake is stuck: {waiting} files waiting, none recorded for {idle:.0f}s"
+        busy = self._busy
+        if busy is not None and (took := time.monotonic() - busy[0]) > STALL_SECONDS:
+            return f"intake is stuck: a batch of {plural(busy[1], 'file')} has taken {took:.0f}s"
         return None
 
     def wait_idle(self) -> None:
@@ -306,6 +305,7 @@ class IntakeWorker:
             stop = None in batch
             with self._queued_lock:
                 self._queued.difference_update(batch)  # type: ignore[arg-type]
+            self._busy = (time.monotonic(), len(batch) - stop)
             try:
                 self.intake.process(p for p in batch if p is not None)
                 self._failure = None
@@ -313,7 +313,7 @@ class IntakeWorker:
                 self._failure = one_line(f"{type(exc).__name__}: {exc}".splitlines()[0])
                 log.exception("intake failed for a batch of %d; reconcile will retry", len(batch))
             finally:
-                self._progress_at = time.monotonic()
+                self._busy = None
                 for _ in batch:
                     self._queue.task_done()
             if stop:

@@ -17,7 +17,7 @@ from sqlalchemy import literal, select
 
 import scheduler as schedule
 from config import AeConfig, Config, config_warnings, load_config
-from config_changes import needing_restart
+from config_changes import needing_restart, section_changes
 from errors import ConfigError
 from exporters.cstore import Peer
 from health import HEARTBEAT_SECONDS
@@ -280,6 +280,7 @@ class Adapter:
                 "needs" if len(restart) == 1 else "need",
             )
             return False
+        changes = section_changes(self.config, new)
         self.layout.ensure(new.aes)
         self.server.policy = admission_policy(new)
         self.server.min_free = new.storage.min_free
@@ -290,12 +291,13 @@ class Adapter:
             self._schedule_ticks()
         processed = sum(1 for ae in new.aes.values() if ae.processor != "none")
         log.info(
-            "reloaded %s: %s (%d with a processor), %s, %s",
+            "reloaded %s: %s (%d with a processor), %s, %s; %s",
             new.path,
             plural(len(new.aes), "AE title"),
             processed,
             plural(len(new.sources), "source"),
             plural(len(new.destinations), "destination"),
+            changes,
         )
         return True
 

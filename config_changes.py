@@ -32,3 +32,30 @@ def needing_restart(running: Config, new: Config) -> list[str]:
             if getattr(before, field.name) != getattr(after, field.name):
                 changed.append(f"[{section}] {field.name}")
     return changed
+
+
+def section_changes(running: Config, new: Config) -> str:
+    """What a reload changes in the labelled sections, for its log line.
+
+    ``added [ae:PROC]; changed [destination:PACS]``, or ``nothing changed``.
+    """
+    added, removed, changed = [], [], []
+    for kind, before, after in (
+        ("ae", running.aes, new.aes),
+        ("source", {s.name: s for s in running.sources}, {s.name: s for s in new.sources}),
+        ("destination", running.destinations, new.destinations),
+    ):
+        for name in sorted(set(before) | set(after)):
+            label = f"[{kind}:{name}]"
+            if name not in before:
+                added.append(label)
+            elif name not in after:
+                removed.append(label)
+            elif before[name] != after[name]:
+                changed.append(label)
+    parts = [
+        f"{verb} {', '.join(labels)}"
+        for verb, labels in (("added", added), ("removed", removed), ("changed", changed))
+        if labels
+    ]
+    return "; ".join(parts) or "nothing changed"

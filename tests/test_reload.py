@@ -130,4 +130,10 @@ def test_the_reload_log_line_counts_in_words(start_adapter, config_path: Path, c
     )
     assert running.adapter.reload()
     (line,) = [r.getMessage() for r in caplog.records if r.getMessage().startswith("reloaded")]
-    assert line.endswith(": 1 AE title (0 with a processor), 1 source, 1 destination")
+    assert line.endswith(
+        ": 1 AE title (0 with a processor), 1 source, 1 destination; "
+        "added [source:CT], [destination:PACS]"
+    )
+    assert running.adapter.reload()
+    (_, again) = [r.getMessage() for r in caplog.records if r.getMessage().startswith("reloaded")]
+    assert again.endswith("; nothing changed")

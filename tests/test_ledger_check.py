@@ -270,7 +270,7 @@ def test_cli_ledger_check_and_repair(start_adapter, config_path: Path, tmp_path:
     stray.write_bytes(make_study(tmp_path / "s", 1)[0].read_bytes())
     found = cli("ledger", "check", "--config", str(config_path))
     assert found.returncode == 1
-    assert found.stdout == f"orphan: {stray}: in the spool, not in the ledger\n1 findings\n"
+    assert found.stdout == f"orphan: {stray}: in the spool, not in the ledger\n1 finding\n"
     fixed = cli("ledger", "check", "--repair", "--config", str(config_path))
     assert (fixed.returncode, fixed.stdout) == (0, "repaired; ledger and spool agree\n")
 

@@ -13,7 +13,9 @@ A-ASSOCIATE-RQ's items and sub-items with their 2-byte lengths, the
 P-DATA-TF's PDV items (length, context ID, message control header), because
 a parser's bugs sit behind its length fields; and they also do blind bit
 flips, inserts, deletes, truncation, reordering and garbage, for the paths
-nobody thought of.
+nobody thought of.  Some know DIMSE message framing too: command sets in
+fragments (or past the adapter's 64 KiB cap), messages interleaved across
+presentation contexts, and A-RELEASE-RQ or A-ABORT racing a message.
 """
 
 from __future__ import annotations
@@ -237,6 +239,114 @@ def pdv(rng: random.Random, pdus: Pdus, _max_pdu: int) -> Pdus:
     return _replace(pdus, index, bytes(pdu))
 
 
+_COMMAND, _LAST = 0x01, 0x02  # PDV message control header bits (PS3.8 E.2)
+_COMMAND_CAP = 64 * 1024  # the adapter's command set limit (scp/message_limits.py)
+A_RELEASE_RQ = bytes.fromhex("05000000000400000000")
+A_ABORT = bytes.fromhex("07000000000400000000")
+
+
+def _pdvs(pdu: bytes) -> list[tuple[int, int, bytes]]:
+    """(context ID, control header, value) of each PDV item of a P-DATA-TF that parses."""
+    items, offset = [], 6
+    while offset + 6 <= len(pdu):
+        length = struct.unpack_from(">L", pdu, offset)[0]
+        if length < 2 or offset + 4 + length > len(pdu):
+            break
+        items.append((pdu[offset + 4], pdu[offset + 5], pdu[offset + 6 : offset + 4 + length]))
+        offset += 4 + length
+    return items
+
+
+def _p_data(*pdvs: bytes) -> bytes:
+    body = b"".join(pdvs)
+    return bytes([P_DATA_TF, 0]) + struct.pack(">L", len(body)) + body
+
+
+def _command_at(pdus: Pdus) -> list[int]:
+    """Indexes of P-DATA-TF PDUs whose first PDV is (part of) a command set."""
+    return [
+        i
+        for i, pdu in enumerate(pdus)
+        if pdu[:1] == bytes([P_DATA_TF]) and (items := _pdvs(pdu)) and items[0][1] & _COMMAND
+    ]
+
+
+def _cut(rng: random.Random, value: bytes, pieces: int) -> list[bytes]:
+    cuts = sorted(rng.choices(range(len(value) + 1), k=pieces - 1))
+    return [value[a:b] for a, b in zip([0, *cuts], [*cuts, len(value)], strict=True)]
+
+
+def command_fragments(rng: random.Random, pdus: Pdus, max_pdu: int) -> Pdus:
+    """Send a command set in fragments: split (empty pieces too), left unfinished, or grown
+    past the adapter's 64 KiB cap by repeating its non-last fragments (PS3.8 9.3.5.1)."""
+    candidates = _command_at(pdus)
+    if not candidates:
+        return pdus
+    index = rng.choice(candidates)
+    context, _control, command = _pdvs(pdus[index])[0]
+    action = rng.choice(("split", "split-one-pdu", "unfinished", "oversized"))
+    if action == "oversized":
+        room = max(16, max_pdu - 12)
+        repeats = _COMMAND_CAP // room + rng.choice((1, 2, 50))
+        head = _p_data(_pdv(context, _COMMAND, command.ljust(room, b"\x00")[:room]))
+        tail = [] if rng.random() < 0.5 else [_p_data(_pdv(context, _COMMAND | _LAST, command))]
+        return [*pdus[:index], *[head] * repeats, *tail, *pdus[index + 1 :]]
+    pieces = _cut(rng, command, rng.randint(2, 8))
+    last = len(pieces) - 1
+    controls = [
+        _COMMAND | (_LAST if n == last and action != "unfinished" else 0)
+        for n in range(len(pieces))
+    ]
+    items = [_pdv(context, control, piece) for control, piece in zip(controls, pieces, strict=True)]
+    if action == "split-one-pdu":
+        return _replace(pdus, index, _p_data(*items))
+    return [*pdus[:index], *(_p_data(item) for item in items), *pdus[index + 1 :]]
+
+
+def interleave(rng: random.Random, pdus: Pdus, _max_pdu: int) -> Pdus:
+    """Messages across presentation contexts out of turn: another message's command in the
+    middle of a data set, a data fragment moved to another context, a second C-STORE
+    started before the first one's data set ended."""
+    commands = _command_at(pdus)
+    data = [
+        i
+        for i, pdu in enumerate(pdus)
+        if pdu[:1] == bytes([P_DATA_TF]) and (items := _pdvs(pdu)) and not items[0][1] & _COMMAND
+    ]
+    if not commands or not data:
+        return pdus
+    contexts = sorted({items[0][0] for i in commands + data if (items := _pdvs(pdus[i]))})
+    action = rng.choice(("command-inside-data", "data-to-other-context", "second-store"))
+    at = rng.choice(data)
+    if action == "data-to-other-context":
+        context, control, value = _pdvs(pdus[at])[0]
+        others = [c for c in contexts if c != context] or [context + 2]
+        return _replace(pdus, at, _p_data(_pdv(rng.choice(others), control, value)))
+    command = pdus[rng.choice(commands)]
+    if action == "second-store":  # the store command and its first data fragment, again
+        store = max(i for i in commands if i < at) if any(i < at for i in commands) else commands[0]
+        return [*pdus[:at], pdus[store], *pdus[store + 1 : at + 1], *pdus[at:]]
+    return [*pdus[:at], command, *pdus[at:]]
+
+
+def release_races(rng: random.Random, pdus: Pdus, _max_pdu: int) -> Pdus:
+    """A-RELEASE-RQ or A-ABORT where they do not belong: mid data set, straight after the
+    command, twice, one after the other, or with more P-DATA following."""
+    if len(pdus) < 2:
+        return [*pdus, A_RELEASE_RQ]
+    at = rng.randint(1, len(pdus))
+    action = rng.choice(("release", "abort", "release-abort", "release-twice", "release-then-data"))
+    inserted = {
+        "release": [A_RELEASE_RQ],
+        "abort": [A_ABORT],
+        "release-abort": [A_RELEASE_RQ, A_ABORT],
+        "release-twice": [A_RELEASE_RQ, A_RELEASE_RQ],
+        "release-then-data": [A_RELEASE_RQ, *pdus[1:at]],
+    }[action]
+    keep_rest = rng.random() < 0.7
+    return [*pdus[:at], *inserted, *(pdus[at:] if keep_rest else [])]
+
+
 def _pdv(context: int, control: int, value: bytes) -> bytes:
     return struct.pack(">LBB", len(value) + 2, context, control) + value
 
@@ -279,6 +389,12 @@ MUTATIONS: list[tuple[str, Callable[[random.Random, Pdus, int], Pdus]]] = [
     ("rq-flood", rq_flood),
     ("pdv", pdv),
     ("pdv", pdv),
+    ("command-fragments", command_fragments),
+    ("command-fragments", command_fragments),
+    ("interleave", interleave),
+    ("interleave", interleave),
+    ("release-races", release_races),
+    ("release-races", release_races),
 ]
 
 

@@ -111,10 +111,10 @@ class ServiceRunning(AdapterError):
 
 
 def _refuse_while_running(config: Config) -> None:
-    """Raise if the DICOM port listens: the service would race every scan and fix."""
-    port = config.dicom.port
-    if listening(port):
-        raise ServiceRunning(f"the adapter is running (port {port} listens): stop it first")
+    """Raise if a DICOM port listens: the service would race every scan and fix."""
+    for port in config.dicom.ports:  # the plain one, the TLS one, or both
+        if listening(port):
+            raise ServiceRunning(f"the adapter is running (port {port} listens): stop it first")
 
 
 @contextmanager

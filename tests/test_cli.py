@@ -54,7 +54,7 @@ def test_db_upgrade_then_status_on_an_empty_ledger(config_path: Path) -> None:
         "  superseded          0\n\n"
         "Jobs by state:\n"
         "  pending             0\n  running             0\n  succeeded           0\n"
-        "  failed              0\n\n"
+        "  failed              0\n  discarded           0\n\n"
         "Exports by state:\n"
         "  pending             0\n  sending             0\n  succeeded           0\n"
         "  failed              0\n  discarded           0\n\n"

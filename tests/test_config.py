@@ -289,5 +289,5 @@ def test_config_check_on_the_shipped_config() -> None:
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout == (
-        f"{ROOT / 'config.ini'}: OK, 1 AE titles (0 with a processor), 0 sources, 0 destinations\n"
+        f"{ROOT / 'config.ini'}: OK, 1 AE title (0 with a processor), 0 sources, 0 destinations\n"
     )

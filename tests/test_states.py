@@ -28,6 +28,7 @@ ALLOWED = {
     (None, "superseded"),  # a differing resend moved aside (another source, or ignored)
     ("received", "superseded"),  # replaced by a newer copy from the same source
     ("superseded", "reclaimed"),  # superseded_retention is over
+    ("claimed", "reclaimable"),  # its failed job discarded with --delete-files
 }
 ALL_PAIRS = list(itertools.product([None, *State], State))
 
@@ -59,6 +60,7 @@ JOB_ALLOWED = {
     ("running", "pending"),
     ("running", "failed"),
     ("failed", "pending"),
+    ("failed", "discarded"),  # jobs discard
 }
 
 

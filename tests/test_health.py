@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from health import health
+from ledger import db as ledger_db
 from ledger.db import make_engine
 from ledger.store import Ledger
 from tests.conftest import RunningAdapter, wait_for, write_config
@@ -123,11 +124,14 @@ def test_the_health_check_echo_does_not_fill_the_log(
 
 
 def test_intake_stuck_on_a_locked_ledger_then_failing_is_reported(
-    adapter: RunningAdapter, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+    start_adapter, config_path: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     """An admin's sqlite3 shell left in a write transaction: intake's batch waits on the
-    lock (stuck), then gives up (failing); once the lock goes, intake recovers."""
+    lock (stuck), then gives up (failing); once the lock goes, intake recovers.  The
+    waits are shortened: 1 s to stuck, a 3 s lock wait (the service's is 30 s)."""
     monkeypatch.setattr(intake_module, "STALL_SECONDS", 1.0)
+    monkeypatch.setattr(ledger_db, "BUSY_TIMEOUT_MS", 3000)
+    adapter = start_adapter(config_path)
     shell = sqlite3.connect(str(adapter.ledger.engine.url.database), isolation_level=None)
     shell.execute("BEGIN EXCLUSIVE")
     try:
@@ -137,7 +141,7 @@ def test_intake_stuck_on_a_locked_ledger_then_failing_is_reported(
             "intake is stuck: a batch of 1 file has taken "
             + adapter.adapter.intake.problem().rsplit(" ", 1)[-1]
         )
-        wait_for(lambda: "cannot record" in (adapter.adapter.intake.problem() or ""), timeout=60)
+        wait_for(lambda: "cannot record" in (adapter.adapter.intake.problem() or ""), timeout=20)
         assert adapter.adapter.intake.problem() == (
             "intake cannot record files: OperationalError: (sqlite3.OperationalError) "
             "database is locked"

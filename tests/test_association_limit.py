@@ -33,7 +33,12 @@ def proc_status(pid: int) -> dict[str, int]:
 def test_64_clients_against_a_limit_of_16(start_adapter, tmp_path: Path, port: int) -> None:
     config = write_config(tmp_path, port)
     config.write_text(
-        config.read_text().replace("[dicom]\n", f"[dicom]\nmax_associations = {LIMIT}\n", 1)
+        config.read_text().replace(
+            "[dicom]\n",
+            # every client is 127.0.0.1: the per-host limit (tested on its own) stays out
+            f"[dicom]\nmax_associations = {LIMIT}\nmax_associations_per_host = {LIMIT}\n",
+            1,
+        )
     )
     running: RunningAdapter = start_adapter(config)
     scp_pid = running.adapter.server._process.pid

@@ -9,6 +9,7 @@ is the same as the ``dicom-adapter`` command.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import threading
@@ -98,7 +99,7 @@ def submitter_for(ae: AeConfig, config: Config, exports: Exports) -> Submitter:
 
 def group_tick_seconds(config: Config) -> float:
     """Check groups a few times per shortest quiet period, between 0.1 and 1 s."""
-    timeouts = [ae.timeout for ae in config.aes.values() if ae.processor != "none"]
+    timeouts = [ae.timeout for ae in config.processed_aes.values()]
     return min(1.0, max(0.1, min(timeouts, default=4.0) / 4))
 
 
@@ -173,7 +174,7 @@ class Adapter:
         At start and on reload alike, so an AE a reload adds runs its
         processor at once (the group and dispatch ticks see it next time).
         """
-        processed = {name: ae for name, ae in config.aes.items() if ae.processor != "none"}
+        processed = config.processed_aes
         groupers = {
             name: Grouper(
                 GroupRules(
@@ -289,12 +290,11 @@ class Adapter:
         self.config = new
         if self.scheduler.running:
             self._schedule_ticks()
-        processed = sum(1 for ae in new.aes.values() if ae.processor != "none")
         log.info(
             "reloaded %s: %s (%d with a processor), %s, %s; %s",
             new.path,
             plural(len(new.aes), "AE title"),
-            processed,
+            len(new.processed_aes),
             plural(len(new.sources), "source"),
             plural(len(new.destinations), "destination"),
             changes,
@@ -349,7 +349,7 @@ class Adapter:
         If the ledger cannot be written, the heartbeat goes stale, which
         ``status`` reports as well.
         """
-        self.ledger.set_service_state("problems", "; ".join(self.problems()))
+        self.ledger.set_service_state("problems", json.dumps(self.problems()))
         self.ledger.set_service_state("heartbeat_at", utcnow().strftime(TIME_FORMAT))
 
     def _watchdog_tick(self) -> None:
@@ -365,17 +365,17 @@ class Adapter:
 
     def _in_flight(self) -> str:
         """Associations, files waiting for intake, running jobs and sending exports, now."""
-        try:
-            jobs = len(self.processing.jobs(JobState.RUNNING))
-            exports = len(self.exports.tasks(ExportState.SENDING))
-        except Exception:  # the ledger may be the reason for stopping
-            jobs = exports = -1
         counts = [
             plural(self.server.active_associations, "association"),
             f"{plural(self.intake.queued, 'file')} waiting for intake",
-            plural(jobs, "running job") if jobs >= 0 else "running jobs unknown",
-            f"{plural(exports, 'export')} sending" if exports >= 0 else "exports unknown",
         ]
+        try:
+            counts.append(plural(len(self.processing.jobs(JobState.RUNNING)), "running job"))
+            counts.append(
+                f"{plural(len(self.exports.tasks(ExportState.SENDING)), 'export')} sending"
+            )
+        except Exception:  # the ledger may be the reason for stopping
+            counts.append("jobs and exports unknown (the ledger does not answer)")
         return ", ".join(counts)
 
     def _schedule_ticks(self) -> None:

@@ -145,9 +145,7 @@ def status(config_path: Path | None, as_json: bool, studies: int, phi: bool) -> 
     revision = _require_current_schema(config, engine)
     ledger = Ledger(engine)
     processing = Processing(ledger)
-    oldest = processing.oldest_open_group(
-        [name for name, ae in config.aes.items() if ae.processor != "none"]
-    )
+    oldest = processing.oldest_open_group(list(config.processed_aes))
     report = {
         "ledger": config.ledger.url,
         "revision": revision,
@@ -668,9 +666,9 @@ def config_check(config_path: Path | None) -> None:
     config = load_config(path)
     for warning in config_warnings(config):
         click.echo(f"Warning: {path} {warning}", err=True)
-    processed = sum(1 for ae in config.aes.values() if ae.processor != "none")
     click.echo(
-        f"{path}: OK, {plural(len(config.aes), 'AE title')} ({processed} with a processor), "
+        f"{path}: OK, {plural(len(config.aes), 'AE title')} "
+        f"({len(config.processed_aes)} with a processor), "
         f"{plural(len(config.sources), 'source')}, "
         f"{plural(len(config.destinations), 'destination')}"
     )

@@ -290,6 +290,11 @@ class Config:
     sources: tuple[SourceConfig, ...] = ()
     destinations: dict[str, DestinationConfig] = field(default_factory=dict)
 
+    @property
+    def processed_aes(self) -> dict[str, AeConfig]:
+        """The ``[ae:NAME]`` sections with a processor: the ones groups and jobs are for."""
+        return {name: ae for name, ae in self.aes.items() if ae.processor != "none"}
+
 
 # -- value parsers: each takes the raw text and the config folder ----------
 

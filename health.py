@@ -11,9 +11,9 @@ Then failed jobs and exports, and the spool's filesystem.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +22,7 @@ from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from config import Config
 from ledger.exports import Exports
-from ledger.models import TIME_FORMAT, utcnow
+from ledger.models import parse_time, utcnow
 from ledger.processing import Processing
 from ledger.states import ExportState, JobState
 from ledger.store import Ledger
@@ -105,7 +105,7 @@ def health(config: Config, ledger: Ledger) -> dict[str, Any]:
     # ``exports retry`` or ``exports discard``.
     undelivered = exports.undelivered()
     heartbeat = _age_seconds(state.get("heartbeat_at"))
-    problems = [p for p in state.get("problems", "").split("; ") if p] if running else []
+    problems = list(json.loads(state.get("problems") or "[]")) if running else []
     if running and (heartbeat is None or heartbeat > HEARTBEAT_STALE_SECONDS):
         problems.append(
             "the service has not written the ledger for "
@@ -139,5 +139,4 @@ def health(config: Config, ledger: Ledger) -> dict[str, Any]:
 def _age_seconds(stamp: str | None) -> float | None:
     if not stamp:
         return None
-    then = datetime.strptime(stamp, TIME_FORMAT).replace(tzinfo=UTC)
-    return (utcnow() - then).total_seconds()
+    return (utcnow() - parse_time(stamp)).total_seconds()

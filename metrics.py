@@ -73,8 +73,7 @@ class AdapterCollector(Collector):
             "Export files, by state (failed: undelivered, kept for a human)",
             adapter.exports.file_counts(),
         )
-        processed = [n for n, ae in adapter.config.aes.items() if ae.processor != "none"]
-        oldest = adapter.processing.oldest_open_group(processed)
+        oldest = adapter.processing.oldest_open_group(list(adapter.config.processed_aes))
         age = 0.0 if oldest is None else (utcnow() - oldest.first_received_at).total_seconds()
         yield GaugeMetricFamily(
             f"{PREFIX}_oldest_open_group_seconds",

@@ -135,8 +135,9 @@ def pdata(context_id: int, control: int, data: bytes) -> bytes:
     return pdata_header(context_id, control, len(data)) + data
 
 
-def pdvs(body: bytes) -> list[tuple[int, int, bytes]]:
-    """``(context ID, message control header, fragment)`` of each PDV in a P-DATA-TF body.
+def pdv_spans(body: bytes | bytearray) -> list[tuple[int, int, int, int]]:
+    """``(context ID, message control header, start, end)`` of each PDV's fragment in a
+    P-DATA-TF body: its framing only, so a caller that needs the lengths copies nothing.
 
     Raises
     ------
@@ -152,9 +153,20 @@ def pdvs(body: bytes) -> list[tuple[int, int, bytes]]:
         length = int.from_bytes(body[offset : offset + 4], "big")
         if length < 2 or offset + 4 + length > len(body):
             raise ValueError(f"PDV item of length {length} does not fit its P-DATA-TF")
-        found.append((body[offset + 4], body[offset + 5], body[offset + 6 : offset + 4 + length]))
+        found.append((body[offset + 4], body[offset + 5], offset + 6, offset + 4 + length))
         offset += 4 + length
     return found
+
+
+def pdvs(body: bytes) -> list[tuple[int, int, bytes]]:
+    """``(context ID, message control header, fragment)`` of each PDV in a P-DATA-TF body.
+
+    Raises
+    ------
+    ValueError
+        As :func:`pdv_spans`.
+    """
+    return [(context, control, body[start:end]) for context, control, start, end in pdv_spans(body)]
 
 
 def pdata_many(items: list[tuple[int, int, bytes]]) -> bytes:

@@ -28,9 +28,12 @@ class UtcText(TypeDecorator[datetime]):
         return value.astimezone(UTC).strftime(TIME_FORMAT)
 
     def process_result_value(self, value: str | None, dialect: object) -> datetime | None:
-        if value is None:
-            return None
-        return datetime.strptime(value, TIME_FORMAT).replace(tzinfo=UTC)
+        return None if value is None else parse_time(value)
+
+
+def parse_time(text: str) -> datetime:
+    """A time the ledger wrote as text (a column, or a ``service_state`` value)."""
+    return datetime.strptime(text, TIME_FORMAT).replace(tzinfo=UTC)
 
 
 def utcnow() -> datetime:

@@ -40,19 +40,21 @@ class MessageMeter:
         self._storing = False  # ... and it is a C-STORE-RQ's (it goes to disk)
         self._data = 0  # bytes of the current data set so far
 
-    def take(self, items: list[tuple[int, int, bytes]]) -> None:
-        """Account for the PDVs of one P-DATA-TF.
+    def take(self, body: bytes | bytearray, spans: list[tuple[int, int, int, int]]) -> None:
+        """Account for the PDVs of one P-DATA-TF body (:func:`dimse.upper_layer.pdv_spans`).
+
+        Only command fragments are copied; a data fragment counts by length.
 
         Raises
         ------
         MessageOverrun
             When a bound is passed.
         """
-        for _, control, data in items:
+        for _, control, start, end in spans:
             if control & ul.COMMAND:
-                self._take_command(control, data)
+                self._take_command(control, body[start:end])
             else:
-                self._take_data(control, data)
+                self._take_data(control, end - start)
 
     def _take_command(self, control: int, data: bytes) -> None:
         self._command += data
@@ -66,10 +68,10 @@ class MessageMeter:
         self._storing = field == commands.C_STORE_RQ
         self._data = 0
 
-    def _take_data(self, control: int, data: bytes) -> None:
+    def _take_data(self, control: int, length: int) -> None:
         if not self._data_expected:
             raise MessageOverrun("a data set fragment before any command")
-        self._data += len(data)
+        self._data += length
         if not self._storing and self._data > MAX_OTHER_DATA:
             raise MessageOverrun(
                 f"a data set longer than {MAX_OTHER_DATA} bytes with a message that is not "

@@ -105,11 +105,11 @@ class _LimitedSocket(AssociationSocket):
     def _measure(self, body: bytes) -> None:
         """Meter one P-DATA-TF body; abort the association past a bound."""
         try:
-            items = ul.pdvs(bytes(body))
+            spans = ul.pdv_spans(body)
         except ValueError:
             return  # malformed: whoever reads it refuses it
         try:
-            self._meter.take(items)
+            self._meter.take(body, spans)
         except MessageOverrun as exc:
             self._abort()
             raise self._refuse(str(exc)) from None

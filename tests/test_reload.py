@@ -81,7 +81,9 @@ def test_a_processor_added_by_reload_runs(start_adapter, config_path: Path, tmp_
     statuses = send_files("127.0.0.1", running.port, files, called_ae="PROC")
     assert [status for _, status in statuses] == [0] * 5
     wait_for(lambda: len(list(output.glob("job-*/*.dcm"))) == 5, timeout=30)
-    assert [job.state for job in running.adapter.processing.jobs()] == [JobState.SUCCEEDED]
+    # published, then recorded: the job's state follows the folder a moment later
+    states = lambda: [job.state for job in running.adapter.processing.jobs()]  # noqa: E731
+    wait_for(lambda: states() == [JobState.SUCCEEDED], timeout=10)
 
 
 def test_an_outbox_added_by_reload_is_watched(
@@ -137,3 +139,24 @@ def test_the_reload_log_line_counts_in_words(start_adapter, config_path: Path, c
     assert running.adapter.reload()
     (_, again) = [r.getMessage() for r in caplog.records if r.getMessage().startswith("reloaded")]
     assert again.endswith("; nothing changed")
+
+
+def test_a_reload_that_removes_an_ae_keeps_what_it_received(
+    start_adapter, config_path: Path, tmp_path: Path
+) -> None:
+    """Nothing acknowledged goes with its AE: the instances stay received, on disk."""
+    base = config_path.read_text()
+    processing = f"\n[ae:PROC]\nprocessor = folder\noutput = {tmp_path / 'out'}\ntimeout = 3600\n"
+    config_path.write_text(base + processing)
+    running = start_adapter(config_path)
+    files = make_study(tmp_path / "study", 2)
+    statuses = send_files("127.0.0.1", running.port, files, called_ae="PROC")
+    assert [status for _, status in statuses] == [0, 0]
+    running.wait_rows(2, "received")
+    config_path.write_text(base)
+    assert running.adapter.reload()
+    running.adapter.reclaimer.tick()
+    running.adapter._group_tick()
+    rows = running.rows()
+    assert [r.state for r in rows] == ["received", "received"]
+    assert all(Path(r.path).exists() for r in rows)

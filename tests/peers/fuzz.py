@@ -27,6 +27,8 @@ import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from dimse import upper_layer as ul
+from scp.message_limits import MAX_COMMAND
 from tests.peers.raw import AWAIT_ANSWER, P_DATA_TF, exchange, split_pdus
 
 A_ASSOCIATE_RQ = 0x01
@@ -239,22 +241,17 @@ def pdv(rng: random.Random, pdus: Pdus, _max_pdu: int) -> Pdus:
     return _replace(pdus, index, bytes(pdu))
 
 
-_COMMAND, _LAST = 0x01, 0x02  # PDV message control header bits (PS3.8 E.2)
-_COMMAND_CAP = 64 * 1024  # the adapter's command set limit (scp/message_limits.py)
-A_RELEASE_RQ = bytes.fromhex("05000000000400000000")
-A_ABORT = bytes.fromhex("07000000000400000000")
+A_RELEASE_RQ = ul.release_rq()
+A_ABORT = ul.abort()
 
 
 def _pdvs(pdu: bytes) -> list[tuple[int, int, bytes]]:
-    """(context ID, control header, value) of each PDV item of a P-DATA-TF that parses."""
-    items, offset = [], 6
-    while offset + 6 <= len(pdu):
-        length = struct.unpack_from(">L", pdu, offset)[0]
-        if length < 2 or offset + 4 + length > len(pdu):
-            break
-        items.append((pdu[offset + 4], pdu[offset + 5], pdu[offset + 6 : offset + 4 + length]))
-        offset += 4 + length
-    return items
+    """(context ID, control header, value) of each PDV of a P-DATA-TF; none if it does not
+    parse."""
+    try:
+        return ul.pdvs(pdu[ul.PDU_HEADER :])
+    except ValueError:
+        return []
 
 
 def _p_data(*pdvs: bytes) -> bytes:
@@ -267,7 +264,7 @@ def _command_at(pdus: Pdus) -> list[int]:
     return [
         i
         for i, pdu in enumerate(pdus)
-        if pdu[:1] == bytes([P_DATA_TF]) and (items := _pdvs(pdu)) and items[0][1] & _COMMAND
+        if pdu[:1] == bytes([P_DATA_TF]) and (items := _pdvs(pdu)) and items[0][1] & ul.COMMAND
     ]
 
 
@@ -287,14 +284,14 @@ def command_fragments(rng: random.Random, pdus: Pdus, max_pdu: int) -> Pdus:
     action = rng.choice(("split", "split-one-pdu", "unfinished", "oversized"))
     if action == "oversized":
         room = max(16, max_pdu - 12)
-        repeats = _COMMAND_CAP // room + rng.choice((1, 2, 50))
-        head = _p_data(_pdv(context, _COMMAND, command.ljust(room, b"\x00")[:room]))
-        tail = [] if rng.random() < 0.5 else [_p_data(_pdv(context, _COMMAND | _LAST, command))]
+        repeats = MAX_COMMAND // room + rng.choice((1, 2, 50))
+        head = _p_data(_pdv(context, ul.COMMAND, command.ljust(room, b"\x00")[:room]))
+        tail = [] if rng.random() < 0.5 else [_p_data(_pdv(context, ul.COMMAND | ul.LAST, command))]
         return [*pdus[:index], *[head] * repeats, *tail, *pdus[index + 1 :]]
     pieces = _cut(rng, command, rng.randint(2, 8))
     last = len(pieces) - 1
     controls = [
-        _COMMAND | (_LAST if n == last and action != "unfinished" else 0)
+        ul.COMMAND | (ul.LAST if n == last and action != "unfinished" else 0)
         for n in range(len(pieces))
     ]
     items = [_pdv(context, control, piece) for control, piece in zip(controls, pieces, strict=True)]
@@ -311,7 +308,7 @@ def interleave(rng: random.Random, pdus: Pdus, _max_pdu: int) -> Pdus:
     data = [
         i
         for i, pdu in enumerate(pdus)
-        if pdu[:1] == bytes([P_DATA_TF]) and (items := _pdvs(pdu)) and not items[0][1] & _COMMAND
+        if pdu[:1] == bytes([P_DATA_TF]) and (items := _pdvs(pdu)) and not items[0][1] & ul.COMMAND
     ]
     if not commands or not data:
         return pdus

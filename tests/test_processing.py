@@ -509,7 +509,9 @@ def test_declined_sop_classes_skip_processing_and_are_reclaimed(
     reason: str,
 ) -> None:
     """A mixed CT + MR study where only the CT instances are wanted."""
-    running = start_adapter(processing_config(tmp_path, port, f"timeout = 0.5\n{key} = {uid}"))
+    # A quiet period well past the watcher's 0.5 s settle time: under a loaded CI host
+    # the five files may reach intake in two batches, which must still make one group.
+    running = start_adapter(processing_config(tmp_path, port, f"timeout = 2\n{key} = {uid}"))
     study_uid = generate_uid()
     ct = make_study(tmp_path / "ct", 3, study_uid=study_uid, sop_class_uid=CTImageStorage)
     mr = make_study(tmp_path / "mr", 2, study_uid=study_uid, sop_class_uid=MRImageStorage)

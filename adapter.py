@@ -17,90 +17,40 @@ import threading
 from sqlalchemy import literal, select
 
 import scheduler as schedule
-from config import AeConfig, Config, config_warnings, load_config
+from config import Config, config_warnings, load_config
 from config_changes import needing_restart, section_changes
+from derived import Derived, derive, group_tick_seconds
 from errors import ConfigError
-from exporters.cstore import Peer
 from health import HEARTBEAT_SECONDS
 from ledger.db import make_engine
 from ledger.exports import Exports
 from ledger.migrate import upgrade
 from ledger.models import TIME_FORMAT, utcnow
 from ledger.processing import Processing
-from ledger.states import ExportState, JobState
+from ledger.states import TaskKind, TaskState
 from ledger.store import Ledger
+from ledger.tasks import Tasks
 from ledger.wording import plural
 from metrics import MetricsServer
 from notify import notify, watchdog_seconds
 from privileges import clear_ambient_capabilities
-from processors.base import Submitter
-from processors.command import CommandSubmitter, kill_leftovers
-from processors.dispatcher import Dispatcher, DispatchRules
+from processors.command import kill_leftovers
 from processors.export_reclaimer import ExportReclaimer
-from processors.exporting import ExportRules, ExportRunner
-from processors.folder import FolderSubmitter
-from processors.forward import ForwardSubmitter
-from processors.grouper import Grouper, GroupRules
+from processors.grouper import Grouper
 from processors.notifier import Notifier
-from processors.outbox import STAGING, OutboxScanner
+from processors.outbox import OutboxScanner
 from processors.reclaimer import Reclaimer
-from processors.webhook import WebhookSubmitter
-from scp.admission import AdmissionPolicy, Source
 from scp.process import ScpProcess
 from spool.layout import SpoolLayout
+from tasks.runner import TaskRunner
 from watchers.intake import Intake, IntakeWorker
 from watchers.reconcile import Reconciler
 from watchers.spool_watcher import SpoolWatcher
 
 log = logging.getLogger("adapter")
-EXPORT_TICK_SECONDS = 0.5
+TASK_TICK_SECONDS = 0.25  # how soon a due job or export is handed to its lane
+TASK_WORKERS = 4  # lanes (AEs, destinations) running a task at once
 PRIVATE_UMASK = 0o027  # files 0640, folders 0750 at most
-
-
-def admission_policy(config: Config) -> AdmissionPolicy:
-    return AdmissionPolicy(
-        called_aes=frozenset(config.aes),
-        sources=tuple(Source(s.ae_title, s.host, s.certificate_name) for s in config.sources),
-        reject_unknown_sources=config.dicom.reject_unknown_sources,
-        reject_unknown_over_tls=config.dicom.reject_unknown_over_tls,
-    )
-
-
-def peer_for(config: Config, name: str) -> Peer:
-    destination = config.destinations[name]
-    return Peer(
-        ae_title=destination.ae_title,
-        host=destination.host,
-        port=destination.port,
-        calling_ae=destination.calling_ae or config.dicom.ae_title,
-        acse_timeout=destination.acse_timeout,
-        dimse_timeout=destination.dimse_timeout,
-        network_timeout=destination.network_timeout,
-        tls=destination.tls_settings,
-    )
-
-
-def submitter_for(ae: AeConfig, config: Config, exports: Exports) -> Submitter:
-    """The submitter an ``[ae:]`` section's ``processor`` names."""
-    if ae.processor == "forward":
-        assert ae.destinations is not None  # config checks it
-        return ForwardSubmitter(
-            exports, {name: config.destinations[name].outbox for name in ae.destinations}
-        )
-    if ae.processor == "command":
-        assert ae.command is not None  # config checks it
-        return CommandSubmitter(ae.command, ae.command_timeout)
-    if ae.processor == "folder":
-        assert ae.output is not None
-        return FolderSubmitter(ae.output)
-    assert ae.processor == "webhook" and ae.url is not None
-    return WebhookSubmitter(ae.url, ae.webhook_timeout)
-
-
-def group_tick_seconds(config: Config) -> float:
-    """Check groups a few times per shortest quiet period, between 0.1 and 1 s."""
-    timeouts = [ae.timeout for ae in config.processed_aes.values()]
-    return min(1.0, max(0.1, min(timeouts, default=4.0) / 4))
 
 
 class Adapter:
@@ -113,21 +63,11 @@ class Adapter:
         self.ledger = Ledger(self.engine)
         self.processing = Processing(self.ledger)
         self.exports = Exports(self.ledger)
-        outboxes = {name: d.outbox for name, d in config.destinations.items()}
-        self.export_runners = {
-            name: ExportRunner(
-                self.exports, name, ExportRules(peer_for(config, name), d.retries, d.retry_delay)
-            )
-            for name, d in config.destinations.items()
-        }
-        self.outbox = OutboxScanner(self.exports, outboxes, config.watcher.settle_seconds)
-        self.export_reclaimer = ExportReclaimer(
-            self.exports,
-            {name: d.retention for name, d in config.destinations.items()},
-            {name: folder / STAGING for name, folder in outboxes.items()},
-        )
-        self.groupers: dict[str, Grouper] = {}  # filled by _take_aes, read by the notifier
-        self.dispatcher = Dispatcher(self.processing, config.storage.jobs, {})
+        self.tasks = Tasks(self.ledger)
+        self.runner = TaskRunner(self.tasks, TASK_WORKERS)
+        self.outbox = OutboxScanner(self.exports, {}, config.watcher.settle_seconds)
+        self.export_reclaimer = ExportReclaimer(self.exports, {}, {})
+        self.groupers: dict[str, Grouper] = {}  # filled by _apply, read by the notifier
         self.reclaimer = Reclaimer(
             self.processing,
             self.layout,
@@ -153,12 +93,10 @@ class Adapter:
             config.watcher.settle_seconds,
             stale_tmp_seconds=max(600.0, 2 * config.dicom.network_timeout),
         )
-        self.server = ScpProcess(
-            config.dicom, admission_policy(config), self.layout, config.storage.min_free
-        )
-        # group, dispatch, reclaim, reconcile, outbox, watchdog, one per destination,
-        # and room for destinations a reload adds
-        self.scheduler = schedule.make_scheduler(16 + len(config.destinations))
+        derived = derive(config, self.processing, self.exports)
+        self.server = ScpProcess(config.dicom, derived.policy, self.layout, config.storage.min_free)
+        # group, tasks, reclaim, reconcile, outbox, heartbeat, watchdog: a thread each
+        self.scheduler = schedule.make_scheduler(8)
         self._notifying = threading.Lock()
         self.metrics = (
             MetricsServer(self, config.metrics.host, config.metrics.port)
@@ -166,41 +104,26 @@ class Adapter:
             else None
         )
         self._stopping = False
-        self._take_aes(config)
+        self._apply(derived)
 
-    def _take_aes(self, config: Config) -> None:
-        """What each ``[ae:NAME]`` asks for: intake rules, grouping, submitting, retention.
+    def _apply(self, derived: Derived) -> None:
+        """Swap in every config-derived part, at start and on reload alike.
 
-        At start and on reload alike, so an AE a reload adds runs its
-        processor at once (the group and dispatch ticks see it next time).
+        Each part is replaced whole from one :func:`derived.derive` result, so
+        an AE or destination a reload adds runs at once (the next ticks see
+        it), and none keeps rules from the config before.
         """
-        processed = config.processed_aes
-        groupers = {
-            name: Grouper(
-                GroupRules(
-                    name,
-                    ae.processor,
-                    ae.timeout,
-                    ae.max_wait,
-                    ae.ignored_sop_classes,
-                    ae.allowed_sop_classes,
-                ),
-                self.processing,
-            )
-            for name, ae in processed.items()
-        }
+        self.server.policy = derived.policy
         self.groupers.clear()
-        self.groupers.update(groupers)
-        self.dispatcher.rules = {
-            name: DispatchRules(
-                submitter_for(ae, config, self.exports), ae.group_by, ae.retries, ae.retry_delay
-            )
-            for name, ae in processed.items()
-        }
-        self.reclaimer.retention = {name: ae.retention for name, ae in processed.items()}
-        self.reclaimer.superseded_retention = config.storage.superseded_retention
-        self.intake.intake.duplicates = {name: ae.duplicates for name, ae in config.aes.items()}
-        self.intake.intake.group_by = {name: ae.group_by for name, ae in config.aes.items()}
+        self.groupers.update(derived.groupers)
+        self.runner.lanes = derived.lanes
+        self.reclaimer.retention = derived.retention
+        self.reclaimer.superseded_retention = derived.superseded_retention
+        self.intake.intake.duplicates = derived.duplicates
+        self.intake.intake.group_by = derived.group_by
+        self.outbox.outboxes = derived.outboxes
+        self.export_reclaimer.retention = derived.export_retention
+        self.export_reclaimer.staging_roots = derived.staging_roots
 
     def start(self) -> None:
         # Spool files, job folders, manifests, command output and the ledger
@@ -229,21 +152,16 @@ class Adapter:
         kill_leftovers(self.config.storage.jobs)
         self.outbox.ensure()
         self.outbox.adopt_orphans()
-        resent = self.exports.recover()
-        if resent:
+        requeued = self.tasks.recover()
+        released = self.processing.release_orphan_claims()
+        if any(requeued.values()) or released:
             log.info(
-                "after restart: %s that were sending will be sent again", plural(resent, "export")
-            )
-        requeued, released = self.processing.recover()
-        if requeued or released:
-            log.info(
-                "after restart: %s requeued, %s released",
-                plural(requeued, "running job"),
+                "after restart: %s and %s run again, %s released",
+                plural(requeued[TaskKind.PROCESS], "running job"),
+                plural(requeued[TaskKind.EXPORT], "sending export"),
                 plural(released, "claim"),
             )
         self._schedule_ticks()
-        for name, runner in self.export_runners.items():
-            schedule.every(self.scheduler, f"export:{name}", EXPORT_TICK_SECONDS, runner.tick)
         self.scheduler.start()
         self.server.start()
         if self.metrics is not None:
@@ -282,11 +200,11 @@ class Adapter:
             )
             return False
         changes = section_changes(self.config, new)
+        derived = derive(new, self.processing, self.exports)
         self.layout.ensure(new.aes)
-        self.server.policy = admission_policy(new)
         self.server.min_free = new.storage.min_free
-        self._take_aes(new)
-        self._reload_destinations(new)
+        self._apply(derived)
+        self.outbox.ensure()
         self.config = new
         if self.scheduler.running:
             self._schedule_ticks()
@@ -300,28 +218,6 @@ class Adapter:
             changes,
         )
         return True
-
-    def _reload_destinations(self, new: Config) -> None:
-        for name in set(self.export_runners) - set(new.destinations):
-            self.scheduler.remove_job(f"export:{name}")
-            del self.export_runners[name]
-        for name, destination in new.destinations.items():
-            rules = ExportRules(peer_for(new, name), destination.retries, destination.retry_delay)
-            if name in self.export_runners:
-                self.export_runners[name].rules = rules
-                continue
-            self.export_runners[name] = ExportRunner(self.exports, name, rules)
-            schedule.every(
-                self.scheduler,
-                f"export:{name}",
-                EXPORT_TICK_SECONDS,
-                self.export_runners[name].tick,
-            )
-        outboxes = {name: d.outbox for name, d in new.destinations.items()}
-        self.outbox.outboxes = outboxes
-        self.outbox.ensure()
-        self.export_reclaimer.retention = {n: d.retention for n, d in new.destinations.items()}
-        self.export_reclaimer.staging_roots = {n: f / STAGING for n, f in outboxes.items()}
 
     def alive(self) -> bool:
         """Every part that must run does, and the ledger answers."""
@@ -370,10 +266,10 @@ class Adapter:
             f"{plural(self.intake.queued, 'file')} waiting for intake",
         ]
         try:
-            counts.append(plural(len(self.processing.jobs(JobState.RUNNING)), "running job"))
-            counts.append(
-                f"{plural(len(self.exports.tasks(ExportState.SENDING)), 'export')} sending"
-            )
+            running = self.tasks.listing(state=TaskState.RUNNING)
+            jobs = sum(task.kind == TaskKind.PROCESS for task in running)
+            counts.append(plural(jobs, "running job"))
+            counts.append(f"{plural(len(running) - jobs, 'export')} sending")
         except Exception:  # the ledger may be the reason for stopping
             counts.append("jobs and exports unknown (the ledger does not answer)")
         return ", ".join(counts)
@@ -384,9 +280,8 @@ class Adapter:
         The outbox is scanned even with no destination, so one a reload
         adds is watched at once (a scan of no folders costs nothing).
         """
-        tick = group_tick_seconds(self.config)
-        schedule.every(self.scheduler, "group", tick, self._group_tick)
-        schedule.every(self.scheduler, "dispatch", tick, self.dispatcher.tick)
+        schedule.every(self.scheduler, "group", group_tick_seconds(self.config), self._group_tick)
+        schedule.every(self.scheduler, "tasks", TASK_TICK_SECONDS, self.runner.tick)
         schedule.every(
             self.scheduler, "reclaim", self.config.storage.reclaim_interval, self._reclaim_tick
         )
@@ -434,6 +329,7 @@ class Adapter:
         self.server.stop()
         if self.scheduler.running:
             self.scheduler.shutdown(wait=True)
+        self.runner.shutdown()
         self.watcher.stop()
         if self.intake.running:
             # Events still in flight when the watcher stopped: a last scan

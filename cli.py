@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any
 
 import click
-from sqlalchemy.exc import NoResultFound
 
 from config import Config, check_config, config_warnings, default_config_path, load_config
 from errors import EXIT_CONFIG, EXIT_FAILURE, AdapterError, ConfigError, IllegalTransition
@@ -30,9 +29,10 @@ from ledger.exports import Exports
 from ledger.migrate import SchemaError, head_revision, require_head, upgrade
 from ledger.models import TIME_FORMAT, utcnow
 from ledger.processing import Processing
-from ledger.records import ExportRecord, JobRecord
-from ledger.states import ExportState, FileState, JobState
+from ledger.records import TaskRecord
+from ledger.states import ItemState, TaskKind, TaskState
 from ledger.store import Ledger
+from ledger.tasks import NOUNS, Tasks
 from ledger.wording import plural
 
 SIGNAL_POLL_SECONDS = 0.5
@@ -151,9 +151,9 @@ def status(config_path: Path | None, as_json: bool, studies: int, phi: bool) -> 
         "revision": revision,
         "spool": str(config.storage.spool),
         "counts": ledger.counts_by_state(),
-        "jobs": processing.job_counts(),
-        "exports": Exports(ledger).counts(),
-        "export_files": Exports(ledger).file_counts(),
+        "jobs": Tasks(ledger).counts(TaskKind.PROCESS),
+        "exports": Tasks(ledger).counts(TaskKind.EXPORT),
+        "export_files": Exports(ledger).item_counts(),
         "health": health(config, ledger),
         "oldest_open_group": None
         if oldest is None
@@ -280,111 +280,186 @@ def _require_current_schema(config: Config, engine: Any) -> str:
         raise click.ClickException(str(exc)) from None
 
 
-@main.group(invoke_without_command=True)
-@_config_option
-@click.option("--state", type=click.Choice([str(s) for s in JobState]), help="Only this state.")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
-@click.pass_context
-def jobs(ctx: click.Context, config_path: Path | None, state: str | None, as_json: bool) -> None:
-    """List processing jobs, oldest first.
+TASK_KINDS = {"job": TaskKind.PROCESS, "export": TaskKind.EXPORT}
 
-    \b
-    Example:
-      dicom-adapter jobs --state failed
-    """
-    if ctx.invoked_subcommand is not None:
-        return
-    processing, engine = _open_processing(config_path)
-    listed = processing.jobs(JobState(state) if state else None)
-    engine.dispose()
-    if as_json:
-        click.echo(json.dumps([_record_json(job) for job in listed], indent=2))
-        return
-    click.echo(
-        f"{'ID':>6}  {'STATE':<9}  {'AE':<16}  {'INSTANCES':>9}  {'ATTEMPTS':>8}  "
-        "GROUP / LAST ERROR"
+
+def _task_group(name: str, kind: TaskKind | None, help_text: str) -> click.Group:
+    """One command group over the one task queue: ``tasks``, or ``jobs`` and ``exports``
+    (the same commands, of one kind: what earlier versions had)."""
+
+    @click.group(
+        name,
+        invoke_without_command=True,
+        help=f"{help_text}\n\n\b\nExample:\n  dicom-adapter {name} --state failed",
     )
-    for job in listed:
-        error = f"  {job.last_error.splitlines()[0][:80]}" if job.last_error else ""
-        click.echo(
-            f"{job.id:>6}  {job.state:<9}  {job.called_ae:<16}  "
-            f"{job.instance_count:>9}  {job.attempts:>8}  {job.group_key}{error}"
+    @_config_option
+    @click.option(
+        "--state", type=click.Choice([str(s) for s in TaskState]), help="Only this state."
+    )
+    @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
+    @click.pass_context
+    def group(
+        ctx: click.Context, config_path: Path | None, state: str | None, as_json: bool
+    ) -> None:
+        if ctx.invoked_subcommand is not None:
+            return
+        tasks, engine = _open_tasks(config_path)
+        listed = tasks.listing(kind, TaskState(state) if state else None)
+        engine.dispose()
+        if as_json:
+            click.echo(json.dumps([_record_json(task) for task in listed], indent=2))
+            return
+        click.echo(_task_lines(listed))
+
+    @group.command("retry")
+    @click.argument("task_id", type=int)
+    @_config_option
+    def retry(task_id: int, config_path: Path | None) -> None:
+        """Put a failed job or export back in the queue, with a fresh set of retries."""
+        tasks, engine = _open_tasks(config_path)
+        try:
+            task = _task_of(tasks, task_id, kind)
+            task = tasks.retry(task.id)
+        except IllegalTransition as exc:
+            raise click.ClickException(f"{task.noun} {task_id}: {exc}") from None
+        finally:
+            engine.dispose()
+        click.echo(f"{task.noun} {task.id} is pending again ({_items(task, task.item_count)})")
+
+    @group.command("discard")
+    @click.argument("task_id", type=int)
+    @click.option(
+        "--delete-files",
+        is_flag=True,
+        help="Also let its files go: a job's spool files, an export's outbox and forward "
+        "copies (default: keep them).",
+    )
+    @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+    @_config_option
+    def discard(task_id: int, delete_files: bool, yes: bool, config_path: Path | None) -> None:
+        """Close a failed job or export: never tried again, and no longer unhealthy.
+
+        Its files stay where they are unless --delete-files is given (also
+        later, on a task already discarded): a job's instances then go to the
+        reclaimer; an export's undelivered outbox and forward copies are
+        deleted (files named on a 'send' command line never are).  The
+        decision is an event in task_events.
+        """
+        tasks, engine = _open_tasks(config_path)
+        try:
+            _discard(tasks, _task_of(tasks, task_id, kind), delete_files, yes)
+        finally:
+            engine.dispose()
+
+    retry.help = (retry.help or "") + f"\n\n\b\nExample:\n  dicom-adapter {name} retry 42"
+    discard.help = (
+        discard.help or ""
+    ) + f"\n\n\b\nExample:\n  dicom-adapter {name} discard 42 --yes"
+    return group
+
+
+def _open_tasks(config_path: Path | None) -> tuple[Tasks, Any]:
+    processing, engine = _open_processing(_group_config(config_path))
+    return Tasks(processing.ledger), engine
+
+
+def _task_of(tasks: Tasks, task_id: int, kind: TaskKind | None) -> TaskRecord:
+    """The task, if it is of the group's kind; one error line otherwise."""
+    noun = "task" if kind is None else NOUNS[kind]
+    try:
+        task = tasks.get(task_id)
+    except LookupError:
+        raise click.ClickException(f"no {noun} {task_id}") from None
+    if kind is not None and task.kind != kind:
+        raise click.ClickException(f"no {noun} {task_id} (task {task_id} is an {task.noun})")
+    return task
+
+
+def _items(task: TaskRecord, count: int, adjective: str = "") -> str:
+    what = "instance" if task.kind == TaskKind.PROCESS else "file"
+    return plural(count, f"{adjective} {what}".strip())
+
+
+def _task_lines(listed: list[TaskRecord]) -> str:
+    lines = [
+        f"{'ID':>6}  {'KIND':<6}  {'STATE':<9}  {'TARGET':<16}  {'ITEMS':>6}  "
+        f"{'FAILED':>6}  {'ATTEMPTS':>8}  GROUP / LAST ERROR"
+    ]
+    for task in listed:
+        error = f"  {task.last_error.splitlines()[0][:80]}" if task.last_error else ""
+        lines.append(
+            f"{task.id:>6}  {task.noun:<6}  {task.state:<9}  {task.target:<16}  "
+            f"{task.item_count:>6}  {task.failed_count:>6}  {task.attempts:>8}  "
+            f"{task.group_key or ''}{error}".rstrip()
         )
+    return "\n".join(lines)
 
 
-def _record_json(record: JobRecord | ExportRecord) -> dict[str, Any]:
-    document = asdict(record)
+def _record_json(record: TaskRecord) -> dict[str, Any]:
+    document = {"noun": record.noun, **asdict(record)}
     for name, value in document.items():
         if isinstance(value, datetime):
             document[name] = _iso(value)
     return document
 
 
-@jobs.command("retry")
-@click.argument("job_id", type=int)
-@_config_option
-def jobs_retry(job_id: int, config_path: Path | None) -> None:
-    """Put a failed job back in the queue, with a fresh set of retries.
-
-    \b
-    Example:
-      dicom-adapter jobs retry 42
-    """
-    processing, engine = _open_processing(config_path)
-    try:
-        job = processing.retry(job_id)
-    except NoResultFound:
-        raise click.ClickException(f"no job {job_id}") from None
-    except IllegalTransition as exc:
-        raise click.ClickException(f"job {job_id}: {exc}") from None
-    finally:
-        engine.dispose()
-    click.echo(f"job {job.id} is pending again ({plural(job.instance_count, 'instance')})")
+# What becomes of a discarded task's files: (kept, with --delete-files), by kind.
+FATES = {
+    TaskKind.PROCESS: ("kept in the spool", "deleted by the reclaimer"),
+    TaskKind.EXPORT: ("kept on disk", "deleted"),
+}
 
 
-@jobs.command("discard")
-@click.argument("job_id", type=int)
-@click.option(
-    "--delete-files",
-    is_flag=True,
-    help="Also let the reclaimer delete its instances' spool files (default: keep them).",
-)
-@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
-@_config_option
-def jobs_discard(job_id: int, delete_files: bool, yes: bool, config_path: Path | None) -> None:
-    """Close a failed job: it is never submitted again, and no longer unhealthy.
-
-    Its instances stay in the spool, claimed by the discarded job, unless
-    --delete-files is given (also later, on a job already discarded): then
-    the service's next reclaim pass deletes their files.  The decision is
-    an event in job_events, and instance_events with --delete-files.
-
-    \b
-    Example:
-      dicom-adapter jobs discard 42 --yes
-    """
-    processing, engine = _open_processing(config_path)
-    try:
-        try:
-            job = processing.job(job_id)
-        except ValueError:
-            raise click.ClickException(f"no job {job_id}") from None
-        fate = "deleted by the reclaimer" if delete_files else "kept in the spool"
-        if job.state == JobState.FAILED and not yes:
-            click.confirm(
-                f"Discard job {job_id} of {job.called_ae}: "
-                f"{plural(job.instance_count, 'instance')} will not be processed "
-                f"(their files {fate})?",
-                abort=True,
-            )
-        given_up = processing.discard(
-            job_id, delete_files, f"dicom-adapter jobs discard (files {fate})"
+def _discard(tasks: Tasks, task: TaskRecord, delete_files: bool, yes: bool) -> None:
+    exports = Exports(tasks.ledger)
+    export = task.kind == TaskKind.EXPORT
+    given_up = len(exports.items(task.id, ItemState.FAILED)) if export else task.item_count
+    fate = FATES[TaskKind(task.kind)][delete_files]
+    if task.state == TaskState.FAILED and not yes:
+        click.confirm(
+            f"Discard {task.noun} {task.id} {'to' if export else 'of'} {task.target}: "
+            f"{_items(task, given_up, 'undelivered')} will not be "
+            f"{'sent' if export else 'processed'} (their files {fate})?",
+            abort=True,
         )
+    command = click.get_current_context().parent.info_name  # tasks, jobs or exports
+    reason = f"dicom-adapter {command} discard (files {fate})"
+    try:
+        if task.state != TaskState.DISCARDED or not delete_files:
+            tasks.discard(task.id, reason)
     except IllegalTransition as exc:
-        raise click.ClickException(f"job {job_id}: {exc}") from None
-    finally:
-        engine.dispose()
-    click.echo(f"job {job_id} discarded ({plural(given_up, 'instance')}, files {fate})")
+        raise click.ClickException(f"{task.noun} {task.id}: {exc}") from None
+    if delete_files and not export:
+        Processing(tasks.ledger).release_files(task.id, reason)
+    elif delete_files:
+        click.echo(f"deleted {plural(_delete_discarded(exports, task.id), 'file')}")
+    click.echo(
+        f"{task.noun} {task.id} discarded ({_items(task, given_up, 'undelivered')}, files {fate})"
+    )
+
+
+def _delete_discarded(exports: Exports, task_id: int) -> int:
+    """Delete a discarded export's owned, undelivered files, inside their staging folders only."""
+    from processors.export_reclaimer import delete_staged
+    from processors.outbox import STAGING
+
+    deleted = []
+    for item in exports.owned_items([ItemState.DISCARDED], task_id):
+        path = Path(item.path)
+        root = next((p for p in path.parents if p.name == STAGING), None)
+        if root is None:
+            click.echo(f"kept {path}: not in an outbox's {STAGING}/ folder", err=True)
+            continue
+        if delete_staged(path, root):
+            deleted.append(item.id)
+    if deleted:
+        exports.mark_reclaimed(deleted, "its undelivered files were deleted (exports discard)")
+    return len(deleted)
+
+
+main.add_command(_task_group("tasks", None, "List jobs and exports, oldest first."))
+main.add_command(_task_group("jobs", TaskKind.PROCESS, "List processing jobs, oldest first."))
+main.add_command(_task_group("exports", TaskKind.EXPORT, "List export tasks, oldest first."))
 
 
 @main.command("echo")
@@ -397,7 +472,7 @@ def echo_command(name: str, config_path: Path | None) -> None:
     Example:
       dicom-adapter echo PACS
     """
-    from adapter import peer_for
+    from derived import peer_for
     from exporters import cstore
     from exporters.cstore import ExportError
 
@@ -459,146 +534,24 @@ def send_command(
     export_id = exports.create(destination, "send", specs)
     click.echo(f"queued {plural(len(specs), 'file')} as export {export_id} for {destination}")
     if wait:
-        task = _wait_for_export(exports, export_id, timeout)
+        task = _wait_for_export(Tasks(exports.ledger), export_id, timeout)
         click.echo(
             f"export {export_id} {task.state}: "
-            f"{task.file_count - task.failed_count} of {task.file_count} files sent"
+            f"{task.item_count - task.failed_count} of {task.item_count} files sent"
         )
         engine.dispose()
-        if task.state != ExportState.SUCCEEDED:
+        if task.state != TaskState.SUCCEEDED:
             raise click.ClickException(f"export {export_id}: {task.last_error}")
     engine.dispose()
 
 
-def _wait_for_export(exports: Exports, export_id: int, timeout: float) -> ExportRecord:
+def _wait_for_export(tasks: Tasks, export_id: int, timeout: float) -> TaskRecord:
     deadline = time.monotonic() + timeout
-    while (task := exports.get(export_id)).state not in (ExportState.SUCCEEDED, ExportState.FAILED):
+    while (task := tasks.get(export_id)).state not in (TaskState.SUCCEEDED, TaskState.FAILED):
         if time.monotonic() > deadline:
             raise click.ClickException(f"export {export_id} still {task.state} after {timeout:g}s")
         time.sleep(0.2)
     return task
-
-
-@main.group(invoke_without_command=True)
-@_config_option
-@click.option("--state", type=click.Choice([str(s) for s in ExportState]), help="Only this state.")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
-@click.pass_context
-def exports(ctx: click.Context, config_path: Path | None, state: str | None, as_json: bool) -> None:
-    """List export tasks, oldest first.
-
-    \b
-    Example:
-      dicom-adapter exports --state failed
-    """
-    if ctx.invoked_subcommand is not None:
-        return
-    processing, engine = _open_processing(config_path)
-    listed = Exports(processing.ledger).tasks(ExportState(state) if state else None)
-    engine.dispose()
-    if as_json:
-        click.echo(json.dumps([_record_json(task) for task in listed], indent=2))
-        return
-    click.echo(
-        f"{'ID':>6}  {'STATE':<9}  {'DESTINATION':<16}  {'FILES':>6}  {'FAILED':>6}  "
-        f"{'ATTEMPTS':>8}  LAST ERROR"
-    )
-    for task in listed:
-        error = task.last_error.splitlines()[0][:80] if task.last_error else ""
-        click.echo(
-            f"{task.id:>6}  {task.state:<9}  {task.destination:<16}  "
-            f"{task.file_count:>6}  {task.failed_count:>6}  {task.attempts:>8}  {error}"
-        )
-
-
-@exports.command("retry")
-@click.argument("export_id", type=int)
-@_config_option
-def exports_retry(export_id: int, config_path: Path | None) -> None:
-    """Queue a failed export again, with a fresh set of retries.
-
-    \b
-    Example:
-      dicom-adapter exports retry 12
-    """
-    processing, engine = _open_processing(config_path)
-    try:
-        task = Exports(processing.ledger).retry(export_id)
-    except NoResultFound:
-        raise click.ClickException(f"no export {export_id}") from None
-    except IllegalTransition as exc:
-        raise click.ClickException(f"export {export_id}: {exc}") from None
-    finally:
-        engine.dispose()
-    click.echo(f"export {task.id} is pending again ({plural(task.file_count, 'file')})")
-
-
-@exports.command("discard")
-@click.argument("export_id", type=int)
-@click.option(
-    "--delete-files",
-    is_flag=True,
-    help="Also delete its undelivered outbox and forward files (default: keep them).",
-)
-@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
-@_config_option
-def exports_discard(
-    export_id: int, delete_files: bool, yes: bool, config_path: Path | None
-) -> None:
-    """Close a failed export: its undelivered files are given up, and no longer unhealthy.
-
-    The files stay where they are unless --delete-files is given (files
-    named on a 'send' command line are never deleted); the decision is an
-    event in export_events.
-
-    \b
-    Example:
-      dicom-adapter exports discard 12 --yes
-    """
-    processing, engine = _open_processing(config_path)
-    exports = Exports(processing.ledger)
-    try:
-        try:
-            task = exports.get(export_id)
-        except ValueError:
-            raise click.ClickException(f"no export {export_id}") from None
-        undelivered = exports.files(export_id, FileState.FAILED)
-        fate = "deleted" if delete_files else "kept on disk"
-        if task.state == ExportState.FAILED and not yes:
-            click.confirm(
-                f"Discard export {export_id} to {task.destination}: "
-                f"{plural(len(undelivered), 'undelivered file')} will not be sent "
-                f"(their files {fate})?",
-                abort=True,
-            )
-        task = exports.discard(export_id, f"dicom-adapter exports discard (files {fate})")
-        if delete_files:
-            deleted = _delete_discarded(exports, export_id)
-            click.echo(f"deleted {plural(deleted, 'file')}")
-    except IllegalTransition as exc:
-        raise click.ClickException(f"export {export_id}: {exc}") from None
-    finally:
-        engine.dispose()
-    click.echo(f"export {task.id} discarded ({plural(len(undelivered), 'undelivered file')})")
-
-
-def _delete_discarded(exports: Exports, export_id: int) -> int:
-    """Delete a discarded task's owned, undelivered files, inside their staging folders only."""
-    from processors.export_reclaimer import delete_staged
-    from processors.outbox import STAGING
-
-    deleted = []
-    for file in exports.owned_files([FileState.DISCARDED], export_id):
-        path = Path(file.path)
-        root = next((p for p in path.parents if p.name == STAGING), None)
-        if root is None:
-            click.echo(f"kept {path}: not in an outbox's {STAGING}/ folder", err=True)
-            continue
-        if delete_staged(path, root):
-            deleted.append(file.id)
-    if deleted:
-        exports.mark_reclaimed(deleted, "its undelivered files were deleted (exports discard)")
-    return len(deleted)
 
 
 @main.command("sample")

@@ -23,12 +23,12 @@ from errors import AdapterError
 from health import listening
 from ledger import delivery
 from ledger.db import make_engine
-from ledger.exports import Exports
 from ledger.migrate import require_head, upgrade
 from ledger.processing import Processing
-from ledger.records import InstanceRecord
-from ledger.states import ExportState, JobState, State
+from ledger.records import InstanceRecord, TaskRecord
+from ledger.states import State, TaskKind, TaskState
 from ledger.store import Ledger, chunked
+from ledger.tasks import Tasks
 from ledger.wording import plural
 from processors.command import kill_leftovers
 from spool.layout import SpoolLayout
@@ -83,7 +83,7 @@ def check(config: Config) -> Report:
         require_head(ledger.engine, config.ledger.url)
         findings = _spool_findings(SpoolLayout(config.storage.spool), ledger)
         findings += _lost_findings(ledger)
-        findings += _job_findings(Processing(ledger)) + _export_findings(Exports(ledger))
+        findings += _task_findings(Tasks(ledger))
     return Report(tuple(findings), repaired=False)
 
 
@@ -92,7 +92,7 @@ def repair(config: Config) -> Report:
 
     The ledger is brought to the newest schema first, as ``run`` does.
     Failed jobs and exports remain findings: retrying them is a human's
-    decision (``jobs retry``, ``exports retry``).
+    decision (``tasks retry``).
 
     Raises
     ------
@@ -148,8 +148,8 @@ def _recover(config: Config, ledger: Ledger) -> None:
     while reconciler.tick(startup=True).more:
         pass  # intake ran inside each pass: the next one finds the files after these
     kill_leftovers(config.storage.jobs)
-    Exports(ledger).recover()
-    Processing(ledger).recover()
+    Tasks(ledger).recover()
+    Processing(ledger).release_orphan_claims()
 
 
 def _spool_findings(layout: SpoolLayout, ledger: Ledger) -> list[Finding]:
@@ -212,7 +212,7 @@ def _temporary_files(layout: SpoolLayout) -> list[Path]:
 
 def _claim_findings(ledger: Ledger) -> list[Finding]:
     """Claimed instances whose job does not exist: the claim can never finish."""
-    jobs = {job.id for job in Processing(ledger).jobs()}
+    jobs = {job.id for job in Tasks(ledger).listing(TaskKind.PROCESS)}
     return [
         _stuck_claim(record)
         for record in ledger.instances(state=State.CLAIMED)
@@ -226,45 +226,34 @@ def _stuck_claim(record: InstanceRecord) -> Finding:
     return Finding("stuck-claim", f"instance {record.id}: claimed by {holder}: {record.path}")
 
 
-def _job_findings(processing: Processing) -> list[Finding]:
-    """Jobs marked running (nothing runs now) and jobs that need a human."""
+def _task_findings(tasks: Tasks) -> list[Finding]:
+    """Tasks marked running (nothing runs now) and tasks that need a human."""
     findings = [
         Finding(
-            "interrupted-job",
-            f"job {job.id}: running (AE {job.called_ae}, group {job.group_key}, "
-            f"attempt {job.attempts})",
+            f"interrupted-{task.noun}",
+            f"{_named(task)}: running ({_what(task)}, attempt {task.attempts})",
         )
-        for job in processing.jobs(JobState.RUNNING)
+        for task in tasks.listing(state=TaskState.RUNNING)
     ]
     return findings + [
         Finding(
-            "failed-job",
-            f"job {job.id}: failed after {plural(job.attempts, 'attempt')}: "
-            f"{_first_line(job.last_error)} (dicom-adapter jobs retry {job.id})",
+            f"failed-{task.noun}",
+            f"{_named(task)}: failed after {plural(task.attempts, 'attempt')} "
+            f"({_what(task)}): {_first_line(task.last_error)} "
+            f"(dicom-adapter tasks retry {task.id})",
         )
-        for job in processing.jobs(JobState.FAILED)
+        for task in tasks.listing(state=TaskState.FAILED)
     ]
 
 
-def _export_findings(exports: Exports) -> list[Finding]:
-    """Exports marked sending (nothing sends now) and exports that need a human."""
-    findings = [
-        Finding(
-            "interrupted-export",
-            f"export {task.id}: sending {task.file_count} file(s) to {task.destination} "
-            f"(attempt {task.attempts})",
-        )
-        for task in exports.tasks(ExportState.SENDING)
-    ]
-    return findings + [
-        Finding(
-            "failed-export",
-            f"export {task.id}: failed to {task.destination} "
-            f"after {plural(task.attempts, 'attempt')}: "
-            f"{_first_line(task.last_error)} (dicom-adapter exports retry {task.id})",
-        )
-        for task in exports.tasks(ExportState.FAILED)
-    ]
+def _named(task: TaskRecord) -> str:
+    return f"{task.noun} {task.id}"
+
+
+def _what(task: TaskRecord) -> str:
+    if task.kind == TaskKind.PROCESS:
+        return f"AE {task.target}, group {task.group_key}"
+    return f"{plural(task.item_count, 'file')} to {task.target}"
 
 
 def _first_line(error: str | None) -> str:

@@ -23,9 +23,9 @@ from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from config import Config
 from ledger.exports import Exports
 from ledger.models import parse_time, utcnow
-from ledger.processing import Processing
-from ledger.states import ExportState, JobState
+from ledger.states import TaskKind, TaskState
 from ledger.store import Ledger
+from ledger.tasks import Tasks
 from scp.admission import HEALTH_CHECK_AE
 
 ECHO_TIMEOUT = 5.0  # seconds for the self C-ECHO's association and answer
@@ -98,12 +98,12 @@ def health(config: Config, ledger: Ledger) -> dict[str, Any]:
         needed = config.storage.min_free.required_bytes(stats.f_blocks * stats.f_frsize)
     except OSError:
         free, needed = 0, 1
-    failed_jobs = [job.id for job in Processing(ledger).jobs(JobState.FAILED)]
-    exports = Exports(ledger)
-    failed_exports = [task.id for task in exports.tasks(ExportState.FAILED)]
+    failed = Tasks(ledger).listing(state=TaskState.FAILED)
+    failed_jobs = [task.id for task in failed if task.kind == TaskKind.PROCESS]
+    failed_exports = [task.id for task in failed if task.kind == TaskKind.EXPORT]
     # Export files refused or out of retries: kept on disk, waiting for
-    # ``exports retry`` or ``exports discard``.
-    undelivered = exports.undelivered()
+    # ``tasks retry`` or ``tasks discard``.
+    undelivered = Exports(ledger).undelivered()
     heartbeat = _age_seconds(state.get("heartbeat_at"))
     problems = list(json.loads(state.get("problems") or "[]")) if running else []
     if running and (heartbeat is None or heartbeat > HEARTBEAT_STALE_SECONDS):

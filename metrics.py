@@ -3,7 +3,7 @@
 Everything is read at scrape time: counters the SCP keeps since start
 (instances and bytes received per called AE, rejections by reason), the
 associations running now, and from the ledger the counts by state of
-instances, jobs and exports, the age of the oldest open group, and the
+instances, tasks (jobs and exports) and their items, the age of the oldest open group, and the
 spool's free space.  A scrape costs a few indexed queries, nothing on the
 receive path.
 """
@@ -20,6 +20,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from ledger.models import utcnow
+from ledger.states import TaskKind
 
 if TYPE_CHECKING:
     from wsgiref.simple_server import WSGIServer
@@ -66,12 +67,17 @@ class AdapterCollector(Collector):
             "Instances in the ledger, by state",
             adapter.ledger.counts_by_state(),
         )
-        yield _by_state(f"{PREFIX}_jobs", "Jobs, by state", adapter.processing.job_counts())
-        yield _by_state(f"{PREFIX}_exports", "Export tasks, by state", adapter.exports.counts())
+        tasks = GaugeMetricFamily(
+            f"{PREFIX}_tasks", "Jobs and exports, by kind and state", labels=["kind", "state"]
+        )
+        for kind in TaskKind:
+            for state, count in adapter.tasks.counts(kind).items():
+                tasks.add_metric([kind, state], count)
+        yield tasks
         yield _by_state(
-            f"{PREFIX}_export_files",
+            f"{PREFIX}_task_items",
             "Export files, by state (failed: undelivered, kept for a human)",
-            adapter.exports.file_counts(),
+            adapter.exports.item_counts(),
         )
         oldest = adapter.processing.oldest_open_group(list(adapter.config.processed_aes))
         age = 0.0 if oldest is None else (utcnow() - oldest.first_received_at).total_seconds()

@@ -11,7 +11,7 @@ Both senders send the same files, over one association, to a fresh DCMTK
 - **adapter**: ``dicom-adapter run`` with a generated config holding one
   ``[destination:OUT]`` (the storescp), and ``dicom-adapter send --dest OUT
   --wait files...``, exactly as an operator would.  The timed interval comes
-  from the ledger: the export task's ``sending`` event to its ``succeeded``
+  from the ledger: the export task's ``running`` event to its ``succeeded``
   event, i.e. association, every C-STORE and release, as the exporter runs in
   production.  It leaves out what is not the export: the CLI's start-up and
   header reading, and the wait for the next scheduler tick (up to 0.5 s).
@@ -197,15 +197,15 @@ def send_adapter(sink: Sink, files: list[Path], work: Path, timeout: float) -> t
 
 
 def export_seconds(ledger: Path, export_id: int) -> float:
-    """Seconds from the task's last ``sending`` event to its ``succeeded`` event."""
+    """Seconds from the task's last ``running`` event to its ``succeeded`` event."""
     with contextlib.closing(sqlite3.connect(f"file:{ledger}?mode=ro", uri=True)) as db:
         rows = db.execute(
-            "SELECT to_state, at FROM export_events WHERE export_id = ? ORDER BY id", (export_id,)
+            "SELECT to_state, at FROM task_events WHERE task_id = ? ORDER BY id", (export_id,)
         ).fetchall()
     times = {state: datetime.strptime(at, TIME_FORMAT) for state, at in rows}
-    if "sending" not in times or "succeeded" not in times:
+    if "running" not in times or "succeeded" not in times:
         raise BenchError(f"export {export_id} events: {rows}")
-    return (times["succeeded"] - times["sending"]).total_seconds()
+    return (times["succeeded"] - times["running"]).total_seconds()
 
 
 Sender = Callable[[Sink, list[Path], Path, float], tuple[float, float]]
@@ -265,7 +265,7 @@ def table(results: list[Result]) -> str:
 
 
 NOTE = (
-    "adapter time: the export task's ledger events, sending -> succeeded "
+    "adapter time: the export task's ledger events, running -> succeeded "
     "(association, C-STOREs, release); 'process s' is the whole `dicom-adapter send --wait` "
     "(start-up, header reading, scheduler tick, 0.2 s polling). storescu time: its process."
 )

@@ -40,6 +40,7 @@ from ledger.migrate import upgrade  # noqa: E402
 from ledger.processing import Processing  # noqa: E402
 from ledger.records import NewInstance  # noqa: E402
 from ledger.store import Ledger, chunked  # noqa: E402
+from ledger.tasks import Tasks  # noqa: E402
 
 UID_ROOT = "1.2.826.0.1.3680043.8.498"
 CALLED_AES = ("DICOMADAPTER", "AI_ROUTER")
@@ -239,15 +240,15 @@ def advance(ledger: Ledger, studies: list[Study]) -> int:
         job = processing.claim_group(study.called_ae, study.uid, "folder", "bench", done_at)
         if job is None:
             continue
-        moves += job.instance_count
+        moves += job.item_count
         if fate == "claimed":
             continue
-        processing.start(job.id, done_at)
+        Tasks(ledger).start(job.id, done_at)
         if fate == "failed":
-            processing.fail(job.id, "bench: receiver refused", None, done_at)
+            processing.settle(job.id, "bench: receiver refused", None, done_at)
             continue
-        processing.succeed(job.id, done_at)
-        moves += job.instance_count
+        processing.settle(job.id, None, None, done_at)
+        moves += job.item_count
         if fate in ("reclaimable", "reclaimed"):
             finished[study.called_ae] = done_at
         if fate == "reclaimed":

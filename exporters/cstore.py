@@ -10,7 +10,7 @@ so nothing is transcoded: each dataset goes out byte for byte from just
 after its file meta, streamed from disk.  More pairs than one association
 can propose go over several associations.
 
-Every file gets a :class:`ledger.records.FileOutcome`, and the outcome says what happens
+Every file gets a :class:`ledger.records.ItemOutcome`, and the outcome says what happens
 next (RELIABILITY.md, exporter retry semantics): delivered (Success and the
 Warning statuses, PS3.4 Annex B), worth another attempt (0xA7xx, anything
 unknown, an association lost or never made for a transient reason, and any
@@ -29,7 +29,7 @@ from collections.abc import Iterator
 from dimse.commands import VERIFICATION
 from exporters.dimse_scu import Association, AssociationRejected, Peer
 from exporters.wire import AssociationLost
-from ledger.records import ExportFileRecord, FileOutcome
+from ledger.records import ItemOutcome, ItemRecord
 from spool.part10 import dataset_offset
 
 __all__ = ["MAX_CONTEXTS", "ExportError", "Peer", "echo", "send", "status_outcome"]
@@ -53,12 +53,12 @@ class ExportError(Exception):
         self.retryable = retryable
 
 
-def status_outcome(file_id: int, status: int) -> FileOutcome:
+def status_outcome(item_id: int, status: int) -> ItemOutcome:
     """The outcome a DIMSE status means for a file (RELIABILITY.md's table)."""
     if status in DELIVERED:
-        return FileOutcome(file_id, status, None)
+        return ItemOutcome(item_id, status, None)
     refused = status & 0xF000 == 0xC000 or status & 0xFF00 == 0xA900 or status in _REFUSED_CODES
-    return FileOutcome(file_id, status, f"destination answered 0x{status:04X}", retry=not refused)
+    return ItemOutcome(item_id, status, f"destination answered 0x{status:04X}", retry=not refused)
 
 
 def associate(peer: Peer, pairs: list[tuple[str, str]]) -> Association:
@@ -97,19 +97,19 @@ def echo(peer: Peer) -> int | None:
         assoc.release()
 
 
-def send(peer: Peer, files: list[ExportFileRecord]) -> list[FileOutcome]:
-    """Send ``files``; one :class:`FileOutcome` per file, in order.  Never raises ExportError."""
-    outcomes: dict[int, FileOutcome] = {}
+def send(peer: Peer, files: list[ItemRecord]) -> list[ItemOutcome]:
+    """Send ``files``; one :class:`ItemOutcome` per file, in order.  Never raises ExportError."""
+    outcomes: dict[int, ItemOutcome] = {}
     for batch in _batches(files):
-        outcomes.update((outcome.file_id, outcome) for outcome in _send_batch(peer, batch))
+        outcomes.update((outcome.item_id, outcome) for outcome in _send_batch(peer, batch))
     return [outcomes[file.id] for file in files]
 
 
-def _pair(file: ExportFileRecord) -> tuple[str, str]:
+def _pair(file: ItemRecord) -> tuple[str, str]:
     return file.sop_class_uid or "", file.transfer_syntax_uid or ""
 
 
-def _batches(files: list[ExportFileRecord]) -> Iterator[list[ExportFileRecord]]:
+def _batches(files: list[ItemRecord]) -> Iterator[list[ItemRecord]]:
     """The files in groups whose (SOP class, syntax) pairs fit one association's contexts."""
     pairs = sorted({_pair(f) for f in files})
     for start in range(0, len(pairs), MAX_CONTEXTS):
@@ -117,12 +117,12 @@ def _batches(files: list[ExportFileRecord]) -> Iterator[list[ExportFileRecord]]:
         yield [f for f in files if _pair(f) in chosen]
 
 
-def _send_batch(peer: Peer, files: list[ExportFileRecord]) -> list[FileOutcome]:
+def _send_batch(peer: Peer, files: list[ItemRecord]) -> list[ItemOutcome]:
     try:
         assoc = associate(peer, sorted({_pair(f) for f in files}))
     except ExportError as exc:
         return [
-            FileOutcome(f.id, None, f"not attempted: {exc}", exc.retryable, attempted=False)
+            ItemOutcome(f.id, None, f"not attempted: {exc}", exc.retryable, attempted=False)
             for f in files
         ]
     try:
@@ -131,7 +131,7 @@ def _send_batch(peer: Peer, files: list[ExportFileRecord]) -> list[FileOutcome]:
         assoc.release()
 
 
-def _attempt(assoc: Association, file: ExportFileRecord) -> FileOutcome:
+def _attempt(assoc: Association, file: ItemRecord) -> ItemOutcome:
     """One file's outcome; an unexpected error costs that file's attempt, not the others'.
 
     What the destination made of a message cut short by our own error is
@@ -139,7 +139,7 @@ def _attempt(assoc: Association, file: ExportFileRecord) -> FileOutcome:
     the next attempt.
     """
     if not assoc.established:
-        return FileOutcome(
+        return ItemOutcome(
             file.id, None, "not attempted: the association was lost", True, attempted=False
         )
     try:
@@ -147,14 +147,14 @@ def _attempt(assoc: Association, file: ExportFileRecord) -> FileOutcome:
     except Exception as exc:
         log.exception("export of %s failed unexpectedly", file.path)
         assoc.abort()
-        return FileOutcome(file.id, None, f"not delivered: {type(exc).__name__}: {exc}", True)
+        return ItemOutcome(file.id, None, f"not delivered: {type(exc).__name__}: {exc}", True)
 
 
-def _send_one(assoc: Association, file: ExportFileRecord) -> FileOutcome:
+def _send_one(assoc: Association, file: ItemRecord) -> ItemOutcome:
     pair = _pair(file)
     context_id = assoc.contexts.get(pair)
     if context_id is None:
-        return FileOutcome(
+        return ItemOutcome(
             file.id,
             None,
             f"destination accepts no context for SOP class {pair[0]} in transfer syntax {pair[1]}",
@@ -162,18 +162,18 @@ def _send_one(assoc: Association, file: ExportFileRecord) -> FileOutcome:
     try:
         handle = open(file.path, "rb", buffering=0)  # noqa: SIM115 - closed below
     except FileNotFoundError:
-        return FileOutcome(file.id, None, f"file missing: {file.path}")
+        return ItemOutcome(file.id, None, f"file missing: {file.path}")
     except OSError as exc:  # out of descriptors, a permission to fix: worth another attempt
         reason = f"cannot send {file.path}: {type(exc).__name__}: {exc}"
-        return FileOutcome(file.id, None, reason, retry=True)
+        return ItemOutcome(file.id, None, reason, retry=True)
     with handle:
         try:
             handle.seek(dataset_offset(handle))
         except (OSError, ValueError) as exc:  # no longer the DICOM file that was queued
             reason = f"cannot send {file.path}: {type(exc).__name__}: {exc}"
-            return FileOutcome(file.id, None, reason)
+            return ItemOutcome(file.id, None, reason)
         try:
             status = assoc.store(context_id, pair[0], file.sop_instance_uid or "", handle)
         except AssociationLost as exc:
-            return FileOutcome(file.id, None, f"not delivered: {exc}", retry=True)
+            return ItemOutcome(file.id, None, f"not delivered: {exc}", retry=True)
     return status_outcome(file.id, status)

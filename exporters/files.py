@@ -5,7 +5,7 @@ from pathlib import Path
 from pydicom.errors import InvalidDicomError
 from pydicom.filereader import read_file_meta_info
 
-from ledger.records import ExportFileSpec
+from ledger.records import ItemSpec
 
 META_NEEDED = ("MediaStorageSOPClassUID", "MediaStorageSOPInstanceUID", "TransferSyntaxUID")
 
@@ -14,7 +14,7 @@ class NotDicom(ValueError):
     """The file has no usable DICOM file meta."""
 
 
-def spec_for(path: Path, owned: bool) -> ExportFileSpec:
+def spec_for(path: Path, owned: bool) -> ItemSpec:
     """Read ``path``'s file meta (only) into an export file spec.
 
     A file the export will own (and delete once delivered) keeps the path it
@@ -43,7 +43,7 @@ def spec_for(path: Path, owned: bool) -> ExportFileSpec:
     sop_class = str(meta.MediaStorageSOPClassUID)
     syntax = str(meta.TransferSyntaxUID)
     sop_instance = str(meta.MediaStorageSOPInstanceUID)
-    return ExportFileSpec(
+    return ItemSpec(
         path=str(path.absolute() if owned else path.resolve()),
         owned=owned,
         sop_instance_uid=sop_instance,

@@ -13,12 +13,13 @@ from dataclasses import dataclass
 
 from sqlalchemy import and_, or_, select
 
-from ledger.exports import EXPORT_FILES, EXPORTS
-from ledger.processing import JOBS
-from ledger.states import FileState, JobState, State
+from ledger.states import ItemState, State, TaskKind, TaskState
 from ledger.store import INSTANCES, Ledger
+from ledger.tasks import TASK_ITEMS, TASKS
 
-_UNDELIVERED = [FileState.PENDING, FileState.FAILED]
+_UNDELIVERED = [ItemState.PENDING, ItemState.FAILED]
+JOBS = TASKS.alias("job")
+EXPORTS = TASKS.alias("export")
 
 
 @dataclass(frozen=True)
@@ -29,7 +30,7 @@ class Undelivered:
     """
 
     instance_id: int | None
-    export_id: int | None
+    export_id: int | None  # the export task
     destination: str | None
     path: str | None
 
@@ -45,7 +46,7 @@ def reclaimed_without_a_finished_job(ledger: Ledger) -> list[int]:
             INSTANCES.c.job_id.is_not(None),
             or_(
                 JOBS.c.id.is_(None),
-                JOBS.c.state.not_in([JobState.SUCCEEDED, JobState.DISCARDED]),
+                JOBS.c.state.not_in([TaskState.SUCCEEDED, TaskState.DISCARDED]),
             ),
         )
         .order_by(INSTANCES.c.id)
@@ -63,22 +64,23 @@ def forwarded_not_delivered(ledger: Ledger) -> list[Undelivered]:
         select(
             INSTANCES.c.id,
             EXPORTS.c.id,
-            EXPORTS.c.destination,
-            EXPORT_FILES.c.path,
+            EXPORTS.c.target,
+            TASK_ITEMS.c.path,
         )
         .join(JOBS, JOBS.c.id == INSTANCES.c.job_id)
-        .join(EXPORTS, EXPORTS.c.job_id == JOBS.c.id)
+        .join(EXPORTS, EXPORTS.c.parent_id == JOBS.c.id)
         .outerjoin(
-            EXPORT_FILES,
+            TASK_ITEMS,
             and_(
-                EXPORT_FILES.c.export_id == EXPORTS.c.id,
-                EXPORT_FILES.c.instance_id == INSTANCES.c.id,
+                TASK_ITEMS.c.task_id == EXPORTS.c.id,
+                TASK_ITEMS.c.instance_id == INSTANCES.c.id,
             ),
         )
         .where(
             INSTANCES.c.state == State.RECLAIMED,
-            JOBS.c.processor == "forward",
-            or_(EXPORT_FILES.c.id.is_(None), EXPORT_FILES.c.state.in_(_UNDELIVERED)),
+            JOBS.c.kind == TaskKind.PROCESS,
+            JOBS.c.submitter == "forward",
+            or_(TASK_ITEMS.c.id.is_(None), TASK_ITEMS.c.state.in_(_UNDELIVERED)),
         )
         .order_by(INSTANCES.c.id, EXPORTS.c.id)
     )
@@ -89,17 +91,17 @@ def owned_not_delivered(ledger: Ledger) -> list[Undelivered]:
     """Every owned export file not delivered and not given up: each must be on disk."""
     query = (
         select(
-            EXPORT_FILES.c.instance_id,
-            EXPORTS.c.id,
-            EXPORTS.c.destination,
-            EXPORT_FILES.c.path,
+            TASK_ITEMS.c.instance_id,
+            TASKS.c.id,
+            TASKS.c.target,
+            TASK_ITEMS.c.path,
         )
-        .join(EXPORTS, EXPORTS.c.id == EXPORT_FILES.c.export_id)
+        .join(TASKS, TASKS.c.id == TASK_ITEMS.c.task_id)
         .where(
-            EXPORT_FILES.c.owned,
-            EXPORT_FILES.c.state.in_(_UNDELIVERED),
-            EXPORT_FILES.c.reclaimed_at.is_(None),
+            TASK_ITEMS.c.owned,
+            TASK_ITEMS.c.state.in_(_UNDELIVERED),
+            TASK_ITEMS.c.reclaimed_at.is_(None),
         )
-        .order_by(EXPORT_FILES.c.id)
+        .order_by(TASK_ITEMS.c.id)
     )
     return [Undelivered(*row) for row in ledger.read(query)]

@@ -70,7 +70,7 @@ class Instance(Base):
     missing_since: Mapped[datetime | None] = mapped_column(UtcText)
     # The value of the AE's group_by tag: which group (study, series...) it joins.
     group_key: Mapped[str | None] = mapped_column(Text)
-    job_id: Mapped[int | None] = mapped_column(Integer)  # jobs.id (no FK: see 0002)
+    job_id: Mapped[int | None] = mapped_column(Integer)  # its process task (no FK: see 0002)
 
     __table_args__ = (
         Index("ix_instances_state", "state"),
@@ -103,72 +103,56 @@ class Event(Base):
     reason: Mapped[str] = mapped_column(Text)
 
 
-class Job(Base):
-    """One submission of one group of instances to a processor."""
+class Task(Base):
+    """One unit of outbound work: a group handed to a processor, or files sent to a destination.
 
-    __tablename__ = "jobs"
+    Both kinds share this row's lifecycle, attempts and backoff; ``kind`` and
+    ``submitter`` say how it is carried out, and ``target`` is the lane it
+    waits in (its called AE, or its destination): one lane's slow task never
+    holds up another's.
+    """
+
+    __tablename__ = "tasks"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    processor: Mapped[str] = mapped_column(String(16))
-    called_ae: Mapped[str] = mapped_column(String(16))
-    group_key: Mapped[str] = mapped_column(Text)
-    instance_count: Mapped[int] = mapped_column(Integer)
-    state: Mapped[str] = mapped_column(String(16), index=True)
+    kind: Mapped[str] = mapped_column(String(16))  # process | export
+    target: Mapped[str] = mapped_column(String(64))  # called AE (process) or destination (export)
+    submitter: Mapped[str] = mapped_column(String(16))  # command, folder, ..., cstore
+    origin: Mapped[str] = mapped_column(String(16))  # group | outbox | send | forward
+    group_key: Mapped[str | None] = mapped_column(Text)  # the group a process task took
+    parent_id: Mapped[int | None] = mapped_column(Integer)  # the forward task an export serves
+    state: Mapped[str] = mapped_column(String(16))
+    item_count: Mapped[int] = mapped_column(Integer)
+    failed_count: Mapped[int] = mapped_column(Integer)  # items not delivered by the last attempt
     attempts: Mapped[int] = mapped_column(Integer)
     next_attempt_at: Mapped[datetime | None] = mapped_column(UtcText)
     last_error: Mapped[str | None] = mapped_column(Text)
     # Stays the same across retries and restarts: a receiver can de-duplicate on it.
-    idempotency_key: Mapped[str] = mapped_column(String(64))
+    idempotency_key: Mapped[str | None] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(UtcText)
     updated_at: Mapped[datetime] = mapped_column(UtcText)
     finished_at: Mapped[datetime | None] = mapped_column(UtcText)
+    reclaimed_at: Mapped[datetime | None] = mapped_column(UtcText)  # its owned files all deleted
 
-    __table_args__ = (Index("ix_jobs_idempotency_key", "idempotency_key"),)
-
-
-class JobEvent(Base):
-    """One row per job state change, appended in the same transaction."""
-
-    __tablename__ = "job_events"
-
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id"), index=True)
-    from_state: Mapped[str | None] = mapped_column(String(16))
-    to_state: Mapped[str] = mapped_column(String(16))
-    at: Mapped[datetime] = mapped_column(UtcText)
-    reason: Mapped[str] = mapped_column(Text)
+    __table_args__ = (
+        Index("ix_tasks_due", "state", "next_attempt_at"),
+        Index("ix_tasks_lane", "kind", "target", "state"),
+        Index("ix_tasks_parent_id", "parent_id"),
+        Index("ix_tasks_idempotency_key", "idempotency_key"),
+    )
 
 
-class Export(Base):
-    """One task: send a set of files to one destination over one association."""
+class TaskItem(Base):
+    """One file of an export task, with the outcome its last attempt came to.
 
-    __tablename__ = "exports"
+    A process task's items are its instances (``instances.job_id``), whose
+    state says what became of each.
+    """
+
+    __tablename__ = "task_items"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    destination: Mapped[str] = mapped_column(String(64))
-    origin: Mapped[str] = mapped_column(String(16))  # outbox | send | forward
-    job_id: Mapped[int | None] = mapped_column(Integer)  # the forward job, if any
-    state: Mapped[str] = mapped_column(String(16))
-    file_count: Mapped[int] = mapped_column(Integer)
-    failed_count: Mapped[int] = mapped_column(Integer)
-    attempts: Mapped[int] = mapped_column(Integer)
-    next_attempt_at: Mapped[datetime | None] = mapped_column(UtcText)
-    last_error: Mapped[str | None] = mapped_column(Text)
-    created_at: Mapped[datetime] = mapped_column(UtcText)
-    updated_at: Mapped[datetime] = mapped_column(UtcText)
-    finished_at: Mapped[datetime | None] = mapped_column(UtcText)
-    reclaimed_at: Mapped[datetime | None] = mapped_column(UtcText)
-
-    __table_args__ = (Index("ix_exports_state", "destination", "state"),)
-
-
-class ExportFile(Base):
-    """One file of an export task, with the DIMSE status it got."""
-
-    __tablename__ = "export_files"
-
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    export_id: Mapped[int] = mapped_column(ForeignKey("exports.id"), index=True)
+    task_id: Mapped[int] = mapped_column(ForeignKey("tasks.id"), index=True)
     path: Mapped[str] = mapped_column(Text)
     owned: Mapped[bool] = mapped_column(Boolean)  # ours to delete once sent (outbox, forward)
     sop_instance_uid: Mapped[str | None] = mapped_column(String(64))
@@ -179,22 +163,22 @@ class ExportFile(Base):
     status: Mapped[int | None] = mapped_column(Integer)
     error: Mapped[str | None] = mapped_column(Text)
     sent_at: Mapped[datetime | None] = mapped_column(UtcText)
-    # The spool instance a forwarded file was linked from (no FK, as jobs.id in 0002).
+    # The spool instance a forwarded file was linked from (no FK, as instances.job_id).
     instance_id: Mapped[int | None] = mapped_column(Integer, index=True)
     reclaimed_at: Mapped[datetime | None] = mapped_column(UtcText)  # an owned file deleted
     # Attempts that reached this file and did not deliver it: sent last next time.
     failures: Mapped[int] = mapped_column(Integer, server_default=text("0"))
 
-    __table_args__ = (Index("ix_export_files_state", "state", "reclaimed_at"),)
+    __table_args__ = (Index("ix_task_items_state", "state", "reclaimed_at"),)
 
 
-class ExportEvent(Base):
-    """One row per export task state change."""
+class TaskEvent(Base):
+    """One row per task state change, appended in the same transaction."""
 
-    __tablename__ = "export_events"
+    __tablename__ = "task_events"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    export_id: Mapped[int] = mapped_column(ForeignKey("exports.id"), index=True)
+    task_id: Mapped[int] = mapped_column(ForeignKey("tasks.id"), index=True)
     from_state: Mapped[str | None] = mapped_column(String(16))
     to_state: Mapped[str] = mapped_column(String(16))
     at: Mapped[datetime] = mapped_column(UtcText)

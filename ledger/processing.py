@@ -1,32 +1,24 @@
-"""The ledger's side of processing: groups, claims, jobs and reclaiming.
+"""The ledger's side of processing: groups, claims, what a job does to its instances, reclaiming.
 
 Everything the grouper, the dispatcher and the reclaimer decide is read from
 and written to here, one ``BEGIN IMMEDIATE`` transaction per decision with
 its history rows, so a restart finds every group, job and file where it was.
+A job is a task of kind ``process`` (:mod:`ledger.tasks`), whose items are
+the instances it claimed.
 """
 
 import hashlib
 from collections.abc import Collection
 from datetime import datetime, timedelta
-from typing import Any
 
-from sqlalchemy import ColumnElement, and_, func, insert, not_, or_, select, true
+from sqlalchemy import ColumnElement, and_, func, not_, or_, select, true
 
-from ledger.lifecycle import Lifecycle
-from ledger.models import Job, JobEvent, utcnow
-from ledger.records import GroupState, InstanceRecord, JobRecord
-from ledger.states import JobState, State, check_job_move
-from ledger.store import INSTANCES, Ledger, to_record
-
-JOBS = Job.__table__
-JOB_EVENTS = JobEvent.__table__
-_JOB_FIELDS = [column.name for column in JOBS.columns]
-JOB = Lifecycle(JOBS, JOB_EVENTS, "job_id", JobState, check_job_move, "job")
-
-
-def to_job(row: Any) -> JobRecord:
-    mapping = row._mapping
-    return JobRecord(**{name: mapping[name] for name in _JOB_FIELDS})
+from ledger import tasks
+from ledger.models import utcnow
+from ledger.records import GroupState, InstanceRecord, TaskRecord
+from ledger.states import State, TaskKind
+from ledger.store import INSTANCES, Ledger, LedgerTransaction, to_record
+from ledger.tasks import TASKS, Tally, Tasks
 
 
 def wanted(ignored: Collection[str], allowed: Collection[str]) -> ColumnElement[bool]:
@@ -143,7 +135,7 @@ class Processing:
         *,
         ignored: Collection[str] = (),
         allowed: Collection[str] = (),
-    ) -> JobRecord | None:
+    ) -> TaskRecord | None:
         """Claim every wanted ``received`` instance of a group into a new ``pending`` job."""
         with self.ledger.transaction(now) as tx:
             connection = tx.connection
@@ -161,163 +153,80 @@ class Processing:
             )
             if not members:
                 return None
-            check_job_move(None, JobState.PENDING)
             key = idempotency_key(processor, called_ae, group_key, [sop for _, sop in members])
-            job_id = connection.execute(
-                insert(JOBS)
-                .values(
-                    processor=processor,
-                    called_ae=called_ae,
-                    group_key=group_key,
-                    instance_count=len(members),
-                    state=JobState.PENDING,
-                    attempts=0,
-                    next_attempt_at=tx.now,
-                    idempotency_key=key,
-                    created_at=tx.now,
-                    updated_at=tx.now,
-                )
-                .returning(JOBS.c.id)
-            ).scalar_one()
+            job_id = tasks.add(
+                tx,
+                TaskKind.PROCESS,
+                called_ae,
+                processor,
+                "group",
+                len(members),
+                f"{len(members)} instances of group {group_key!r}: {why}",
+                group_key=group_key,
+                idempotency_key=key,
+            )
             ids = [id_ for id_, _ in members]
             tx.move_many(
                 ids, State.RECEIVED, State.CLAIMED, f"claimed by job {job_id}: {why}", job_id=job_id
             )
-            JOB.note(
-                tx,
-                job_id,
-                None,
-                JobState.PENDING,
-                f"{len(ids)} instances of group {group_key!r}: {why}",
-            )
         # The claim's own line (Ledger.move_many) says it; not the group key, which
         # with group_by = PatientID is PHI (it is in the ledger).
-        return self.job(job_id)
+        return Tasks(self.ledger).get(job_id)
 
     # -- jobs -----------------------------------------------------------------
-
-    def job(self, job_id: int) -> JobRecord:
-        [row] = self.ledger.read(select(JOBS).where(JOBS.c.id == job_id))
-        return to_job(row)
-
-    def jobs(self, state: JobState | None = None) -> list[JobRecord]:
-        query = select(JOBS).order_by(JOBS.c.id)
-        if state is not None:
-            query = query.where(JOBS.c.state == state)
-        return [to_job(row) for row in self.ledger.read(query)]
-
-    def due_jobs(self, now: datetime) -> list[JobRecord]:
-        query = (
-            select(JOBS)
-            .where(JOBS.c.state == JobState.PENDING, JOBS.c.next_attempt_at <= now)
-            .order_by(JOBS.c.next_attempt_at, JOBS.c.id)
-        )
-        return [to_job(row) for row in self.ledger.read(query)]
 
     def job_instances(self, job_id: int) -> list[InstanceRecord]:
         query = select(INSTANCES).where(INSTANCES.c.job_id == job_id).order_by(INSTANCES.c.id)
         return [to_record(row) for row in self.ledger.read(query)]
 
-    def start(self, job_id: int, now: datetime | None = None) -> JobRecord:
-        """pending -> running, one more attempt."""
-        with self.ledger.transaction(now) as tx:
-            attempts = JOB.move(tx, job_id, JobState.RUNNING, "started")
-            JOB.update(tx, job_id, attempts=attempts + 1)
-        return self.job(job_id)
-
-    def succeed(self, job_id: int, now: datetime | None = None) -> None:
-        """running -> succeeded; its instances claimed -> submitted."""
-        with self.ledger.transaction(now) as tx:
-            JOB.move(tx, job_id, JobState.SUCCEEDED, "submitted")
-            JOB.update(tx, job_id, finished_at=tx.now, last_error=None, next_attempt_at=None)
-            ids = [
-                i
-                for (i,) in tx.connection.execute(
-                    select(INSTANCES.c.id).where(
-                        INSTANCES.c.job_id == job_id, INSTANCES.c.state == State.CLAIMED
-                    )
-                )
-            ]
-            tx.move_many(ids, State.CLAIMED, State.SUBMITTED, f"submitted by job {job_id}")
-
-    def fail(
-        self, job_id: int, error: str, retry_at: datetime | None, now: datetime | None = None
+    def settle(
+        self,
+        job_id: int,
+        error: str | None,
+        retry_at: datetime | None,
+        now: datetime | None = None,
     ) -> None:
-        """running -> pending (retry at ``retry_at``) or, with no retry left, failed."""
-        with self.ledger.transaction(now) as tx:
-            if retry_at is None:
-                JOB.move(tx, job_id, JobState.FAILED, f"failed, no retries left: {error}")
-                JOB.update(tx, job_id, last_error=error, finished_at=tx.now, next_attempt_at=None)
-            else:
-                JOB.move(
-                    tx,
-                    job_id,
-                    JobState.PENDING,
-                    f"failed, retry at {retry_at:%Y-%m-%dT%H:%M:%SZ}: {error}",
-                )
-                JOB.update(tx, job_id, last_error=error, next_attempt_at=retry_at)
+        """One attempt's end: handed over (``error`` None), or to retry at ``retry_at``.
 
-    def retry(self, job_id: int, now: datetime | None = None) -> JobRecord:
-        """failed -> pending now, with a fresh set of attempts (``jobs retry``)."""
-        with self.ledger.transaction(now) as tx:
-            JOB.move(tx, job_id, JobState.PENDING, "retry requested")
-            JOB.update(tx, job_id, attempts=0, next_attempt_at=tx.now, finished_at=None)
-        return self.job(job_id)
-
-    def discard(
-        self, job_id: int, delete_files: bool, reason: str, now: datetime | None = None
-    ) -> int:
-        """failed -> discarded: nobody will submit it again; returns its instances given up.
-
-        Its instances stay ``claimed`` by it, their files kept in the spool,
-        unless ``delete_files``: then they become ``reclaimable`` and the
-        reclaimer deletes them.  A job already discarded may still have its
-        files given up that way.
+        A job's items are all-or-nothing: a processor takes the whole group
+        or none of it.  Handed over, its instances go claimed -> submitted;
+        with no retry left (``retry_at`` None) the job is ``failed``.
         """
         with self.ledger.transaction(now) as tx:
-            state = tx.connection.execute(
-                select(JOBS.c.state).where(JOBS.c.id == job_id)
-            ).scalar_one_or_none()
-            if state is None:
-                raise ValueError(f"no job {job_id}")
-            if state != JobState.DISCARDED or not delete_files:
-                JOB.move(tx, job_id, JobState.DISCARDED, reason)
-                JOB.update(tx, job_id, next_attempt_at=None)
-            claimed = [
-                i
-                for (i,) in tx.connection.execute(
-                    select(INSTANCES.c.id).where(
-                        INSTANCES.c.job_id == job_id, INSTANCES.c.state == State.CLAIMED
-                    )
-                )
-            ]
-            if delete_files:
-                tx.move_many(
-                    claimed, State.CLAIMED, State.RECLAIMABLE, f"job {job_id} discarded: {reason}"
-                )
+            count = tx.connection.execute(
+                select(TASKS.c.item_count).where(TASKS.c.id == job_id)
+            ).scalar_one()
+            tally = Tally(count, 0, 0) if error is None else Tally(0, count, 0)
+            tasks.conclude(tx, job_id, tally, error, retry_at)
+            if error is None:
+                ids = self._claimed(tx, job_id)
+                tx.move_many(ids, State.CLAIMED, State.SUBMITTED, f"submitted by job {job_id}")
+
+    @staticmethod
+    def _claimed(tx: LedgerTransaction, job_id: int) -> list[int]:
+        query = select(INSTANCES.c.id).where(
+            INSTANCES.c.job_id == job_id, INSTANCES.c.state == State.CLAIMED
+        )
+        return [i for (i,) in tx.connection.execute(query)]
+
+    def release_files(self, job_id: int, reason: str, now: datetime | None = None) -> int:
+        """A discarded job's instances go to the reclaimer: ``tasks discard --delete-files``."""
+        with self.ledger.transaction(now) as tx:
+            claimed = self._claimed(tx, job_id)
+            tx.move_many(
+                claimed, State.CLAIMED, State.RECLAIMABLE, f"job {job_id} discarded: {reason}"
+            )
         return len(claimed)
 
-    def recover(self, now: datetime | None = None) -> tuple[int, int]:
-        """After a restart: running jobs run again; claims without a job go back.
-
-        Returns (jobs requeued, instances released).
-        """
+    def release_orphan_claims(self, now: datetime | None = None) -> int:
+        """After a restart: claims whose job was never written go back to their group."""
         with self.ledger.transaction(now) as tx:
-            running = [
-                i
-                for (i,) in tx.connection.execute(
-                    select(JOBS.c.id).where(JOBS.c.state == JobState.RUNNING)
-                )
-            ]
-            for job_id in running:
-                JOB.move(tx, job_id, JobState.PENDING, "interrupted by a restart: run again")
-                JOB.update(tx, job_id, next_attempt_at=tx.now)
             orphans = [
                 i
                 for (i,) in tx.connection.execute(
                     select(INSTANCES.c.id)
-                    .outerjoin(JOBS, JOBS.c.id == INSTANCES.c.job_id)
-                    .where(INSTANCES.c.state == State.CLAIMED, JOBS.c.id.is_(None))
+                    .outerjoin(TASKS, TASKS.c.id == INSTANCES.c.job_id)
+                    .where(INSTANCES.c.state == State.CLAIMED, TASKS.c.id.is_(None))
                 )
             ]
             tx.move_many(
@@ -327,7 +236,7 @@ class Processing:
                 "claim released: its job never started",
                 job_id=None,
             )
-        return len(running), len(orphans)
+        return len(orphans)
 
     # -- reclaiming -------------------------------------------------------------
 
@@ -339,11 +248,11 @@ class Processing:
         cutoff = now - timedelta(seconds=retention_seconds)
         query = (
             select(INSTANCES.c.id)
-            .join(JOBS, JOBS.c.id == INSTANCES.c.job_id)
+            .join(TASKS, TASKS.c.id == INSTANCES.c.job_id)
             .where(
                 INSTANCES.c.called_ae == called_ae,
                 INSTANCES.c.state == State.SUBMITTED,
-                and_(JOBS.c.finished_at.is_not(None), JOBS.c.finished_at <= cutoff),
+                and_(TASKS.c.finished_at.is_not(None), TASKS.c.finished_at <= cutoff),
             )
         )
         ids = [i for (i,) in self.ledger.read(query)]
@@ -386,12 +295,6 @@ class Processing:
         return self.ledger.read(query)[0][0] == 0
 
     # -- overview ---------------------------------------------------------------
-
-    def job_counts(self) -> dict[str, int]:
-        counts = {str(state): 0 for state in JobState}
-        query = select(JOBS.c.state, func.count()).group_by(JOBS.c.state)
-        counts.update({state: count for state, count in self.ledger.read(query)})
-        return counts
 
     def oldest_open_group(self, called_aes: Collection[str]) -> GroupState | None:
         """The group of ``received`` instances, of these AEs, that has waited longest."""

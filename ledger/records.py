@@ -55,22 +55,32 @@ class InstanceRecord:
 
 
 @dataclass(frozen=True)
-class JobRecord:
-    """A frozen copy of one ``jobs`` row."""
+class TaskRecord:
+    """A frozen copy of one ``tasks`` row: a job (``kind`` process) or an export."""
 
     id: int
-    processor: str
-    called_ae: str
-    group_key: str
-    instance_count: int
+    kind: str
+    target: str
+    submitter: str
+    origin: str
+    group_key: str | None
+    parent_id: int | None
     state: str
+    item_count: int
+    failed_count: int
     attempts: int
     next_attempt_at: datetime | None
     last_error: str | None
-    idempotency_key: str
+    idempotency_key: str | None
     created_at: datetime
     updated_at: datetime
     finished_at: datetime | None
+    reclaimed_at: datetime | None
+
+    @property
+    def noun(self) -> str:
+        """What an admin calls it: a job runs a processor, an export sends files."""
+        return "job" if self.kind == "process" else "export"
 
 
 @dataclass(frozen=True)
@@ -85,7 +95,7 @@ class GroupState:
 
 
 @dataclass(frozen=True)
-class ExportFileSpec:
+class ItemSpec:
     """A file to put in a new export task."""
 
     path: str
@@ -98,31 +108,11 @@ class ExportFileSpec:
 
 
 @dataclass(frozen=True)
-class ExportRecord:
-    """A frozen copy of one ``exports`` row."""
+class ItemRecord:
+    """A frozen copy of one ``task_items`` row: one file of an export task."""
 
     id: int
-    destination: str
-    origin: str
-    job_id: int | None
-    state: str
-    file_count: int
-    failed_count: int
-    attempts: int
-    next_attempt_at: datetime | None
-    last_error: str | None
-    created_at: datetime
-    updated_at: datetime
-    finished_at: datetime | None
-    reclaimed_at: datetime | None
-
-
-@dataclass(frozen=True)
-class ExportFileRecord:
-    """A frozen copy of one ``export_files`` row."""
-
-    id: int
-    export_id: int
+    task_id: int
     path: str
     owned: bool
     sop_instance_uid: str | None
@@ -139,8 +129,8 @@ class ExportFileRecord:
 
 
 @dataclass(frozen=True)
-class FileOutcome:
-    """What one attempt to deliver one export file came to.
+class ItemOutcome:
+    """What one attempt to deliver one export file (a task item) came to.
 
     ``error`` is None when the file was delivered; otherwise it says why not
     in one line, and ``retry`` whether a later attempt may deliver it.
@@ -148,7 +138,7 @@ class FileOutcome:
     ``attempted`` is False for a file the attempt never got to.
     """
 
-    file_id: int
+    item_id: int
     status: int | None
     error: str | None
     retry: bool = False

@@ -59,62 +59,43 @@ def check_move(current: State | None, target: State) -> None:
     _check(TRANSITIONS, current, target, "instance")
 
 
-class JobState(StrEnum):
+class TaskKind(StrEnum):
+    """What a task carries out; everything else about it is shared."""
+
+    PROCESS = "process"  # a claimed group handed to its AE's processor (a "job")
+    EXPORT = "export"  # files sent to a destination
+
+
+class TaskState(StrEnum):
     PENDING = "pending"
     RUNNING = "running"
-    SUCCEEDED = "succeeded"
-    FAILED = "failed"
-    DISCARDED = "discarded"  # a human gave a failed job up (``jobs discard``)
+    SUCCEEDED = "succeeded"  # every item delivered
+    FAILED = "failed"  # some item refused, or out of retries: a human decides
+    DISCARDED = "discarded"  # a human gave its undelivered items up (``tasks discard``)
 
 
-JOB_TRANSITIONS: dict[JobState | None, frozenset[JobState]] = {
-    None: frozenset({JobState.PENDING}),
-    JobState.PENDING: frozenset({JobState.RUNNING}),
-    # running -> pending: a retry with backoff, or a restart interrupted it.
-    JobState.RUNNING: frozenset({JobState.SUCCEEDED, JobState.PENDING, JobState.FAILED}),
-    JobState.SUCCEEDED: frozenset(),
-    # failed -> pending: ``dicom-adapter jobs retry``; -> discarded: ``jobs discard``.
-    JobState.FAILED: frozenset({JobState.PENDING, JobState.DISCARDED}),
-    JobState.DISCARDED: frozenset(),
+TASK_TRANSITIONS: dict[TaskState | None, frozenset[TaskState]] = {
+    None: frozenset({TaskState.PENDING}),
+    TaskState.PENDING: frozenset({TaskState.RUNNING}),
+    # running -> pending: some item may yet be delivered (retry), or a restart interrupted it.
+    TaskState.RUNNING: frozenset({TaskState.SUCCEEDED, TaskState.PENDING, TaskState.FAILED}),
+    TaskState.SUCCEEDED: frozenset(),
+    # failed -> pending: ``dicom-adapter tasks retry``; -> discarded: ``tasks discard``.
+    TaskState.FAILED: frozenset({TaskState.PENDING, TaskState.DISCARDED}),
+    TaskState.DISCARDED: frozenset(),
 }
 
 
-def check_job_move(current: JobState | None, target: JobState) -> None:
-    """Raise :class:`IllegalTransition` unless the job may go ``current -> target``."""
-    _check(JOB_TRANSITIONS, current, target, "job")
+def check_task_move(current: TaskState | None, target: TaskState, noun: str = "task") -> None:
+    """Raise :class:`IllegalTransition` unless the task (a ``job``, an ``export``) may go
+    ``current -> target``."""
+    _check(TASK_TRANSITIONS, current, target, noun)
 
 
-class ExportState(StrEnum):
-    PENDING = "pending"
-    SENDING = "sending"
-    SUCCEEDED = "succeeded"  # every file delivered
-    FAILED = "failed"  # some file refused, or out of retries: a human decides
-    DISCARDED = "discarded"  # a human gave its undelivered files up
-
-
-EXPORT_TRANSITIONS: dict[ExportState | None, frozenset[ExportState]] = {
-    None: frozenset({ExportState.PENDING}),
-    ExportState.PENDING: frozenset({ExportState.SENDING}),
-    # sending -> pending: some file may yet be delivered (retry), or a restart.
-    ExportState.SENDING: frozenset(
-        {ExportState.SUCCEEDED, ExportState.PENDING, ExportState.FAILED}
-    ),
-    ExportState.SUCCEEDED: frozenset(),
-    # failed -> pending: ``dicom-adapter exports retry``; -> discarded: ``exports discard``.
-    ExportState.FAILED: frozenset({ExportState.PENDING, ExportState.DISCARDED}),
-    ExportState.DISCARDED: frozenset(),
-}
-
-
-class FileState(StrEnum):
-    """What became of one file of an export task."""
+class ItemState(StrEnum):
+    """What became of one item (file) of an export task."""
 
     PENDING = "pending"  # not delivered yet, and worth another attempt
     SENT = "sent"  # delivered (Success or a Warning status)
     FAILED = "failed"  # refused for good, or out of retries: kept until retry or discard
-    DISCARDED = "discarded"  # given up by ``exports discard``
-
-
-def check_export_move(current: ExportState | None, target: ExportState) -> None:
-    """Raise :class:`IllegalTransition` unless the export may go ``current -> target``."""
-    _check(EXPORT_TRANSITIONS, current, target, "export")
+    DISCARDED = "discarded"  # given up by ``tasks discard``

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from ledger.records import InstanceRecord, JobRecord
+from ledger.records import InstanceRecord, TaskRecord
 
 
 class InstanceListener(Protocol):
@@ -23,7 +23,7 @@ class InstanceListener(Protocol):
 class Submission:
     """One job, ready to hand over: its instances linked into ``job_dir``."""
 
-    job: JobRecord
+    job: TaskRecord
     instances: tuple[InstanceRecord, ...]
     job_dir: Path
     manifest: Path

@@ -49,7 +49,7 @@ class CommandSubmitter:
             "manifest": submission.manifest,
             "study_instance_uid": submission.study_instance_uid or "",
             "group_key": submission.job.group_key,
-            "called_ae": submission.job.called_ae,
+            "called_ae": submission.job.target,
             "idempotency_key": submission.job.idempotency_key,
         }
         _check_operands(self.arguments, values)

@@ -39,7 +39,7 @@ class ExportReclaimer:
         done = 0
         for destination, seconds in self.retention.items():
             root = self.staging_roots[destination]
-            while batch := self.exports.reclaimable_files(destination, seconds, now):
+            while batch := self.exports.reclaimable_items(destination, seconds, now):
                 deleted = [f.id for f in batch if delete_staged(Path(f.path), root)]
                 left = [f.id for f in batch if f.id not in deleted]
                 self.exports.mark_reclaimed(deleted, "its delivered outbox files were deleted")

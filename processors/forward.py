@@ -15,7 +15,7 @@ import shutil
 from pathlib import Path
 
 from ledger.exports import Exports
-from ledger.records import ExportFileSpec
+from ledger.records import ItemSpec
 from processors.base import Submission
 from spool.durable import fsync_dir, link_or_copy, make_dirs_durable
 
@@ -41,7 +41,7 @@ class ForwardSubmitter:
                 target = staging / f"{instance.id}.dcm"
                 link_or_copy(Path(instance.path), target)
                 specs.append(
-                    ExportFileSpec(
+                    ItemSpec(
                         path=str(target),
                         owned=True,
                         sop_instance_uid=instance.sop_instance_uid,
@@ -52,4 +52,4 @@ class ForwardSubmitter:
                     )
                 )
             fsync_dir(staging)  # the links are the last copies once the spool's are reclaimed
-            self.exports.create(destination, "forward", specs, job_id=submission.job.id)
+            self.exports.create(destination, "forward", specs, parent_id=submission.job.id)

@@ -12,7 +12,7 @@ import os
 import shutil
 from pathlib import Path
 
-from ledger.records import InstanceRecord, JobRecord
+from ledger.records import InstanceRecord, TaskRecord
 from processors.base import Submission
 from spool.durable import fsync_dir, fsync_file, link_or_copy, make_dirs_durable
 
@@ -20,7 +20,7 @@ MANIFEST = "manifest.json"
 
 
 def prepare(
-    jobs_root: Path, job: JobRecord, instances: list[InstanceRecord], group_by: int
+    jobs_root: Path, job: TaskRecord, instances: list[InstanceRecord], group_by: int
 ) -> Submission:
     """Build ``jobs_root/<job id>/`` and return the submission for it."""
     job_dir = jobs_root / str(job.id)
@@ -41,8 +41,8 @@ def prepare(
     document = {
         "job_id": job.id,
         "idempotency_key": job.idempotency_key,
-        "processor": job.processor,
-        "called_ae": job.called_ae,
+        "processor": job.submitter,
+        "called_ae": job.target,
         "group_by": f"{group_by >> 16:04X},{group_by & 0xFFFF:04X}",
         "group_key": job.group_key,
         "study_instance_uid": study,

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from exporters.files import NotDicom, spec_for
 from ledger.exports import Exports
-from ledger.records import ExportFileSpec
+from ledger.records import ItemSpec
 from spool.layout import SpoolLayout
 from spool.quarantine import quarantine
 from spool.settle import is_open_for_writing
@@ -89,7 +89,7 @@ class OutboxScanner:
                     found.append(path)
         return found
 
-    def _stage(self, folder: Path, staging: Path, files: list[Path]) -> list[ExportFileSpec]:
+    def _stage(self, folder: Path, staging: Path, files: list[Path]) -> list[ItemSpec]:
         moved = []
         for path in files:
             target = staging / path.relative_to(folder)
@@ -98,7 +98,7 @@ class OutboxScanner:
             moved.append(target)
         return self._specs(folder, moved)
 
-    def _specs(self, folder: Path, files: list[Path]) -> list[ExportFileSpec]:
+    def _specs(self, folder: Path, files: list[Path]) -> list[ItemSpec]:
         specs = []
         for path in files:
             try:

@@ -22,6 +22,16 @@ from ledger.db import make_engine
 from ledger.store import Ledger
 
 ROOT = Path(__file__).resolve().parent.parent
+# The moves of a task (a job or an export: one lifecycle) whose three attempts all fail.
+THREE_ATTEMPTS_THEN_FAILED = [
+    (None, "pending"),
+    ("pending", "running"),
+    ("running", "pending"),
+    ("pending", "running"),
+    ("running", "pending"),
+    ("pending", "running"),
+    ("running", "failed"),
+]
 
 
 def require_tool(name: str) -> str:

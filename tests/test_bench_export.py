@@ -42,5 +42,5 @@ def test_export_bench_prints_both_senders_and_the_ratio(tmp_path: Path) -> None:
     for row in rows:
         assert (row["vs storescu"] != "") == (row["sender"] == "adapter"), row
         assert float(row["inst/s"]) > 0
-    assert "sending -> succeeded" in done.stdout  # says how the adapter was timed
+    assert "running -> succeeded" in done.stdout  # says how the adapter was timed
     assert not list((tmp_path / "work").iterdir())  # every scratch folder removed

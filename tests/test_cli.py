@@ -34,10 +34,10 @@ def cli(
 def test_db_upgrade_then_status_on_an_empty_ledger(config_path: Path) -> None:
     first = cli("db", "upgrade", "--config", str(config_path))
     assert (
-        first.returncode == 0 and first.stdout == "ledger upgraded from empty to 0006 (head 0006)\n"
+        first.returncode == 0 and first.stdout == "ledger upgraded from empty to 0007 (head 0007)\n"
     )
     again = cli("db", "upgrade", "--config", str(config_path))
-    assert again.stdout == "ledger already at 0006\n"
+    assert again.stdout == "ledger already at 0007\n"
     status = cli("status", "--config", str(config_path))
     assert status.returncode == 1  # nothing listens: unhealthy, for monitoring scripts
     ledger = config_path.parent / "ledger.db"
@@ -46,7 +46,7 @@ def test_db_upgrade_then_status_on_an_empty_ledger(config_path: Path) -> None:
     assert lines[2].endswith(" GiB free)\n")
     assert "".join(lines[:2] + lines[3:]) == (
         "Health: UNHEALTHY: not listening\n"
-        f"Ledger: sqlite:///{ledger} (revision 0006)\n"
+        f"Ledger: sqlite:///{ledger} (revision 0007)\n"
         "Last reconcile: never\n\n"
         "Instances by state:\n"
         "  received            0\n  claimed             0\n  submitted           0\n"
@@ -56,7 +56,7 @@ def test_db_upgrade_then_status_on_an_empty_ledger(config_path: Path) -> None:
         "  pending             0\n  running             0\n  succeeded           0\n"
         "  failed              0\n  discarded           0\n\n"
         "Exports by state:\n"
-        "  pending             0\n  sending             0\n  succeeded           0\n"
+        "  pending             0\n  running             0\n  succeeded           0\n"
         "  failed              0\n  discarded           0\n\n"
         "Export files by state:\n"
         "  pending             0\n  sent                0\n  failed              0\n"
@@ -85,7 +85,7 @@ def test_run_receive_status_and_sigterm(adapter_process: AdapterProcess, tmp_pat
     result = cli("status", "--json", "--config", str(adapter_process.config))
     report = json.loads(result.stdout)
     assert result.returncode == 1 and report["health"]["listening"] is False
-    assert report["counts"]["received"] == 4 and report["revision"] == "0006"
+    assert report["counts"]["received"] == 4 and report["revision"] == "0007"
     [study] = report["studies"]
     assert study["called_ae"] == "DICOMADAPTER" and study["instances"] == 4
     assert study["received"] == 4 and study["bytes"] > 0
@@ -171,7 +171,7 @@ def test_status_on_a_ledger_behind_the_code_says_what_to_do(config_path: Path) -
         connection.execute("UPDATE alembic_version SET version_num = '0003'")
     result = cli("status", "--config", str(config_path))
     assert result.returncode == 1 and result.stderr.endswith(
-        "is at revision 0003, this version needs 0006: run 'dicom-adapter db upgrade'\n"
+        "is at revision 0003, this version needs 0007: run 'dicom-adapter db upgrade'\n"
     )
 
 
@@ -187,8 +187,9 @@ def failed_export(config_path: Path, name: str, count: int = 2) -> tuple[int, li
     from ledger.db import make_engine
     from ledger.exports import Exports
     from ledger.migrate import upgrade
-    from ledger.records import FileOutcome
+    from ledger.records import ItemOutcome
     from ledger.store import Ledger
+    from ledger.tasks import Tasks
 
     staging = config_path.parent / "var" / "outbox" / "PACS" / ".sending" / name / "study"
     files = make_study(staging, count)
@@ -196,9 +197,9 @@ def failed_export(config_path: Path, name: str, count: int = 2) -> tuple[int, li
     upgrade(engine)
     exports = Exports(Ledger(engine))
     export_id = exports.create("PACS", "outbox", [spec_for(p, owned=True) for p in files])
-    exports.start(export_id)
+    Tasks(exports.ledger).start(export_id)
     refused = [
-        FileOutcome(f.id, 0xC000, "destination answered 0xC000") for f in exports.files(export_id)
+        ItemOutcome(f.id, 0xC000, "destination answered 0xC000") for f in exports.items(export_id)
     ]
     assert exports.settle(export_id, refused, None).state == "failed"
     engine.dispose()
@@ -235,7 +236,9 @@ def test_exports_discard_asks_first_keeps_the_files_and_says_so(config_path: Pat
 
     done = CliRunner().invoke(main, arguments, input="y\n")
     assert done.exit_code == 0, done.output
-    assert done.output.endswith(f"export {export_id} discarded (2 undelivered files)\n")
+    assert done.output.endswith(
+        f"export {export_id} discarded (2 undelivered files, files kept on disk)\n"
+    )
     state, reasons = export_state_and_events(config_path, export_id)
     assert state == "discarded"
     assert reasons[-1] == (
@@ -278,7 +281,10 @@ def test_exports_discard_delete_files_removes_only_its_own_undelivered_files(
         ],
     )
     assert result.exit_code == 0, result.output
-    assert result.output == f"deleted 3 files\nexport {export_id} discarded (3 undelivered files)\n"
+    assert (
+        result.output
+        == f"deleted 3 files\nexport {export_id} discarded (3 undelivered files, files deleted)\n"
+    )
     assert not any(p.exists() for p in files)
     assert not staging.exists() and staging.parent.is_dir()  # .sending/ itself stays
     state, reasons = export_state_and_events(config_path, export_id)

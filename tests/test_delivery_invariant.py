@@ -37,8 +37,9 @@ import pydicom
 import pytest
 
 from ledger.exports import Exports
-from ledger.processing import Processing
+from ledger.states import TaskKind
 from ledger.store import Ledger
+from ledger.tasks import Tasks
 from tests.conftest import ROOT, AdapterProcess, free_port, wait_for, write_config
 from tests.dicom import dataset_bytes, make_study
 from tests.peers.flaky_scp import read_records
@@ -170,12 +171,12 @@ def send(port: int, folder: Path) -> dict[str, Path]:
 def settled(ledger: Ledger) -> bool:
     """Nothing is waiting: no instance, job or export task will move by itself again."""
     counts = ledger.counts_by_state()
-    jobs = Processing(ledger).job_counts()
-    exports = Exports(ledger).counts()
+    jobs = Tasks(ledger).counts(TaskKind.PROCESS)
+    exports = Tasks(ledger).counts(TaskKind.EXPORT)
     return (
         counts["received"] == counts["claimed"] == 0
         and jobs["pending"] == jobs["running"] == 0
-        and exports["pending"] == exports["sending"] == 0
+        and exports["pending"] == exports["running"] == 0
     )
 
 
@@ -212,8 +213,10 @@ def test_every_acknowledged_instance_is_delivered_or_kept_with_a_reason(
             wait_for(lambda: settled(ledger), timeout=45, interval=0.2)
             rows = ledger.instances()
             exports = Exports(ledger)
-            tasks = {(t.job_id, t.destination): t for t in exports.tasks()}
-            files = {t.id: exports.files(t.id) for t in tasks.values()}
+            tasks = {
+                (t.parent_id, t.target): t for t in Tasks(exports.ledger).listing(TaskKind.EXPORT)
+            }
+            files = {t.id: exports.items(t.id) for t in tasks.values()}
         finally:
             ledger.engine.dispose()
         assert adapter.signal(signal.SIGTERM) == 0

@@ -26,7 +26,7 @@ from pydicom import dcmread
 from exporters import cstore
 from exporters.cstore import ExportError, Peer
 from exporters.files import spec_for
-from ledger.records import ExportFileRecord, FileOutcome
+from ledger.records import ItemOutcome, ItemRecord
 from spool.part10 import dataset_offset
 from tests.conftest import free_port, port_open, require_tool, wait_for
 from tests.dicom import make_large_multiframe, make_mixed_set, make_odd_deflated, make_study
@@ -37,15 +37,15 @@ from tests.test_upper_layer import accept_pdu, command_set
 UNCOMPRESSED = {"1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.2"}
 
 
-def records(paths: list[Path]) -> list[ExportFileRecord]:
+def records(paths: list[Path]) -> list[ItemRecord]:
     """Export file rows for ``paths``, as the ledger would hand them to the exporter."""
     rows = []
     for number, path in enumerate(paths, start=1):
         spec = spec_for(path, owned=False)
         rows.append(
-            ExportFileRecord(
+            ItemRecord(
                 id=number,
-                export_id=1,
+                task_id=1,
                 path=spec.path,
                 owned=False,
                 sop_instance_uid=spec.sop_instance_uid,
@@ -112,7 +112,7 @@ def test_1000_small_files_in_one_export_arrive_byte_identical(storescp, tmp_path
     began = time.perf_counter()
     outcomes = cstore.send(peer(port), rows)
     took = time.perf_counter() - began
-    assert outcomes == [FileOutcome(row.id, 0, None) for row in rows]
+    assert outcomes == [ItemOutcome(row.id, 0, None) for row in rows]
     arrived = received_datasets(out)
     assert sorted(arrived) == sorted(row.sop_instance_uid for row in rows)
     for row, path in zip(rows, files, strict=True):
@@ -124,17 +124,17 @@ def test_a_peer_accepting_some_contexts_gets_only_those_files(storescp, tmp_path
     files = make_mixed_set(tmp_path / "mixed")  # storescp without +xa: uncompressed only
     port, out = storescp()
     rows = records(files)
-    outcomes = {outcome.file_id: outcome for outcome in cstore.send(peer(port), rows)}
+    outcomes = {outcome.item_id: outcome for outcome in cstore.send(peer(port), rows)}
     arrived = received_datasets(out)
     for row, path in zip(rows, files, strict=True):
         outcome = outcomes[row.id]
         if row.transfer_syntax_uid in UNCOMPRESSED:
-            assert outcome == FileOutcome(row.id, 0, None), path.name
+            assert outcome == ItemOutcome(row.id, 0, None), path.name
             assert arrived[row.sop_instance_uid] == dataset(path), path.name
         else:
             assert row.sop_instance_uid not in arrived, path.name
             # Refused for good: no retry can change what the destination accepts.
-            assert outcome == FileOutcome(
+            assert outcome == ItemOutcome(
                 row.id,
                 None,
                 f"destination accepts no context for SOP class {row.sop_class_uid} "
@@ -152,10 +152,10 @@ def test_a_failure_status_fails_that_file_only(tmp_path: Path, status: int, retr
         outcomes = cstore.send(peer(scp.port, "FLAKYSCP"), rows)
         stores = scp.stores()
     assert outcomes == [
-        FileOutcome(1, 0, None),
-        FileOutcome(2, status, f"destination answered 0x{status:04X}", retry=retry),
-        FileOutcome(3, 0, None),
-        FileOutcome(4, 0, None),
+        ItemOutcome(1, 0, None),
+        ItemOutcome(2, status, f"destination answered 0x{status:04X}", retry=retry),
+        ItemOutcome(3, 0, None),
+        ItemOutcome(4, 0, None),
     ]
     assert [s.data for s in stores] == [dataset(path) for path in files]
 
@@ -192,7 +192,7 @@ def test_a_large_file_streams_in_bounded_memory(storescp, tmp_path: Path) -> Non
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
-    assert outcomes == [FileOutcome(1, 0, None)]
+    assert outcomes == [ItemOutcome(1, 0, None)]
     assert peak < 1024 * 1024, peak  # one 128 KiB fragment buffer, not 64 MiB
     [stored] = out.iterdir()
     assert hashlib.sha256(dataset(stored)).digest() == hashlib.sha256(dataset(path)).digest()
@@ -206,7 +206,7 @@ def test_an_odd_length_deflated_data_set_goes_out_padded_to_storescp(
     path = make_odd_deflated(tmp_path / "odd.dcm")
     assert len(dataset(path)) % 2 == 1
     port, out = storescp("+xa", "--max-pdu", "4096")  # several fragments, the last one odd
-    assert cstore.send(peer(port), records([path])) == [FileOutcome(1, 0, None)]
+    assert cstore.send(peer(port), records([path])) == [ItemOutcome(1, 0, None)]
     [stored] = out.iterdir()
     assert dataset(stored) == dataset(path) + b"\x00"
     assert dcmread(stored).PatientID == dcmread(path).PatientID
@@ -328,8 +328,8 @@ def test_fragments_fit_the_peer_maximum_pdu_length(scripted, tmp_path: Path) -> 
     files = make_study(tmp_path / "study", 2, rows=64, columns=64)  # ~8 KB each
     scp = scripted(max_length=4096)
     assert cstore.send(peer(scp.port), records(files)) == [
-        FileOutcome(1, 0, None),
-        FileOutcome(2, 0, None),
+        ItemOutcome(1, 0, None),
+        ItemOutcome(2, 0, None),
     ]
     scp.close()
     assert scp.datasets == [dataset(path) for path in files]
@@ -353,7 +353,7 @@ def test_the_send_buffer_is_clamped_whatever_the_destination_announces(
     assert assoc.fragment == 1 << 20
     assoc.release()
     scp = scripted(max_length=announced)
-    assert cstore.send(peer(scp.port), [row]) == [FileOutcome(1, 0, None)]
+    assert cstore.send(peer(scp.port), [row]) == [ItemOutcome(1, 0, None)]
     scp.close()
     assert scp.datasets == [dataset(path)]
     assert max(length for pdu_type, length in scp.pdus if pdu_type == 4) == (1 << 20) + 6
@@ -367,7 +367,7 @@ def test_a_rejection_says_whether_to_retry(scripted, tmp_path, reject, retryable
     outcomes = cstore.send(peer(scp.port), records(make_study(tmp_path, 2)))
     where = f"STORESCP@127.0.0.1:{scp.port}"
     error = f"not attempted: {where} rejected the association {'/'.join(map(str, reject))}"
-    assert outcomes == [FileOutcome(i, None, error, retryable, attempted=False) for i in (1, 2)]
+    assert outcomes == [ItemOutcome(i, None, error, retryable, attempted=False) for i in (1, 2)]
 
 
 def test_a_refused_connection_is_retryable(tmp_path: Path) -> None:
@@ -394,7 +394,7 @@ def test_more_contexts_than_one_association_holds_go_over_two(tmp_path: Path) ->
     with FlakyStorageSCP() as scp:
         outcomes = cstore.send(peer(scp.port, "FLAKYSCP"), rows)
         associations = scp.association_count
-    assert outcomes == [FileOutcome(r.id, 0, None) for r in rows]
+    assert outcomes == [ItemOutcome(r.id, 0, None) for r in rows]
     assert associations == 2
 
 
@@ -416,9 +416,9 @@ def test_a_lost_association_fails_the_file_and_the_rest(
     outcomes = cstore.send(peer(scp.port, dimse_timeout=0.5), records(files))
     # Not delivered, or never attempted: each worth another attempt.
     assert outcomes == [
-        FileOutcome(1, None, error, retry=True),
-        FileOutcome(2, None, "not attempted: the association was lost", True, attempted=False),
-        FileOutcome(3, None, "not attempted: the association was lost", True, attempted=False),
+        ItemOutcome(1, None, error, retry=True),
+        ItemOutcome(2, None, "not attempted: the association was lost", True, attempted=False),
+        ItemOutcome(3, None, "not attempted: the association was lost", True, attempted=False),
     ]
     scp.close()
     assert scp.datasets == [dataset(files[0])]

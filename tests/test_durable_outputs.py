@@ -26,6 +26,7 @@ from ledger.exports import Exports
 from ledger.migrate import upgrade
 from ledger.processing import Processing
 from ledger.store import Ledger
+from ledger.tasks import Tasks
 from processors.folder import FolderSubmitter
 from processors.forward import ForwardSubmitter
 from processors.jobdir import prepare
@@ -85,7 +86,7 @@ def claimed(tmp_path: Path) -> Iterator[tuple[Processing, int]]:
     study = processing.ledger.instances()[0].group_key
     job = processing.claim_group(AE, study, "folder", "quiet")
     assert job is not None
-    yield processing, processing.start(job.id).id
+    yield processing, Tasks(processing.ledger).start(job.id).id
     engine.dispose()
 
 
@@ -93,7 +94,7 @@ def test_folder_copies_and_folders_are_fsynced_before_publishing(
     claimed: tuple[Processing, int], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     processing, job_id = claimed
-    job = processing.job(job_id)
+    job = Tasks(processing.ledger).get(job_id)
     submission = prepare(tmp_path / "jobs", job, processing.job_instances(job_id), 0x0020000D)
     output = tmp_path / "output"
     flushes = Flushes(monkeypatch)
@@ -118,7 +119,9 @@ def test_job_folder_copies_across_filesystems_are_fsynced(
     processing, job_id = claimed
     instances = processing.job_instances(job_id)
     flushes = Flushes(monkeypatch)
-    submission = prepare(other_filesystem / "jobs", processing.job(job_id), instances, 0x0020000D)
+    submission = prepare(
+        other_filesystem / "jobs", Tasks(processing.ledger).get(job_id), instances, 0x0020000D
+    )
 
     copies = [p for p in submission.job_dir.iterdir() if p.suffix == ".dcm"]
     assert len(copies) == 4
@@ -135,7 +138,7 @@ def test_forward_links_and_copies_are_durable_before_the_export_is_queued(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     processing, job_id = claimed
-    job = processing.job(job_id)
+    job = Tasks(processing.ledger).get(job_id)
     submission = prepare(tmp_path / "jobs", job, processing.job_instances(job_id), 0x0020000D)
     exports = Exports(processing.ledger)
     outboxes = {"NEAR": tmp_path / "outbox" / "NEAR", "FAR": other_filesystem / "outbox"}
@@ -144,9 +147,9 @@ def test_forward_links_and_copies_are_durable_before_the_export_is_queued(
 
     synced = flushes.synced()
     for name in outboxes:
-        task = exports.for_job(job_id, name)
-        assert task is not None
-        staged = [Path(f.path) for f in exports.files(task.id)]
+        task_id = exports.for_job(job_id, name)
+        assert task_id is not None
+        staged = [Path(f.path) for f in exports.items(task_id)]
         assert len(staged) == 4 and all(p.is_file() for p in staged)
         assert str(staged[0].parent) in synced, name
         assert str(staged[0].parent.parent) in synced, f"{name}: the new staging folder's name"

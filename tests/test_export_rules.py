@@ -33,8 +33,18 @@ import pytest
 from sqlalchemy import select
 
 from exporters.files import spec_for
-from ledger.exports import EXPORT_EVENTS, Exports
-from tests.conftest import ROOT, AdapterProcess, RunningAdapter, free_port, wait_for, write_config
+from ledger.exports import Exports
+from ledger.states import TaskKind
+from ledger.tasks import TASK_EVENTS, Tasks
+from tests.conftest import (
+    ROOT,
+    THREE_ATTEMPTS_THEN_FAILED,
+    AdapterProcess,
+    RunningAdapter,
+    free_port,
+    wait_for,
+    write_config,
+)
 from tests.dicom import dataset_bytes, make_study
 from tests.peers.flaky_scp import OUT_OF_RESOURCES, FlakyStorageSCP
 from tests.peers.send import send_files
@@ -66,8 +76,8 @@ def sop_uid(path: Path) -> str:
 
 
 def export_events(exports: Exports, export_id: int) -> list:
-    query = select(EXPORT_EVENTS).where(EXPORT_EVENTS.c.export_id == export_id)
-    return exports.ledger.read(query.order_by(EXPORT_EVENTS.c.id))
+    query = select(TASK_EVENTS).where(TASK_EVENTS.c.task_id == export_id)
+    return exports.ledger.read(query.order_by(TASK_EVENTS.c.id))
 
 
 def moves(events: list) -> list[tuple[str | None, str]]:
@@ -121,25 +131,29 @@ def test_transient_failures_are_retried_with_backoff_whatever_their_share_then_k
 
     # Task A: ten files dropped in the destination's outbox.
     drop_into_outbox(tmp_path / "var" / "outbox" / DESTINATION, files_a, tmp_path / "scratch")
-    wait_for(lambda: exports.tasks(), timeout=10)
-    [task_a] = exports.tasks()
-    assert (task_a.origin, task_a.file_count) == ("outbox", 10)
+    wait_for(lambda: Tasks(exports.ledger).listing(TaskKind.EXPORT), timeout=10)
+    [task_a] = Tasks(exports.ledger).listing(TaskKind.EXPORT)
+    assert (task_a.origin, task_a.item_count) == ("outbox", 10)
     # Task B: ten files queued as `dicom-adapter send` would, left where they are.
     b_id = exports.create(DESTINATION, "send", [spec_for(p, owned=False) for p in files_b])
 
     # Watch A while it runs: each time it waits for a retry, how long it was told to wait.
     scheduled: dict[int, timedelta] = {}
     deadline = time.monotonic() + 30
-    while not all(exports.get(i).state in ("succeeded", "failed") for i in (task_a.id, b_id)):
-        assert time.monotonic() < deadline, [exports.get(i) for i in (task_a.id, b_id)]
-        task = exports.get(task_a.id)
+    while not all(
+        Tasks(exports.ledger).get(i).state in ("succeeded", "failed") for i in (task_a.id, b_id)
+    ):
+        assert time.monotonic() < deadline, [
+            Tasks(exports.ledger).get(i) for i in (task_a.id, b_id)
+        ]
+        task = Tasks(exports.ledger).get(task_a.id)
         if task.state == "pending" and task.attempts and task.next_attempt_at is not None:
             scheduled.setdefault(task.attempts, task.next_attempt_at - task.updated_at)
         time.sleep(0.01)
     took = time.monotonic() - began
 
     # --- A: three attempts with a doubling delay, then failed. ---
-    task_a = exports.get(task_a.id)
+    task_a = Tasks(exports.ledger).get(task_a.id)
     assert (task_a.state, task_a.attempts, task_a.failed_count) == ("failed", 3, 6), task_a
     assert task_a.next_attempt_at is None and task_a.finished_at is not None
     assert task_a.last_error == "destination answered 0xA700"
@@ -148,18 +162,12 @@ def test_transient_failures_are_retried_with_backoff_whatever_their_share_then_k
         2: timedelta(seconds=2 * RETRY_DELAY),
     }, scheduled
     events_a = export_events(exports, task_a.id)
-    assert moves(events_a) == [
-        (None, "pending"),
-        ("pending", "sending"),
-        ("sending", "pending"),
-        ("pending", "sending"),
-        ("sending", "pending"),
-        ("pending", "sending"),
-        ("sending", "failed"),
-    ], [(e.from_state, e.to_state, e.reason) for e in events_a]
+    assert moves(events_a) == THREE_ATTEMPTS_THEN_FAILED, [
+        (e.from_state, e.to_state, e.reason) for e in events_a
+    ]
     assert "4 of 10 files delivered, 6 to try again at" in events_a[2].reason
     assert "4 of 10 files delivered, 6 to try again at" in events_a[4].reason
-    assert events_a[6].reason == "4 of 10 files delivered: no retries left"
+    assert events_a[6].reason.startswith("4 of 10 files delivered: no retries left: "), events_a[6]
     # Each retry started no sooner than its delay after the attempt before it settled.
     waited = [(events_a[i + 1].at - events_a[i].at).total_seconds() for i in (2, 4)]
     assert waited[0] >= RETRY_DELAY and waited[1] >= 2 * RETRY_DELAY, waited
@@ -175,7 +183,7 @@ def test_transient_failures_are_retried_with_backoff_whatever_their_share_then_k
     gaps = [later - earlier for earlier, later in itertools.pairwise(starts)]
     assert gaps[0] >= RETRY_DELAY and gaps[1] >= 2 * RETRY_DELAY, gaps
 
-    files = {f.sop_instance_uid: f for f in exports.files(task_a.id)}
+    files = {f.sop_instance_uid: f for f in exports.items(task_a.id)}
     assert set(files) == set(sops_a)
     for sop in bad_a:
         row = files[sop]
@@ -190,12 +198,12 @@ def test_transient_failures_are_retried_with_backoff_whatever_their_share_then_k
     assert all(Path(files[sop].path).is_file() for sop in bad_a)
 
     # --- B: two of ten failing is not a success either: retried, then failed. ---
-    task_b = exports.get(b_id)
+    task_b = Tasks(exports.ledger).get(b_id)
     assert (task_b.state, task_b.attempts, task_b.failed_count) == ("failed", 3, 2), task_b
     assert {sop: counts[sop] for sop in sops_b} == {
         sop: 3 if sop in bad_b else 1 for sop in sops_b
     }, counts
-    rows_b = {f.sop_instance_uid: f for f in exports.files(b_id)}
+    rows_b = {f.sop_instance_uid: f for f in exports.items(b_id)}
     assert {sop for sop, row in rows_b.items() if row.state == "failed"} == bad_b
     assert all(p.is_file() for p in files_b), "files named on a send are never moved"
 
@@ -227,7 +235,6 @@ def test_refused_files_of_a_forwarded_study_are_kept_until_a_retry_delivers_them
     unhealthy, however many reclaimer runs go by; ``exports retry`` then
     delivers them, and only then are they reclaimed."""
     from health import health
-    from ledger.processing import Processing
 
     files = make_study(tmp_path / "study", 9)
     sops = [sop_uid(p) for p in files]
@@ -246,13 +253,16 @@ def test_refused_files_of_a_forwarded_study_are_kept_until_a_retry_delivers_them
     results = send_files("127.0.0.1", running.port, files, called_ae="DICOMADAPTER")
     assert [status for _, status in results] == [0] * 9
 
-    wait_for(lambda: [t.state for t in exports.tasks()] == ["failed"], timeout=20)
-    [task] = exports.tasks()
+    wait_for(
+        lambda: [t.state for t in Tasks(exports.ledger).listing(TaskKind.EXPORT)] == ["failed"],
+        timeout=20,
+    )
+    [task] = Tasks(exports.ledger).listing(TaskKind.EXPORT)
     assert (task.origin, task.attempts, task.failed_count) == ("forward", 1, 3), task
-    rows = {f.sop_instance_uid: f for f in exports.files(task.id)}
+    rows = {f.sop_instance_uid: f for f in exports.items(task.id)}
     # The spool's copies go (the job succeeded), and so do the delivered links...
     wait_for(lambda: len(running.rows("reclaimed")) == 9, timeout=10)
-    wait_for(lambda: sum(1 for f in exports.files(task.id) if f.reclaimed_at) == 6, timeout=10)
+    wait_for(lambda: sum(1 for f in exports.items(task.id) if f.reclaimed_at) == 6, timeout=10)
     time.sleep(1)  # five more reclaimer runs
     for sop, row in rows.items():
         assert Path(row.path).is_file() == (sop in refused), sop
@@ -261,12 +271,12 @@ def test_refused_files_of_a_forwarded_study_are_kept_until_a_retry_delivers_them
     facts = health(running.config, running.ledger)
     assert not facts["healthy"] and facts["undelivered_files"] == 3, facts
     assert facts["failed_exports"] == [task.id]
-    assert Processing(running.ledger).jobs()[0].state == "succeeded"
+    assert Tasks(running.ledger).listing(TaskKind.PROCESS)[0].state == "succeeded"
 
     flaky.set_phase("accept", fail=())
-    exports.retry(task.id)
-    wait_for(lambda: exports.get(task.id).state == "succeeded", timeout=20)
-    wait_for(lambda: exports.get(task.id).reclaimed_at is not None, timeout=10)
+    Tasks(exports.ledger).retry(task.id)
+    wait_for(lambda: Tasks(exports.ledger).get(task.id).state == "succeeded", timeout=20)
+    wait_for(lambda: Tasks(exports.ledger).get(task.id).reclaimed_at is not None, timeout=10)
     assert not any(Path(row.path).exists() for row in rows.values())
     assert flaky.counts() == {sop: 2 if sop in refused else 1 for sop in sops}
     facts = health(running.config, running.ledger)
@@ -284,8 +294,11 @@ def test_files_never_attempted_after_an_abort_are_sent_on_the_next_attempt(
         running = start_adapter(config)
         exports = running.adapter.exports
         export_id = exports.create(DESTINATION, "send", [spec_for(p, owned=False) for p in files])
-        wait_for(lambda: exports.get(export_id).state in ("succeeded", "failed"), timeout=20)
-        task = exports.get(export_id)
+        wait_for(
+            lambda: Tasks(exports.ledger).get(export_id).state in ("succeeded", "failed"),
+            timeout=20,
+        )
+        task = Tasks(exports.ledger).get(export_id)
         counts, aborts = scp.counts(), scp.aborts
     assert (task.state, task.attempts, task.failed_count) == ("succeeded", 2, 0), task
     assert counts == dict.fromkeys((sop_uid(p) for p in files), 1), counts
@@ -309,14 +322,17 @@ def test_a_sop_class_the_destination_accepts_no_context_for_fails_at_once_and_is
         running = start_adapter(config)
         exports = running.adapter.exports
         drop_into_outbox(tmp_path / "var" / "outbox" / DESTINATION, ct + mr, tmp_path / "scratch")
-        wait_for(lambda: [t.state for t in exports.tasks()] == ["failed"], timeout=20)
-        [task] = exports.tasks()
+        wait_for(
+            lambda: [t.state for t in Tasks(exports.ledger).listing(TaskKind.EXPORT)] == ["failed"],
+            timeout=20,
+        )
+        [task] = Tasks(exports.ledger).listing(TaskKind.EXPORT)
         time.sleep(3 * RETRY_DELAY)  # no retry comes
         counts = scp.counts()
     assert (task.attempts, task.failed_count) == (1, 2), task
-    assert exports.get(task.id).attempts == 1
+    assert Tasks(exports.ledger).get(task.id).attempts == 1
     assert counts == dict.fromkeys((sop_uid(p) for p in ct), 1)
-    for row in exports.files(task.id):
+    for row in exports.items(task.id):
         if row.sop_class_uid == MR_IMAGE:
             assert row.state == "failed" and Path(row.path).is_file(), row
             assert row.error == (
@@ -355,14 +371,17 @@ def test_sigkill_mid_export_sends_again_after_restart(tmp_path: Path) -> None:
             ledger = adapter.ledger()
             exports = Exports(ledger)
             try:
-                task = exports.get(1)
-                assert (task.state, task.attempts) == ("sending", 1), task
+                task = Tasks(exports.ledger).get(1)
+                assert (task.state, task.attempts) == ("running", 1), task
                 assert 0 < len(before_kill) < count, before_kill
 
                 adapter.start()
-                wait_for(lambda: exports.get(1).state in ("succeeded", "failed"), timeout=30)
-                task = exports.get(1)
-                rows = exports.files(1)
+                wait_for(
+                    lambda: Tasks(exports.ledger).get(1).state in ("succeeded", "failed"),
+                    timeout=30,
+                )
+                task = Tasks(exports.ledger).get(1)
+                rows = exports.items(1)
                 events = export_events(exports, 1)
             finally:
                 ledger.engine.dispose()
@@ -373,7 +392,7 @@ def test_sigkill_mid_export_sends_again_after_restart(tmp_path: Path) -> None:
     took = time.monotonic() - began
 
     assert (task.state, task.attempts, task.failed_count) == ("succeeded", 2, 0), task
-    assert ("sending", "pending") in moves(events)
+    assert ("running", "pending") in moves(events)
     assert any(
         e.to_state == "pending" and "interrupted by a restart" in e.reason for e in events
     ), [(e.from_state, e.to_state, e.reason) for e in events]
@@ -419,9 +438,12 @@ def test_a_file_changed_after_queueing_fails_alone(
         specs = [spec_for(path, owned=False) for path in files]
         files[5].write_text("no longer DICOM\n")
         export_id = exports.create("FLAKY", "send", specs)
-        wait_for(lambda: exports.get(export_id).state in ("succeeded", "failed"), timeout=20)
-        task = exports.get(export_id)
+        wait_for(
+            lambda: Tasks(exports.ledger).get(export_id).state in ("succeeded", "failed"),
+            timeout=20,
+        )
+        task = Tasks(exports.ledger).get(export_id)
         assert (task.state, task.failed_count) == ("failed", 1)
-        [bad] = [f for f in exports.files(export_id) if f.state == "failed"]
+        [bad] = [f for f in exports.items(export_id) if f.state == "failed"]
         assert bad.path == str(files[5].resolve()) and "cannot send" in bad.error
         assert sorted(scp.counts().values()) == [1] * 9

@@ -28,7 +28,9 @@ import pytest
 from pydicom.filereader import read_file_meta_info
 
 from ledger.models import TIME_FORMAT
-from ledger.records import ExportRecord
+from ledger.records import TaskRecord
+from ledger.states import TaskKind
+from ledger.tasks import Tasks
 from tests.conftest import ROOT, RunningAdapter, free_port, port_open, wait_for, write_config
 from tests.dcmtk import storescp_popen, storescu
 from tests.dicom import dataset_bytes, make_mixed_set, make_study
@@ -158,13 +160,17 @@ def drop(files: list[Path], outbox: Path, name: str, *, settled: bool = False) -
     return target
 
 
-def tasks_for(running: RunningAdapter, destination_name: str) -> list[ExportRecord]:
-    return [t for t in running.adapter.exports.tasks() if t.destination == destination_name]
+def tasks_for(running: RunningAdapter, destination_name: str) -> list[TaskRecord]:
+    return [
+        t
+        for t in Tasks(running.adapter.exports.ledger).listing(TaskKind.EXPORT)
+        if t.target == destination_name
+    ]
 
 
 def wait_state(
     running: RunningAdapter, export_id: int, state: str, timeout: float = 20
-) -> ExportRecord:
+) -> TaskRecord:
     return follow(running, export_id, state, timeout)[-1]
 
 
@@ -173,17 +179,17 @@ def follow(
     export_id: int,
     until: str,
     timeout: float,
-    on_change: Callable[[ExportRecord], object] = lambda task: None,
-) -> list[ExportRecord]:
+    on_change: Callable[[TaskRecord], object] = lambda task: None,
+) -> list[TaskRecord]:
     """Poll the task every 20 ms until it is in state ``until``.
 
     Returns the task as first seen in each (state, attempts) it went through;
     ``on_change`` is called with each as it is seen.
     """
-    seen: list[ExportRecord] = []
+    seen: list[TaskRecord] = []
     deadline = time.monotonic() + timeout
     while True:
-        task = running.adapter.exports.get(export_id)
+        task = Tasks(running.adapter.exports.ledger).get(export_id)
         if not seen or (task.state, task.attempts) != (seen[-1].state, seen[-1].attempts):
             seen.append(task)
             on_change(task)
@@ -232,15 +238,17 @@ def test_outbox_files_reach_the_destination_byte_identical_then_are_reclaimed(
     originals = make_mixed_set(tmp_path / "results")
     drop(originals, outbox, "results")
 
-    wait_for(lambda: len(running.adapter.exports.tasks()) == 1, timeout=10)
-    [task] = running.adapter.exports.tasks()
+    wait_for(
+        lambda: len(Tasks(running.adapter.exports.ledger).listing(TaskKind.EXPORT)) == 1, timeout=10
+    )
+    [task] = Tasks(running.adapter.exports.ledger).listing(TaskKind.EXPORT)
     task = wait_state(running, task.id, "succeeded")
-    assert (task.destination, task.origin, task.job_id) == ("PACS", "outbox", None)
-    assert (task.file_count, task.failed_count, task.attempts) == (len(originals), 0, 1)
+    assert (task.target, task.origin, task.parent_id) == ("PACS", "outbox", None)
+    assert (task.item_count, task.failed_count, task.attempts) == (len(originals), 0, 1)
     assert task.last_error is None
 
     assert_delivered(originals, scp)
-    files = running.adapter.exports.files(task.id)
+    files = running.adapter.exports.items(task.id)
     by_uid = {str(read_file_meta_info(p).MediaStorageSOPInstanceUID): p for p in originals}
     assert sorted(f.sop_instance_uid for f in files) == sorted(by_uid)
     for file in files:
@@ -254,16 +262,19 @@ def test_outbox_files_reach_the_destination_byte_identical_then_are_reclaimed(
         assert Path(file.path).parent.name == "results"
 
     # retention = 0: the next reclaimer run deletes the staged files, the row stays.
-    wait_for(lambda: running.adapter.exports.get(task.id).reclaimed_at is not None, timeout=10)
-    reclaimed = running.adapter.exports.get(task.id)
+    wait_for(
+        lambda: Tasks(running.adapter.exports.ledger).get(task.id).reclaimed_at is not None,
+        timeout=10,
+    )
+    reclaimed = Tasks(running.adapter.exports.ledger).get(task.id)
     assert reclaimed.state == "succeeded" and reclaimed.reclaimed_at >= reclaimed.finished_at
     assert not any(Path(f.path).exists() for f in files)
     assert [p for p in outbox.rglob("*") if not p.is_dir()] == []
     assert list((outbox / ".sending").iterdir()) == []  # staging folders gone too
     assert [(a, b) for a, b, _ in export_moves(running, task.id)] == [
         (None, "pending"),
-        ("pending", "sending"),
-        ("sending", "succeeded"),
+        ("pending", "running"),
+        ("running", "succeeded"),
         ("succeeded", "succeeded"),  # the reclaim
     ]
 
@@ -287,10 +298,12 @@ def test_a_non_dicom_outbox_file_is_quarantined_and_the_rest_is_sent(
     reason = kept.with_name(kept.name + ".reason").read_text()
     assert "not a DICOM file: no 'DICM' after a 128-byte preamble" in reason
     assert "force" not in reason  # our words, not pydicom's
-    wait_for(lambda: len(running.adapter.exports.tasks()) == 1, timeout=5)
-    [task] = running.adapter.exports.tasks()
+    wait_for(
+        lambda: len(Tasks(running.adapter.exports.ledger).listing(TaskKind.EXPORT)) == 1, timeout=5
+    )
+    [task] = Tasks(running.adapter.exports.ledger).listing(TaskKind.EXPORT)
     task = wait_state(running, task.id, "succeeded")
-    assert (task.file_count, task.failed_count) == (2, 0)
+    assert (task.item_count, task.failed_count) == (2, 0)
     assert_delivered(originals, scp)
 
 
@@ -334,22 +347,22 @@ def test_cli_send_wait_and_echo_against_a_running_adapter(
     assert sent.stdout.splitlines()[1:] == [
         f"export {export_id} succeeded: {count} of {count} files sent"
     ]
-    task = running.adapter.exports.get(export_id)
-    assert (task.origin, task.state, task.file_count, task.failed_count) == (
+    task = Tasks(running.adapter.exports.ledger).get(export_id)
+    assert (task.origin, task.state, task.item_count, task.failed_count) == (
         "send",
         "succeeded",
         count,
         0,
     )
     assert_delivered(originals, scp)
-    files = running.adapter.exports.files(export_id)
+    files = running.adapter.exports.items(export_id)
     assert {(f.state, f.status, f.owned) for f in files} == {("sent", 0, False)}
     assert sorted(f.path for f in files) == sorted(str(p) for p in originals)
 
     # A reclaimer run (retention = 0) leaves them alone: a send task owns no file.
     assert running.adapter.export_reclaimer.tick() == 0  # nothing deleted, nothing logged
     assert {path: path.read_bytes() for path in originals} == before
-    assert running.adapter.exports.get(export_id).reclaimed_at is None
+    assert Tasks(running.adapter.exports.ledger).get(export_id).reclaimed_at is None
 
     # One file that is not DICOM: one error line naming it, nothing queued.
     (folder / "study" / "notes.txt").write_text("not an image\n")
@@ -360,7 +373,9 @@ def test_cli_send_wait_and_echo_against_a_running_adapter(
         f"Error: {folder / 'study' / 'notes.txt'}: not a DICOM file: "
         "no 'DICM' after a 128-byte preamble (DICOM Part 10)"
     )
-    assert [t.id for t in running.adapter.exports.tasks()] == [export_id]
+    assert [t.id for t in Tasks(running.adapter.exports.ledger).listing(TaskKind.EXPORT)] == [
+        export_id
+    ]
     assert {path: path.read_bytes() for path in originals} == before
 
 
@@ -382,17 +397,25 @@ def test_forward_ae_sends_each_received_instance_on_unchanged(
     result = storescu(port, originals)
     assert result.returncode == 0, result.stderr
 
-    wait_for(lambda: [j.state for j in running.adapter.processing.jobs()] == ["succeeded"], 15)
-    [job] = running.adapter.processing.jobs()
-    assert job.processor == "forward" and job.instance_count == len(originals)
-    wait_for(lambda: len(running.adapter.exports.tasks()) == 1, timeout=10)
-    [task] = running.adapter.exports.tasks()
+    wait_for(
+        lambda: (
+            [j.state for j in Tasks(running.adapter.processing.ledger).listing(TaskKind.PROCESS)]
+            == ["succeeded"]
+        ),
+        15,
+    )
+    [job] = Tasks(running.adapter.processing.ledger).listing(TaskKind.PROCESS)
+    assert job.submitter == "forward" and job.item_count == len(originals)
+    wait_for(
+        lambda: len(Tasks(running.adapter.exports.ledger).listing(TaskKind.EXPORT)) == 1, timeout=10
+    )
+    [task] = Tasks(running.adapter.exports.ledger).listing(TaskKind.EXPORT)
     task = wait_state(running, task.id, "succeeded")
-    assert (task.destination, task.origin, task.job_id) == ("PACS", "forward", job.id)
-    assert (task.file_count, task.failed_count) == (len(originals), 0)
+    assert (task.target, task.origin, task.parent_id) == ("PACS", "forward", job.id)
+    assert (task.item_count, task.failed_count) == (len(originals), 0)
 
     assert_delivered(originals, scp)
-    files = running.adapter.exports.files(task.id)
+    files = running.adapter.exports.items(task.id)
     assert {(f.state, f.status, f.owned) for f in files} == {("sent", 0, True)}
     staging = tmp_path / "var" / "outbox" / "PACS" / ".sending" / f"job-{job.id}"
     assert {Path(f.path).parent for f in files} == {staging}
@@ -433,8 +456,8 @@ def test_a_destination_that_is_down_fails_alone_and_is_sent_after_a_retry(
     # failed; while its second waits for an answer, queue more for UP.
     second_up = make_study(tmp_path / "for-up-2", 1)
 
-    def while_second_attempt(task: ExportRecord) -> None:
-        if (task.state, task.attempts) == ("sending", 2):
+    def while_second_attempt(task: TaskRecord) -> None:
+        if (task.state, task.attempts) == ("running", 2):
             drop(second_up, up_outbox, "second", settled=True)
 
     seen = follow(running, down_id, "failed", timeout=30, on_change=while_second_attempt)
@@ -442,11 +465,11 @@ def test_a_destination_that_is_down_fails_alone_and_is_sent_after_a_retry(
     if states[0] == ("pending", 0):  # else the first attempt began before we looked
         states.pop(0)
     assert states == [
-        ("sending", 1),
+        ("running", 1),
         ("pending", 1),
-        ("sending", 2),
+        ("running", 2),
         ("pending", 2),
-        ("sending", 3),
+        ("running", 3),
         ("failed", 3),
     ]
     # Each retry after the backoff: retry_delay, then twice that.
@@ -458,19 +481,19 @@ def test_a_destination_that_is_down_fails_alone_and_is_sent_after_a_retry(
     up_tasks = [wait_state(running, t.id, "succeeded") for t in tasks_for(running, "UP")]
 
     down = wait_state(running, down_id, "failed", timeout=20)
-    assert (down.attempts, down.file_count, down.failed_count) == (3, 3, 3)
+    assert (down.attempts, down.item_count, down.failed_count) == (3, 3, 3)
     peer = f"DOWNAE@127.0.0.1:{down_port}"
     refused = f"{peer} did not answer (refused, aborted or timed out)"
     assert down.last_error == f"not attempted: {refused}"
-    assert {(f.state, f.status, f.error) for f in running.adapter.exports.files(down_id)} == {
+    assert {(f.state, f.status, f.error) for f in running.adapter.exports.items(down_id)} == {
         ("failed", None, down.last_error)
     }
     assert [t.attempts for t in up_tasks] == [1, 1]
     assert_delivered(first_up + second_up, up)
 
     moves = export_moves(running, down_id)
-    assert [to for _, to, _ in moves] == ["pending"] + ["sending", "pending"] * 2 + [
-        "sending",
+    assert [to for _, to, _ in moves] == ["pending"] + ["running", "pending"] * 2 + [
+        "running",
         "failed",
     ]
     at = [datetime.strptime(when, TIME_FORMAT).replace(tzinfo=UTC) for _, _, when in moves]
@@ -486,8 +509,10 @@ def test_a_destination_that_is_down_fails_alone_and_is_sent_after_a_retry(
     listed = cli("exports", "--state", "failed", config=config)
     assert listed.returncode == 0, listed.stderr
     header, *rows = listed.stdout.splitlines()
-    assert header.split()[:6] == ["ID", "STATE", "DESTINATION", "FILES", "FAILED", "ATTEMPTS"]
-    assert [row.split()[:6] for row in rows] == [[str(down_id), "failed", "DOWN", "3", "3", "3"]]
+    assert header.split()[:7] == ["ID", "KIND", "STATE", "TARGET", "ITEMS", "FAILED", "ATTEMPTS"]
+    assert [row.split()[:7] for row in rows] == [
+        [str(down_id), "export", "failed", "DOWN", "3", "3", "3"]
+    ]
     assert peer in rows[0]
 
     # The peer comes back: a retry sends the task, with fresh attempts.
@@ -498,7 +523,7 @@ def test_a_destination_that_is_down_fails_alone_and_is_sent_after_a_retry(
     assert retried.stdout == f"export {down_id} is pending again (3 files)\n"
     down = wait_state(running, down_id, "succeeded", timeout=10)
     assert (down.attempts, down.failed_count, down.last_error) == (1, 0, None)
-    assert {(f.state, f.status) for f in running.adapter.exports.files(down_id)} == {("sent", 0)}
+    assert {(f.state, f.status) for f in running.adapter.exports.items(down_id)} == {("sent", 0)}
     assert_delivered(down_files, back)
     assert all(path.exists() for path in down_files)  # sent, not moved
 
@@ -535,11 +560,14 @@ def test_an_outbox_symlink_or_fifo_is_quarantined_never_followed_and_its_target_
     assert all(
         "not a regular file (symlinks, FIFOs and devices are not followed)" in r for r in reasons
     )
-    wait_for(lambda: running.adapter.exports.tasks(), timeout=10)
-    [task] = running.adapter.exports.tasks()
+    wait_for(lambda: Tasks(running.adapter.exports.ledger).listing(TaskKind.EXPORT), timeout=10)
+    [task] = Tasks(running.adapter.exports.ledger).listing(TaskKind.EXPORT)
     task = wait_state(running, task.id, "succeeded")
-    assert task.file_count == 1
-    wait_for(lambda: running.adapter.exports.get(task.id).reclaimed_at is not None, timeout=10)
+    assert task.item_count == 1
+    wait_for(
+        lambda: Tasks(running.adapter.exports.ledger).get(task.id).reclaimed_at is not None,
+        timeout=10,
+    )
     assert outside.read_bytes() == before, "the link's target must be neither sent nor deleted"
     assert set(scp.received()) == {str(read_file_meta_info(regular).MediaStorageSOPInstanceUID)}
 

@@ -19,8 +19,10 @@ from errors import IllegalTransition
 from ledger.db import make_engine
 from ledger.exports import Exports
 from ledger.migrate import upgrade
-from ledger.records import ExportFileSpec, FileOutcome
+from ledger.records import ItemOutcome, ItemSpec
+from ledger.states import TaskKind
 from ledger.store import Ledger
+from ledger.tasks import Tasks
 
 T0 = datetime(2026, 11, 27, 12, 0, 0, tzinfo=UTC)
 LATER = T0 + timedelta(seconds=30)
@@ -35,7 +37,7 @@ def exports(tmp_path: Path) -> Exports:
 
 def queue(exports: Exports, count: int, owned: bool = True) -> int:
     specs = [
-        ExportFileSpec(
+        ItemSpec(
             path=f"/out/{i}.dcm",
             owned=owned,
             sop_instance_uid=f"1.{i}",
@@ -54,25 +56,25 @@ REFUSED = "refused"  # 0xC000
 UNTRIED = "untried"  # the association was lost before it
 
 
-def outcomes(exports: Exports, export_id: int, kinds: list[str]) -> list[FileOutcome]:
+def outcomes(exports: Exports, export_id: int, kinds: list[str]) -> list[ItemOutcome]:
     """One outcome per pending file of the task, of the kinds given in order."""
     made = {
-        SENT: lambda i: FileOutcome(i, 0, None),
-        AGAIN: lambda i: FileOutcome(i, 0xA700, "destination answered 0xA700", retry=True),
-        REFUSED: lambda i: FileOutcome(i, 0xC000, "destination answered 0xC000"),
-        UNTRIED: lambda i: FileOutcome(i, None, "not attempted: lost", True, attempted=False),
+        SENT: lambda i: ItemOutcome(i, 0, None),
+        AGAIN: lambda i: ItemOutcome(i, 0xA700, "destination answered 0xA700", retry=True),
+        REFUSED: lambda i: ItemOutcome(i, 0xC000, "destination answered 0xC000"),
+        UNTRIED: lambda i: ItemOutcome(i, None, "not attempted: lost", True, attempted=False),
     }
-    files = exports.files(export_id, "pending")
+    files = exports.items(export_id, "pending")
     return [made[kind](f.id) for f, kind in zip(files, kinds, strict=True)]
 
 
 def attempt(exports: Exports, export_id: int, kinds: list[str], retry_at=LATER):
-    exports.start(export_id, T0)
+    Tasks(exports.ledger).start(export_id, T0)
     return exports.settle(export_id, outcomes(exports, export_id, kinds), retry_at, T0)
 
 
 def file_states(exports: Exports, export_id: int) -> list[str]:
-    return [f.state for f in exports.files(export_id)]
+    return [f.state for f in exports.items(export_id)]
 
 
 @pytest.mark.parametrize(
@@ -102,7 +104,7 @@ def test_a_retry_sends_only_what_is_pending_then_out_of_retries_fails_it(
 ) -> None:
     export_id = queue(exports, 4)
     attempt(exports, export_id, [SENT, REFUSED, AGAIN, UNTRIED])
-    assert [f.sop_instance_uid for f in exports.files(export_id, "pending")] == ["1.2", "1.3"]
+    assert [f.sop_instance_uid for f in exports.items(export_id, "pending")] == ["1.2", "1.3"]
     task = attempt(exports, export_id, [SENT, AGAIN], retry_at=None)
     assert (task.state, task.attempts, task.failed_count) == ("failed", 2, 2)
     assert file_states(exports, export_id) == [SENT, "failed", SENT, "failed"]
@@ -114,7 +116,7 @@ def test_a_file_an_attempt_failed_on_goes_after_those_not_yet_tried(exports: Exp
     export_id = queue(exports, 4)
     attempt(exports, export_id, [SENT, AGAIN, UNTRIED, UNTRIED])
     assert [f.sop_instance_uid for f in exports.to_send(export_id)] == ["1.2", "1.3", "1.1"]
-    assert [f.failures for f in exports.files(export_id)] == [0, 1, 0, 0]
+    assert [f.failures for f in exports.items(export_id)] == [0, 1, 0, 0]
 
 
 def test_retry_requeues_the_undelivered_files_and_discard_gives_them_up(
@@ -122,18 +124,18 @@ def test_retry_requeues_the_undelivered_files_and_discard_gives_them_up(
 ) -> None:
     export_id = queue(exports, 3)
     attempt(exports, export_id, [SENT, REFUSED, REFUSED])
-    with pytest.raises(IllegalTransition, match="an export in state 'failed' to 'sending'"):
-        exports.start(export_id, T0)
-    again = exports.retry(export_id, T0 + timedelta(seconds=5))
+    with pytest.raises(IllegalTransition, match="an export in state 'failed' to 'running'"):
+        Tasks(exports.ledger).start(export_id, T0)
+    again = Tasks(exports.ledger).retry(export_id, T0 + timedelta(seconds=5))
     assert (again.state, again.attempts) == ("pending", 0)
     assert file_states(exports, export_id) == [SENT, "pending", "pending"]
-    assert exports.due("PACS", T0 + timedelta(seconds=5)) == [again]
+    assert Tasks(exports.ledger).due(T0 + timedelta(seconds=5)) == [again]
     attempt(exports, export_id, [REFUSED, REFUSED])
-    task = exports.discard(export_id, "destination decommissioned")
-    assert task.state == "discarded"
+    assert Tasks(exports.ledger).discard(export_id, "destination decommissioned") == 2
+    assert Tasks(exports.ledger).get(export_id).state == "discarded"
     assert file_states(exports, export_id) == [SENT, "discarded", "discarded"]
     with pytest.raises(IllegalTransition):
-        exports.retry(export_id)
+        Tasks(exports.ledger).retry(export_id)
     with exports.ledger.engine.connect() as connection:
         [reason] = connection.execute(
             text("SELECT reason FROM export_events WHERE to_state = 'discarded'")
@@ -144,34 +146,36 @@ def test_retry_requeues_the_undelivered_files_and_discard_gives_them_up(
 def test_only_delivered_owned_files_are_reclaimable(exports: Exports) -> None:
     export_id = queue(exports, 3)
     attempt(exports, export_id, [SENT, REFUSED, AGAIN])
-    assert exports.reclaimable_files("PACS", 60, T0 + timedelta(seconds=59)) == []
-    [due] = exports.reclaimable_files("PACS", 60, T0 + timedelta(seconds=60))
+    assert exports.reclaimable_items("PACS", 60, T0 + timedelta(seconds=59)) == []
+    [due] = exports.reclaimable_items("PACS", 60, T0 + timedelta(seconds=60))
     assert due.sop_instance_uid == "1.0"
     exports.mark_reclaimed([due.id], "deleted", T0 + timedelta(seconds=60))
-    assert exports.reclaimable_files("PACS", 0, T0 + timedelta(days=1)) == []
-    assert exports.get(export_id).reclaimed_at is None, "two owned files are still on disk"
-    assert [f.sop_instance_uid for f in exports.owned_files(["pending", "failed"])] == [
+    assert exports.reclaimable_items("PACS", 0, T0 + timedelta(days=1)) == []
+    assert Tasks(exports.ledger).get(export_id).reclaimed_at is None, (
+        "two owned files are still on disk"
+    )
+    assert [f.sop_instance_uid for f in exports.owned_items(["pending", "failed"])] == [
         "1.1",
         "1.2",
     ]
     not_owned = queue(exports, 1, owned=False)
     attempt(exports, not_owned, [SENT])
-    assert exports.reclaimable_files("PACS", 0, T0 + timedelta(days=1)) == []
+    assert exports.reclaimable_items("PACS", 0, T0 + timedelta(days=1)) == []
 
 
 def test_a_task_is_reclaimed_once_its_last_owned_file_goes(exports: Exports) -> None:
     export_id = queue(exports, 2)
     attempt(exports, export_id, [SENT, SENT])
-    files = exports.reclaimable_files("PACS", 0, T0)
+    files = exports.reclaimable_items("PACS", 0, T0)
     exports.mark_reclaimed([f.id for f in files], "deleted", T0)
-    assert exports.get(export_id).reclaimed_at == T0
+    assert Tasks(exports.ledger).get(export_id).reclaimed_at == T0
 
 
 def test_a_restart_sends_again_and_history_says_why(exports: Exports) -> None:
     export_id = queue(exports, 2)
-    exports.start(export_id, T0)
-    assert exports.recover(T0 + timedelta(seconds=1)) == 1
-    assert exports.get(export_id).state == "pending"
+    Tasks(exports.ledger).start(export_id, T0)
+    assert Tasks(exports.ledger).recover(T0 + timedelta(seconds=1))[TaskKind.EXPORT] == 1
+    assert Tasks(exports.ledger).get(export_id).state == "pending"
     with exports.ledger.engine.connect() as connection:
         reasons = list(
             connection.execute(
@@ -181,8 +185,8 @@ def test_a_restart_sends_again_and_history_says_why(exports: Exports) -> None:
         )
     assert reasons == [
         "2 files from outbox for PACS",
-        "sending",
-        "interrupted by a restart: send again",
+        "started",
+        "interrupted by a restart: run again",
     ]
 
 
@@ -215,12 +219,18 @@ def test_migration_reopens_tasks_an_older_version_called_succeeded(tmp_path: Pat
                 )
     upgrade(engine)
     exports = Exports(Ledger(engine))
-    assert [(t.id, t.state) for t in exports.tasks()] == [(1, "failed"), (2, "succeeded")]
+    assert [(t.id, t.state) for t in Tasks(exports.ledger).listing(TaskKind.EXPORT)] == [
+        (1, "failed"),
+        (2, "succeeded"),
+    ]
     with engine.connect() as connection:
-        [reason] = connection.execute(
-            text("SELECT reason FROM export_events WHERE export_id = 1")
+        reasons = connection.execute(
+            text("SELECT reason FROM export_events WHERE export_id = 1 ORDER BY id")
         ).scalars()
-    assert reason == "reopened by ledger migration 0006: undelivered files: 1"
+        assert list(reasons) == [
+            "reopened by ledger migration 0006: undelivered files: 1",
+            "export 1 is task 1 since ledger migration 0007",
+        ]
     engine.dispose()
 
 
@@ -268,6 +278,6 @@ def test_migration_links_existing_forward_files_to_their_instances(tmp_path: Pat
             )
     upgrade(engine)
     ledger = Ledger(engine)
-    assert [f.instance_id for f in Exports(ledger).files(3)] == [41, 42]
+    assert [f.instance_id for f in Exports(ledger).items(10)] == [41, 42]
     assert delivery.forwarded_not_delivered(ledger) == []
     engine.dispose()

@@ -15,6 +15,8 @@ import pytest
 from config import config_warnings, load_config
 from health import health
 from ledger.delivery import reclaimed_without_a_finished_job
+from ledger.states import TaskKind
+from ledger.tasks import Tasks
 from tests.conftest import AdapterProcess, wait_for, write_config
 from tests.dicom import make_study
 from tests.peers.send import send_files
@@ -120,18 +122,21 @@ def test_a_failed_job_can_be_discarded_keeping_or_deleting_its_files(
     files = make_study(tmp_path / "study", 3)
     assert [s for _, s in send_files("127.0.0.1", port, files, called_ae="DICOMADAPTER")] == [0] * 3
     processing = running.adapter.processing
-    wait_for(lambda: [j.state for j in processing.jobs()] == ["failed"], timeout=30)
-    (job,) = processing.jobs()
+    wait_for(
+        lambda: [j.state for j in Tasks(processing.ledger).listing(TaskKind.PROCESS)] == ["failed"],
+        timeout=30,
+    )
+    (job,) = Tasks(processing.ledger).listing(TaskKind.PROCESS)
     assert health(running.config, running.ledger)["failed_jobs"] == [job.id]
 
     refused = cli("jobs", "discard", str(job.id), "--config", str(path), input="n\n")
-    assert refused.returncode == 1 and processing.job(job.id).state == "failed"
+    assert refused.returncode == 1 and Tasks(processing.ledger).get(job.id).state == "failed"
     result = cli("jobs", "discard", str(job.id), "--config", str(path), input="y\n")
     assert result.returncode == 0, result.stderr
     assert result.stdout.endswith(
-        f"job {job.id} discarded (3 instances, files kept in the spool)\n"
+        f"job {job.id} discarded (3 undelivered instances, files kept in the spool)\n"
     )
-    assert processing.job(job.id).state == "discarded"
+    assert Tasks(processing.ledger).get(job.id).state == "discarded"
     assert health(running.config, running.ledger)["failed_jobs"] == []
     rows = running.rows()
     assert {r.state for r in rows} == {"claimed"} and all(Path(r.path).exists() for r in rows)
@@ -139,10 +144,16 @@ def test_a_failed_job_can_be_discarded_keeping_or_deleting_its_files(
         (reason,) = db.execute(
             "SELECT reason FROM job_events WHERE job_id = ? ORDER BY id DESC LIMIT 1", (job.id,)
         ).fetchone()
-    assert reason == "dicom-adapter jobs discard (files kept in the spool)"
+    assert (
+        reason
+        == "3 undelivered instances given up: dicom-adapter jobs discard (files kept in the spool)"
+    )
 
     later = cli("jobs", "discard", str(job.id), "--delete-files", "--yes", "--config", str(path))
-    assert later.stdout == f"job {job.id} discarded (3 instances, files deleted by the reclaimer)\n"
+    assert (
+        later.stdout
+        == f"job {job.id} discarded (3 undelivered instances, files deleted by the reclaimer)\n"
+    )
     running.adapter.reclaimer.tick()
     assert {r.state for r in running.rows()} == {"reclaimed"}
     assert not any(Path(r.path).exists() for r in rows)

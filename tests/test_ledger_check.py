@@ -28,9 +28,10 @@ from ledger.db import make_engine
 from ledger.exports import Exports
 from ledger.migrate import MIGRATIONS, head_revision
 from ledger.processing import Processing
-from ledger.records import FileOutcome, InstanceRecord
-from ledger.states import ExportState, JobState, State
+from ledger.records import InstanceRecord, ItemOutcome
+from ledger.states import State, TaskKind, TaskState
 from ledger.store import Ledger
+from ledger.tasks import Tasks
 from tests.conftest import AdapterProcess, RunningAdapter, wait_for, write_config
 from tests.dicom import make_study
 from tests.peers.send import send_files
@@ -108,10 +109,10 @@ def test_check_reports_each_problem_and_repair_fixes_it(
     # A job and an export the service was in the middle of when it stopped.
     job = processing.claim_group(AE, running_uid, "command", "quiet for 5s")
     assert job is not None
-    processing.start(job.id)
+    Tasks(processing.ledger).start(job.id)
     [sent] = make_study(tmp_path / "out", 1)
     export_id = exports.create(DESTINATION, "send", [spec_for(sent, owned=False)])
-    exports.start(export_id)
+    Tasks(exports.ledger).start(export_id)
     # A claim whose job never made it into the ledger.
     [stuck] = rows_of(running, claimed_uid)
     with ledger.transaction() as tx:
@@ -144,10 +145,10 @@ def test_check_reports_each_problem_and_repair_fixes_it(
     assert f"instance {gone.id}:" in found["missing"] and gone.path in found["missing"]
     assert f"instance {stuck.id}:" in found["stuck-claim"]
     assert found["interrupted-job"].startswith(f"job {job.id}: running")
-    assert found["interrupted-export"].startswith(f"export {export_id}: sending")
+    assert found["interrupted-export"].startswith(f"export {export_id}: running")
     # Read-only: nothing moved, nothing deleted, no history written.
     assert temporary.exists() and ledger.event_count() == events
-    assert processing.job(job.id).state == JobState.RUNNING
+    assert Tasks(processing.ledger).get(job.id).state == TaskState.RUNNING
 
     assert fsck.repair(config) == fsck.Report(findings=(), repaired=True)
 
@@ -156,8 +157,8 @@ def test_check_reports_each_problem_and_repair_fixes_it(
     assert adopted.state == State.RECEIVED
     assert ledger.get(gone.id).missing_since is not None
     assert ledger.get(stuck.id).state == State.RECEIVED
-    assert processing.job(job.id).state == JobState.PENDING
-    assert exports.get(export_id).state == ExportState.PENDING
+    assert Tasks(processing.ledger).get(job.id).state == TaskState.PENDING
+    assert Tasks(exports.ledger).get(export_id).state == TaskState.PENDING
     assert fsck.check(config).ok
 
 
@@ -170,12 +171,12 @@ def test_failed_jobs_and_exports_are_reported_and_left_for_a_human(
     processing, exports = Processing(running.ledger), Exports(running.ledger)
     job = processing.claim_group(AE, study_uid, "command", "quiet for 5s")
     assert job is not None
-    processing.start(job.id)
-    processing.fail(job.id, "exit status 3\nTraceback (most recent call last):", None)
+    Tasks(processing.ledger).start(job.id)
+    processing.settle(job.id, "exit status 3\nTraceback (most recent call last):", None)
     export_id = exports.create(DESTINATION, "send", [spec_for(files[0], owned=False)])
-    exports.start(export_id)
-    [file] = exports.files(export_id)
-    outcome = FileOutcome(file.id, OUT_OF_RESOURCES, "0xA700: out of resources", retry=True)
+    Tasks(exports.ledger).start(export_id)
+    [file] = exports.items(export_id)
+    outcome = ItemOutcome(file.id, OUT_OF_RESOURCES, "0xA700: out of resources", retry=True)
     exports.settle(export_id, [outcome], None)
 
     report = fsck.check(running.config)
@@ -183,12 +184,12 @@ def test_failed_jobs_and_exports_are_reported_and_left_for_a_human(
     found = by_kind(report)
     assert sorted(found) == ["failed-export", "failed-job"]
     assert "exit status 3" in found["failed-job"] and "Traceback" not in found["failed-job"]
-    assert f"dicom-adapter jobs retry {job.id}" in found["failed-job"]
-    assert f"dicom-adapter exports retry {export_id}" in found["failed-export"]
+    assert f"dicom-adapter tasks retry {job.id}" in found["failed-job"]
+    assert f"dicom-adapter tasks retry {export_id}" in found["failed-export"]
     repaired = fsck.repair(running.config)
     assert repaired == fsck.Report(findings=report.findings, repaired=True)
-    assert processing.job(job.id).state == JobState.FAILED
-    assert exports.get(export_id).state == ExportState.FAILED
+    assert Tasks(processing.ledger).get(job.id).state == TaskState.FAILED
+    assert Tasks(exports.ledger).get(export_id).state == TaskState.FAILED
 
 
 def test_repair_kills_the_command_a_killed_adapter_left_running(
@@ -217,7 +218,9 @@ def test_repair_kills_the_command_a_killed_adapter_left_running(
     wait_for(lambda: not alive(pid))
     assert not pid_file.exists()
     engine = make_engine(config.ledger.url)
-    assert [job.state for job in Processing(Ledger(engine)).jobs()] == [JobState.PENDING]
+    assert [job.state for job in Tasks(Ledger(engine)).listing(TaskKind.PROCESS)] == [
+        TaskState.PENDING
+    ]
     engine.dispose()
 
 
@@ -293,25 +296,25 @@ def test_an_acknowledged_instance_gone_without_delivery_is_lost(
     processing, exports = Processing(running.ledger), Exports(running.ledger)
     job = processing.claim_group(AE, study_uid, "forward", "quiet for 5s")
     assert job is not None
-    job = processing.start(job.id)
+    job = Tasks(processing.ledger).start(job.id)
     instances = processing.job_instances(job.id)
     submission = prepare(tmp_path / "jobs", job, instances, 0x0020000D)
     ForwardSubmitter(exports, {DESTINATION: tmp_path / "outbox"}).submit(submission)
-    processing.succeed(job.id)
+    processing.settle(job.id, None, None)
     layout = SpoolLayout(running.config.storage.spool)
     Reclaimer(processing, layout, tmp_path / "jobs", {AE: 0}).tick()
     assert {row.state for row in running.rows()} == {State.RECLAIMED}
     assert fsck.check(running.config).ok, "the links carry the instances"
 
-    [task] = exports.tasks()
-    delivered, refused, vanished = exports.files(task.id)
-    exports.start(task.id)
+    [task] = Tasks(exports.ledger).listing(TaskKind.EXPORT)
+    delivered, refused, vanished = exports.items(task.id)
+    Tasks(exports.ledger).start(task.id)
     exports.settle(
         task.id,
         [
-            FileOutcome(delivered.id, 0, None),
-            FileOutcome(refused.id, 0xC000, "destination answered 0xC000"),
-            FileOutcome(vanished.id, 0xA700, "destination answered 0xA700", retry=True),
+            ItemOutcome(delivered.id, 0, None),
+            ItemOutcome(refused.id, 0xC000, "destination answered 0xC000"),
+            ItemOutcome(vanished.id, 0xA700, "destination answered 0xA700", retry=True),
         ],
         None,
     )

@@ -53,12 +53,12 @@ def test_metrics_tell_what_happened(start_adapter, tmp_path: Path, port: int) ->
     assert values['dicom_adapter_received_bytes_total{called_ae="DICOMADAPTER"}'] == size
     assert values['dicom_adapter_associations_rejected_total{reason="called_ae"}'] == 1
     assert values['dicom_adapter_ledger_instances{state="received"}'] == 3
-    assert values['dicom_adapter_jobs{state="failed"}'] == 0
-    assert values['dicom_adapter_exports{state="pending"}'] == 0
+    assert values['dicom_adapter_tasks{kind="process",state="failed"}'] == 0
+    assert values['dicom_adapter_tasks{kind="export",state="pending"}'] == 0
     assert 0 < values["dicom_adapter_oldest_open_group_seconds"] < 60
     assert values["dicom_adapter_spool_free_bytes"] > 0
     assert values["dicom_adapter_intake_queued"] == 0
-    assert values['dicom_adapter_export_files{state="failed"}'] == 0
+    assert values['dicom_adapter_task_items{state="failed"}'] == 0
 
 
 def test_no_endpoint_unless_configured(adapter) -> None:

@@ -27,8 +27,10 @@ from pydicom import dcmread
 from pydicom.uid import CTImageStorage, MRImageStorage, generate_uid
 
 from ledger.models import TIME_FORMAT, utcnow
-from ledger.records import InstanceRecord, JobRecord
-from tests.conftest import ROOT, RunningAdapter, wait_for, write_config
+from ledger.records import InstanceRecord, TaskRecord
+from ledger.states import TaskKind
+from ledger.tasks import Tasks
+from tests.conftest import ROOT, THREE_ATTEMPTS_THEN_FAILED, RunningAdapter, wait_for, write_config
 from tests.dcmtk import storescu, storescu_popen
 from tests.dicom import make_instance, make_study
 from tests.peers.send import send_files
@@ -167,8 +169,8 @@ def jobs_root(running: RunningAdapter) -> Path:
     return getattr(running.config.storage, "jobs", running.spool / "jobs")
 
 
-def jobs(running: RunningAdapter) -> list[JobRecord]:
-    return running.adapter.processing.jobs()
+def jobs(running: RunningAdapter) -> list[TaskRecord]:
+    return Tasks(running.adapter.processing.ledger).listing(TaskKind.PROCESS)
 
 
 def when(text: str) -> datetime:
@@ -235,7 +237,7 @@ def test_interleaved_studies_each_run_once_then_are_reclaimed(
     for run in recorded:
         sops = expected[run["study_instance_uid"]]
         job = finished[run["job_id"]]
-        assert (job.state, job.group_key, job.instance_count) == (
+        assert (job.state, job.group_key, job.item_count) == (
             "succeeded",
             run["study_instance_uid"],
             6,
@@ -291,28 +293,20 @@ def test_failing_command_backs_off_fails_and_is_retried_by_hand(
     waiting: dict[int, datetime] = {}
 
     def failed() -> bool:
-        current = running.adapter.processing.job(job.id)
+        current = Tasks(running.adapter.processing.ledger).get(job.id)
         if current.state == "pending" and current.attempts:
             waiting.setdefault(current.attempts, current.next_attempt_at)
         return current.state == "failed"
 
     wait_for(failed, timeout=20, interval=0.01)
-    job = running.adapter.processing.job(job.id)
+    job = Tasks(running.adapter.processing.ledger).get(job.id)
     error = f"command exited with 3: error: upstream refused study {study_uid}"
     assert (job.attempts, job.last_error, job.next_attempt_at) == (3, error, None)
     assert [run["attempt"] for run in runs(tmp_path)] == [1, 2, 3]
 
     # Backoff: each retry was due retry_delay * 2**(attempt-1) after its failure.
     events = job_history(running, job.id)
-    assert [(a, b) for a, b, _, _ in events] == [
-        (None, "pending"),
-        ("pending", "running"),
-        ("running", "pending"),
-        ("pending", "running"),
-        ("running", "pending"),
-        ("pending", "running"),
-        ("running", "failed"),
-    ]
+    assert [(a, b) for a, b, _, _ in events] == THREE_ATTEMPTS_THEN_FAILED
     failures = [when(at) for a, b, at, _ in events if a == "running"]
     starts = [when(at) for a, b, at, _ in events if b == "running"]
     assert sorted(waiting) == [1, 2]
@@ -320,7 +314,7 @@ def test_failing_command_backs_off_fails_and_is_retried_by_hand(
     assert due == [timedelta(seconds=0.2), timedelta(seconds=0.4)]
     gaps = [starts[n] - failures[n - 1] for n in (1, 2)]
     assert gaps[0] >= timedelta(seconds=0.2) and gaps[1] >= timedelta(seconds=0.4)
-    assert events[-1][3] == f"failed, no retries left: {error}"
+    assert events[-1][3].endswith(f"delivered: no retries left: {error}")
 
     # Failed: instances stay claimed, on disk; the job folder keeps the output.
     for row in running.rows():
@@ -334,8 +328,18 @@ def test_failing_command_backs_off_fails_and_is_retried_by_hand(
     listed = dicom_adapter("jobs", "--state", "failed", config=config)
     assert listed.returncode == 0, listed.stderr
     header, line = listed.stdout.splitlines()
-    assert header.split()[:5] == ["ID", "STATE", "AE", "INSTANCES", "ATTEMPTS"]
-    assert line.split(None, 6) == [str(job.id), "failed", AE, "4", "3", study_uid, error[:80]]
+    assert header.split()[:7] == ["ID", "KIND", "STATE", "TARGET", "ITEMS", "FAILED", "ATTEMPTS"]
+    assert line.split(None, 8) == [
+        str(job.id),
+        "job",
+        "failed",
+        AE,
+        "4",
+        "4",
+        "3",
+        study_uid,
+        error[:80],
+    ]
     reported = dicom_adapter("status", "--json", config=config)
     assert reported.returncode == 1, reported.stderr  # a failed job is unhealthy
     status = json.loads(reported.stdout)
@@ -348,7 +352,7 @@ def test_failing_command_backs_off_fails_and_is_retried_by_hand(
     assert retried.returncode == 0, retried.stderr
     assert retried.stdout == f"job {job.id} is pending again (4 instances)\n"
     wait_for(all_in(running, "reclaimed", 4), timeout=20)
-    job = running.adapter.processing.job(job.id)
+    job = Tasks(running.adapter.processing.ledger).get(job.id)
     assert (job.state, job.attempts, job.last_error) == ("succeeded", 1, None)
     recorded = runs(tmp_path)
     assert [run["attempt"] for run in recorded] == [1, 2, 3, 1]
@@ -456,7 +460,7 @@ def test_max_wait_closes_a_busy_group_and_late_arrivals_start_a_new_one(
     rows = running.rows()
     found = jobs(running)
     assert len(found) >= 2 and {job.group_key for job in found} == {study_uid}
-    assert sum(job.instance_count for job in found) == 12
+    assert sum(job.item_count for job in found) == 12
     first = found[0]
     assert first.created_at < max(row.received_at for row in rows)  # claimed mid-stream
     assert "max_wait 0.6s" in job_history(running, first.id)[0][3]
@@ -538,7 +542,7 @@ def test_declined_sop_classes_skip_processing_and_are_reclaimed(
     assert [name for name in run["files"] if name.endswith(".dcm")] == sorted(
         f"{sop_uid(path)}.dcm" for path in ct
     )
-    assert (job.state, job.instance_count) == ("succeeded", 3)
+    assert (job.state, job.item_count) == ("succeeded", 3)
     assert list((running.spool / AE).iterdir()) == []
 
 
@@ -569,7 +573,7 @@ def test_ae_without_processor_keeps_instances_received_and_on_disk(
     later = utcnow() + timedelta(days=1)
     assert "PLAIN" not in running.adapter.groupers
     assert sum(grouper.tick(later) for grouper in running.adapter.groupers.values()) == 0
-    assert running.adapter.dispatcher.tick(later) == 0
+    assert running.adapter.runner.tick(later) == 0
     assert running.adapter.reclaimer.tick(later) == 0
 
     plain: list[InstanceRecord] = [row for row in running.rows() if row.called_ae == "PLAIN"]
@@ -578,5 +582,5 @@ def test_ae_without_processor_keeps_instances_received_and_on_disk(
         assert (row.state, row.job_id) == ("received", None)
         assert Path(row.path).is_file()
         assert moves(running, row.id) == [(None, "received")]
-    assert {job.called_ae for job in jobs(running)} == {AE}
+    assert {job.target for job in jobs(running)} == {AE}
     assert query(running, "SELECT count(*) FROM jobs WHERE called_ae = 'PLAIN'") == [(0,)]

@@ -11,11 +11,13 @@ from sqlalchemy import update
 from errors import IllegalTransition
 from ledger.db import make_engine
 from ledger.migrate import upgrade
-from ledger.processing import JOBS, Processing, idempotency_key
+from ledger.processing import Processing, idempotency_key
 from ledger.records import NewInstance
-from ledger.states import JobState
+from ledger.states import TaskState
 from ledger.store import INSTANCES, Ledger
-from processors.dispatcher import DispatchRules
+from ledger.tasks import TASKS as JOBS
+from ledger.tasks import Tasks
+from tasks.lanes import Retries
 
 T0 = datetime(2026, 11, 27, 12, 0, 0, tzinfo=UTC)
 
@@ -72,31 +74,31 @@ def test_claim_makes_one_pending_job_with_a_content_key(processing: Processing) 
     ids = [add(processing, sop, "9.1", T0) for sop in ("1.1", "1.2")]
     job = processing.claim_group("AE1", "9.1", "command", "quiet", T0)
     assert job is not None
-    assert (job.state, job.attempts, job.instance_count) == ("pending", 0, 2)
+    assert (job.state, job.attempts, job.item_count) == ("pending", 0, 2)
     assert job.idempotency_key == idempotency_key("command", "AE1", "9.1", ["1.2", "1.1"])
     assert [i.state for i in processing.job_instances(job.id)] == ["claimed", "claimed"]
     assert [i.job_id for i in processing.ledger.instances_by_id(ids)] == [job.id, job.id]
     assert processing.claim_group("AE1", "9.1", "command", "again", T0) is None
-    assert processing.due_jobs(T0) == [job]
-    assert processing.due_jobs(T0 - timedelta(seconds=1)) == []
+    assert Tasks(processing.ledger).due(T0) == [job]
+    assert Tasks(processing.ledger).due(T0 - timedelta(seconds=1)) == []
 
 
 def test_job_lifecycle_and_its_history(processing: Processing) -> None:
     add(processing, "1.1", "9.1", T0)
     job = processing.claim_group("AE1", "9.1", "command", "quiet", T0)
-    assert processing.start(job.id, T0).attempts == 1
-    processing.fail(job.id, "exit 3", T0 + timedelta(seconds=10), T0)
-    assert processing.job(job.id).state == "pending"
-    assert processing.due_jobs(T0 + timedelta(seconds=5)) == []
-    processing.start(job.id, T0)
-    processing.fail(job.id, "exit 3 again", None, T0)
-    failed = processing.job(job.id)
+    assert Tasks(processing.ledger).start(job.id, T0).attempts == 1
+    processing.settle(job.id, "exit 3", T0 + timedelta(seconds=10), T0)
+    assert Tasks(processing.ledger).get(job.id).state == "pending"
+    assert Tasks(processing.ledger).due(T0 + timedelta(seconds=5)) == []
+    Tasks(processing.ledger).start(job.id, T0)
+    processing.settle(job.id, "exit 3 again", None, T0)
+    failed = Tasks(processing.ledger).get(job.id)
     assert (failed.state, failed.attempts, failed.last_error) == ("failed", 2, "exit 3 again")
     with pytest.raises(IllegalTransition, match="cannot move a job in state 'failed' to 'running'"):
-        processing.start(job.id, T0)
-    assert processing.retry(job.id, T0).attempts == 0
-    processing.start(job.id, T0)
-    processing.succeed(job.id, T0)
+        Tasks(processing.ledger).start(job.id, T0)
+    assert Tasks(processing.ledger).retry(job.id, T0).attempts == 0
+    Tasks(processing.ledger).start(job.id, T0)
+    processing.settle(job.id, None, None, T0)
     assert [i.state for i in processing.job_instances(job.id)] == ["submitted"]
     rows = processing.ledger.read(JOBS.select().with_only_columns(JOBS.c.state, JOBS.c.finished_at))
     assert rows[0][0] == "succeeded" and rows[0][1] == T0
@@ -105,8 +107,8 @@ def test_job_lifecycle_and_its_history(processing: Processing) -> None:
 def test_retention_then_reclaim(processing: Processing) -> None:
     add(processing, "1.1", "9.1", T0)
     job = processing.claim_group("AE1", "9.1", "command", "quiet", T0)
-    processing.start(job.id, T0)
-    processing.succeed(job.id, T0)
+    Tasks(processing.ledger).start(job.id, T0)
+    processing.settle(job.id, None, None, T0)
     assert processing.release_submitted("AE1", 60, T0 + timedelta(seconds=59)) == 0
     assert processing.release_submitted("AE1", 60, T0 + timedelta(seconds=60)) == 1
     [instance] = processing.reclaimable()
@@ -118,14 +120,16 @@ def test_recover_after_a_restart(processing: Processing) -> None:
     add(processing, "1.1", "9.1", T0)
     orphan = add(processing, "1.2", "9.2", T0)
     job = processing.claim_group("AE1", "9.1", "command", "quiet", T0)
-    processing.start(job.id, T0)
+    Tasks(processing.ledger).start(job.id, T0)
     with processing.ledger.transaction(T0) as tx:  # a claim whose job row is gone
         tx.connection.execute(
             update(INSTANCES).where(INSTANCES.c.id == orphan).values(state="claimed", job_id=999)
         )
-    assert processing.recover(T0 + timedelta(seconds=5)) == (1, 1)
-    again = processing.job(job.id)
-    assert again.state == JobState.PENDING and again.attempts == 1
+    later = T0 + timedelta(seconds=5)
+    assert Tasks(processing.ledger).recover(later) == {"process": 1, "export": 0}
+    assert processing.release_orphan_claims(later) == 1
+    again = Tasks(processing.ledger).get(job.id)
+    assert again.state == TaskState.PENDING and again.attempts == 1
     assert again.next_attempt_at == T0 + timedelta(seconds=5)
     assert processing.ledger.get(orphan).state == "received"
     assert processing.ledger.get(orphan).job_id is None
@@ -133,23 +137,13 @@ def test_recover_after_a_restart(processing: Processing) -> None:
 
 @pytest.mark.parametrize("attempts, delay", [(1, 10), (2, 20), (3, 40), (4, None)])
 def test_backoff_doubles_until_out_of_retries(attempts: int, delay: float | None) -> None:
-    rules = DispatchRules(
-        submitter=None,
-        group_by=0x0020000D,
-        retries=3,  # type: ignore[arg-type]
-        retry_delay_seconds=10,
-    )
+    rules = Retries(retries=3, retry_delay_seconds=10)
     expected = None if delay is None else T0 + timedelta(seconds=delay)
     assert rules.retry_at(attempts, T0) == expected
 
 
 def test_backoff_is_capped_at_an_hour() -> None:
-    rules = DispatchRules(
-        submitter=None,
-        group_by=0,
-        retries=50,  # type: ignore[arg-type]
-        retry_delay_seconds=10,
-    )
+    rules = Retries(retries=50, retry_delay_seconds=10)
     assert rules.retry_at(30, T0) == T0 + timedelta(hours=1)
 
 
@@ -158,8 +152,8 @@ def test_a_study_sent_again_after_its_job_is_a_new_job_with_the_same_key(
 ) -> None:
     add(processing, "1.1", "9.1", T0)
     first = processing.claim_group("AE1", "9.1", "command", "quiet", T0)
-    processing.start(first.id, T0)
-    processing.succeed(first.id, T0)
+    Tasks(processing.ledger).start(first.id, T0)
+    processing.settle(first.id, None, None, T0)
     add(processing, "1.1", "9.1", T0 + timedelta(seconds=60), name="1.1~1")  # sent again
     again = processing.claim_group("AE1", "9.1", "command", "quiet", T0 + timedelta(seconds=70))
     assert again is not None and again.id != first.id
@@ -233,7 +227,7 @@ def test_an_ignored_class_committed_after_the_decline_pass_stays_out_of_the_job(
     racing = RacingProcessing(Ledger(engine))
     rules = GroupRules("AE1", "command", 5, 3600, ignored_sop_classes=frozenset({mr_class}))
     assert Grouper(rules, racing).tick(T0 + timedelta(seconds=10)) == 1
-    [job] = racing.jobs()
+    [job] = Tasks(racing.ledger).listing()
     assert [i.sop_instance_uid for i in racing.job_instances(job.id)] == ["1.1"]
     [mr] = [i for i in racing.ledger.instances() if i.sop_instance_uid == "1.2"]
     assert (mr.state, mr.job_id) == ("received", None)

@@ -37,9 +37,11 @@ import pydicom
 import pytest
 from sqlalchemy import select
 
-from ledger.models import Event, JobEvent
+from ledger.models import Event, TaskEvent
 from ledger.processing import Processing, idempotency_key
+from ledger.states import TaskKind
 from ledger.store import Ledger
+from ledger.tasks import Tasks
 from tests.conftest import AdapterProcess, wait_for, write_config
 from tests.dicom import make_study
 from tests.peers.send import send_files
@@ -188,8 +190,8 @@ def claims_per_instance(ledger: Ledger) -> dict[int, list[str]]:
 
 
 def job_event_reasons(ledger: Ledger, job_id: int) -> list[str]:
-    events = JobEvent.__table__
-    query = select(events.c.reason).where(events.c.job_id == job_id).order_by(events.c.id)
+    events = TaskEvent.__table__
+    query = select(events.c.reason).where(events.c.task_id == job_id).order_by(events.c.id)
     return [reason for (reason,) in ledger.read(query)]
 
 
@@ -213,7 +215,7 @@ def check_settled(ledger: Ledger, jobs: list, sops_by_study: dict[str, set[str]]
         sops = sops_by_study[job.group_key]
         members = processing.job_instances(job.id)
         assert {i.sop_instance_uid for i in members} == sops
-        assert job.instance_count == len(members) == len(sops)
+        assert job.item_count == len(members) == len(sops)
         assert all(i.state in DONE for i in members), [(i.id, i.state) for i in members]
         assert job.idempotency_key == idempotency_key("command", AE, job.group_key, sops)
     rows = ledger.instances()
@@ -247,14 +249,21 @@ def test_kill_in_quiet_period_resumes_the_timer(
     time.sleep(kill_at - time.time())
     process.kill()
     killed = time.time()
-    assert processing.jobs() == [], "a job was claimed before the quiet period ended"
+    assert Tasks(processing.ledger).listing(TaskKind.PROCESS) == [], (
+        "a job was claimed before the quiet period ended"
+    )
     assert {row.state for row in ledger.instances()} == {"received"}
 
     restart = time.time()
     process.start()
     ready = time.time()
-    wait_for(lambda: [j.state for j in processing.jobs()] == ["succeeded"], timeout=20)
-    [job] = processing.jobs()
+    wait_for(
+        lambda: (
+            [j.state for j in Tasks(processing.ledger).listing(TaskKind.PROCESS)] == ["succeeded"]
+        ),
+        timeout=20,
+    )
+    [job] = Tasks(processing.ledger).listing(TaskKind.PROCESS)
     claimed = job.created_at.timestamp()
     print(
         f"kill {killed - last:.2f}s after the last instance; restart took {ready - restart:.2f}s;"
@@ -292,7 +301,7 @@ def kill_during_first_run(
     """SIGKILL the adapter once its job is running and the command has started."""
 
     def first_run_started() -> bool:
-        jobs = processing.jobs()
+        jobs = Tasks(processing.ledger).listing(TaskKind.PROCESS)
         return bool(jobs) and jobs[0].state == "running" and bool(recorder.lines("started"))
 
     wait_for(first_run_started, timeout=20)
@@ -332,16 +341,19 @@ def test_kill_while_the_command_runs(
     orphan = first["pid"]
     with reaping(recorder, orphan):
         orphan_survived = pid_running(orphan)
-        [job] = processing.jobs()
+        [job] = Tasks(processing.ledger).listing(TaskKind.PROCESS)
         assert job.state == "running", job  # as the crash left it
         assert {row.state for row in ledger.instances()} == {"claimed"}
 
         process.start()
-        wait_for(lambda: processing.jobs()[0].state == "succeeded", timeout=20)
+        wait_for(
+            lambda: Tasks(processing.ledger).listing(TaskKind.PROCESS)[0].state == "succeeded",
+            timeout=20,
+        )
         # The orphan sleeps out its pause; let it finish before judging the record.
         wait_for(lambda: not pid_running(orphan), timeout=first["at"] + pause + 10 - time.time())
 
-    [job] = processing.jobs()
+    [job] = Tasks(processing.ledger).listing(TaskKind.PROCESS)
     started = recorder.lines("started")
     finished = recorder.lines("finished")
     ends = [(r["attempt"], r["pid"], round(r["at"] - killed, 2)) for r in finished]
@@ -438,11 +450,19 @@ def test_two_studies_killed_in_quiet_period_each_run_once(
     last = max(row.received_at for row in ledger.instances()).timestamp()
     assert time.time() < last + timeout - 0.5, "recording took too long to kill in the quiet period"
     process.kill()
-    assert processing.jobs() == [], "killed too late: a group was already claimed"
+    assert Tasks(processing.ledger).listing(TaskKind.PROCESS) == [], (
+        "killed too late: a group was already claimed"
+    )
 
     process.start()
-    wait_for(lambda: [j.state for j in processing.jobs()] == ["succeeded"] * 2, timeout=20)
-    jobs = processing.jobs()
+    wait_for(
+        lambda: (
+            [j.state for j in Tasks(processing.ledger).listing(TaskKind.PROCESS)]
+            == ["succeeded"] * 2
+        ),
+        timeout=20,
+    )
+    jobs = Tasks(processing.ledger).listing(TaskKind.PROCESS)
     check_settled(ledger, jobs, sops_by_study)
     assert len({job.idempotency_key for job in jobs}) == 2
 

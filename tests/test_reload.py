@@ -11,8 +11,7 @@ import pytest
 from pynetdicom import AE
 from pynetdicom.sop_class import Verification
 
-from ledger.exports import Exports
-from ledger.states import JobState
+from ledger.states import TaskKind, TaskState
 from tests.conftest import AdapterProcess, free_port, wait_for
 from tests.dicom import make_study
 from tests.peers.send import AssociationRejected, echo, send_files
@@ -58,15 +57,16 @@ def test_reload_adds_changes_and_removes_destinations(start_adapter, config_path
     base = config_path.read_text()
     destination = "\n[destination:PACS]\nae_title = PACS\nhost = 127.0.0.1\nport = {}\n"
     config_path.write_text(base + destination.format(104))
+    lane = ("export", "PACS")
     assert adapter.reload()
-    assert adapter.export_runners["PACS"].rules.peer.port == 104
-    assert adapter.scheduler.get_job("export:PACS") is not None
+    assert adapter.runner.lanes[lane].peer.port == 104
+    assert adapter.outbox.outboxes["PACS"] == config_path.parent / "var" / "outbox" / "PACS"
     assert (config_path.parent / "var" / "outbox" / "PACS" / ".sending").is_dir()
     config_path.write_text(base + destination.format(11112))
-    assert adapter.reload() and adapter.export_runners["PACS"].rules.peer.port == 11112
+    assert adapter.reload() and adapter.runner.lanes[lane].peer.port == 11112
     config_path.write_text(base)
     assert adapter.reload()
-    assert "PACS" not in adapter.export_runners and adapter.scheduler.get_job("export:PACS") is None
+    assert lane not in adapter.runner.lanes and "PACS" not in adapter.outbox.outboxes
 
 
 def test_a_processor_added_by_reload_runs(start_adapter, config_path: Path, tmp_path: Path) -> None:
@@ -82,8 +82,8 @@ def test_a_processor_added_by_reload_runs(start_adapter, config_path: Path, tmp_
     assert [status for _, status in statuses] == [0] * 5
     wait_for(lambda: len(list(output.glob("job-*/*.dcm"))) == 5, timeout=30)
     # published, then recorded: the job's state follows the folder a moment later
-    states = lambda: [job.state for job in running.adapter.processing.jobs()]  # noqa: E731
-    wait_for(lambda: states() == [JobState.SUCCEEDED], timeout=10)
+    states = lambda: [job.state for job in running.adapter.tasks.listing()]  # noqa: E731
+    wait_for(lambda: states() == [TaskState.SUCCEEDED], timeout=10)
 
 
 def test_an_outbox_added_by_reload_is_watched(
@@ -98,9 +98,9 @@ def test_an_outbox_added_by_reload_is_watched(
     outbox = config_path.parent / "var" / "outbox" / "PACS"
     (dropped,) = make_study(tmp_path / "study", 1)
     shutil.copy(dropped, outbox / "dropped.dcm")
-    wait_for(lambda: Exports(running.ledger).tasks(), timeout=20)
-    (task,) = Exports(running.ledger).tasks()
-    assert task.destination == "PACS"
+    wait_for(lambda: running.adapter.tasks.listing(TaskKind.EXPORT), timeout=20)
+    (task,) = running.adapter.tasks.listing(TaskKind.EXPORT)
+    assert task.target == "PACS"
 
 
 def test_a_reload_that_needs_a_restart_is_refused_whole(

@@ -28,8 +28,9 @@ import pydicom
 import pytest
 from sqlalchemy import select
 
-from ledger.models import JobEvent
+from ledger.models import TaskEvent
 from ledger.processing import Processing
+from ledger.tasks import Tasks
 from tests.conftest import RunningAdapter, free_port, wait_for, write_config
 from tests.dicom import dataset_bytes, make_study
 from tests.peers.send import send_files
@@ -49,14 +50,14 @@ def send_study(running: RunningAdapter, folder: Path, count: int) -> dict[str, P
 def wait_job(running: RunningAdapter, state: str, timeout: float = 20):
     """Wait until the one job is in ``state``; return it."""
     processing = Processing(running.ledger)
-    wait_for(lambda: [j.state for j in processing.jobs()] == [state], timeout)
-    [job] = processing.jobs()
+    wait_for(lambda: [j.state for j in Tasks(processing.ledger).listing()] == [state], timeout)
+    [job] = Tasks(processing.ledger).listing()
     return job
 
 
 def job_event_reasons(running: RunningAdapter, job_id: int) -> list[str]:
-    events = JobEvent.__table__
-    query = select(events.c.reason).where(events.c.job_id == job_id).order_by(events.c.id)
+    events = TaskEvent.__table__
+    query = select(events.c.reason).where(events.c.task_id == job_id).order_by(events.c.id)
     return [reason for (reason,) in running.ledger.read(query)]
 
 
@@ -278,8 +279,8 @@ def test_webhook_nobody_listening_fails_after_retries(
     assert url in job.last_error, job.last_error
     assert job.finished_at is not None and job.next_attempt_at is None
     reasons = job_event_reasons(running, job.id)
-    assert sum(r.startswith("failed, retry at") for r in reasons) == 3, reasons
-    assert reasons[-1].startswith("failed, no retries left"), reasons
+    assert sum("to try again at" in r for r in reasons) == 3, reasons
+    assert "delivered: no retries left" in reasons[-1], reasons
     # A failed job keeps its instances claimed, their files on disk.
     instances = running.ledger.instances()
     assert {i.sop_instance_uid for i in instances} == set(sent)
@@ -294,12 +295,29 @@ def command_submission(tmp_path: Path, group_key: str):
     """A job of group ``group_key`` (as a PatientID group_by would give it), folder and all."""
     from datetime import UTC, datetime
 
-    from ledger.records import JobRecord
+    from ledger.records import TaskRecord
     from processors.base import Submission
 
     now = datetime.now(UTC)
-    job = JobRecord(
-        1, "command", AE, group_key, 1, "running", 1, None, None, "k" * 32, now, now, None
+    job = TaskRecord(
+        1,
+        "process",
+        AE,
+        "command",
+        "group",
+        group_key,
+        None,
+        "running",
+        1,
+        0,
+        1,
+        None,
+        None,
+        "k" * 32,
+        now,
+        now,
+        None,
+        None,
     )
     job_dir = tmp_path / "jobs" / "1"
     job_dir.mkdir(parents=True)

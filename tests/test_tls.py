@@ -26,9 +26,9 @@ from pydicom import dcmread
 from pynetdicom import AE
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
-from adapter import peer_for
 from cli import main
 from config import check_config, load_config
+from derived import peer_for
 from exporters import cstore
 from tests.conftest import RunningAdapter, free_port, port_open, require_tool, wait_for
 from tests.conftest import write_config as base_config

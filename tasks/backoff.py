@@ -1,4 +1,4 @@
-"""When to try again: ``delay * 2**(attempt-1)``, at most an hour, within the retries."""
+"""When a failed task runs again: ``delay * 2**(attempt-1)``, at most an hour, within retries."""
 
 from datetime import datetime, timedelta
 

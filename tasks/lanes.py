@@ -1,0 +1,100 @@
+"""How one lane carries out its tasks: a job through its AE's processor, an export by C-STORE.
+
+A lane is everything a task needs that the ledger does not hold: the
+submitter and its retry rule, built from the config by the adapter.  Each
+``run`` makes one attempt of an already ``running`` task and settles it in
+the ledger, whatever happens: failures are recorded there, never left to a
+thread pool or APScheduler.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Protocol
+
+from exporters import cstore
+from exporters.cstore import Peer
+from ledger.exports import SENDER, Exports
+from ledger.models import utcnow
+from ledger.processing import Processing
+from ledger.records import ItemOutcome, TaskRecord
+from ledger.states import State
+from processors.base import SubmitError, Submitter
+from processors.jobdir import prepare
+from tasks import backoff
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Retries:
+    """An AE's or a destination's ``retries`` and ``retry_delay``."""
+
+    retries: int
+    retry_delay_seconds: float
+
+    def retry_at(self, attempts: int, now: datetime) -> datetime | None:
+        """When to try again after ``attempts`` failed attempts; None when out of retries."""
+        return backoff.retry_at(attempts, self.retries, self.retry_delay_seconds, now)
+
+
+class Lane(Protocol):
+    submitter: str  # the task's submitter this lane carries out
+
+    def run(self, task: TaskRecord) -> None:
+        """One attempt of a ``running`` task, settled in the ledger before it returns."""
+
+
+@dataclass(frozen=True)
+class ProcessLane:
+    """An AE's jobs: link the claimed instances into a job folder, hand it to the processor."""
+
+    processing: Processing
+    jobs_root: Path
+    processor: Submitter
+    group_by: int
+    retries: Retries
+
+    @property
+    def submitter(self) -> str:
+        return self.processor.name
+
+    def run(self, task: TaskRecord) -> None:
+        instances = [i for i in self.processing.job_instances(task.id) if i.state == State.CLAIMED]
+        try:
+            submission = prepare(self.jobs_root, task, instances, self.group_by)
+            self.processor.submit(submission)
+        except SubmitError as exc:
+            error: str | None = str(exc)
+        except Exception as exc:  # a bug or an OS error: recorded, retried like any failure
+            log.exception("job %d: submitter %s raised", task.id, self.processor.name)
+            error = f"{type(exc).__name__}: {exc}"
+        else:
+            error = None
+        now = utcnow()
+        retry_at = None if error is None else self.retries.retry_at(task.attempts, now)
+        self.processing.settle(task.id, error, retry_at, now)
+
+
+@dataclass(frozen=True)
+class ExportLane:
+    """A destination's exports: the task's undelivered files over one association."""
+
+    exports: Exports
+    peer: Peer
+    retries: Retries
+    submitter: str = SENDER
+
+    def run(self, task: TaskRecord) -> None:
+        files = self.exports.to_send(task.id)
+        try:
+            outcomes = cstore.send(self.peer, files)
+        except Exception as exc:  # recorded like any failure
+            log.exception("export %d to %s: sender raised", task.id, task.target)
+            error = f"not delivered: {type(exc).__name__}: {exc}"
+            outcomes = [ItemOutcome(f.id, None, error, retry=True) for f in files]
+        now = utcnow()
+        self.exports.settle(task.id, outcomes, self.retries.retry_at(task.attempts, now), now)

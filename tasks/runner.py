@@ -1,0 +1,73 @@
+"""Run due tasks: one lane per AE and per destination, a bounded number of lanes at once.
+
+A lane runs its own tasks one after another, in the order they fell due,
+so a destination sees one association of ours at a time and a processor
+one job of an AE at a time.  Different lanes run side by side, on at most
+``workers`` threads: one AE's 40 s command or one destination that never
+answers holds up only its own lane.  ``tick`` only hands work out and
+returns; a lane already busy is left alone (its next due task waits for
+it).  The ledger is the truth: a task a lane never got to stays
+``pending``, and one interrupted by a restart is ``running`` until
+:meth:`ledger.tasks.Tasks.recover` puts it back.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
+
+from ledger.models import utcnow
+from ledger.records import TaskRecord
+from ledger.tasks import Tasks
+from tasks.lanes import Lane
+
+log = logging.getLogger(__name__)
+LaneKey = tuple[str, str]  # (kind, target): ("process", "AE") or ("export", "PACS")
+
+
+class TaskRunner:
+    def __init__(self, tasks: Tasks, workers: int) -> None:
+        self.tasks = tasks
+        self.lanes: Mapping[LaneKey, Lane] = {}  # replaced whole on a reload
+        self._pool = ThreadPoolExecutor(max(1, workers), thread_name_prefix="task")
+        self._busy: set[LaneKey] = set()
+        self._lock = threading.Lock()
+
+    def tick(self, now: datetime | None = None) -> int:
+        """Hand each idle lane its due tasks; return how many tasks were handed out."""
+        waiting: dict[LaneKey, list[TaskRecord]] = {}
+        for task in self.tasks.due(now or utcnow()):
+            lane = self.lanes.get((task.kind, task.target))
+            if lane is None or lane.submitter != task.submitter:
+                continue  # its AE or destination is no longer configured so: left pending
+            waiting.setdefault((task.kind, task.target), []).append(task)
+        handed = 0
+        with self._lock:
+            idle = {key: due for key, due in waiting.items() if key not in self._busy}
+            self._busy.update(idle)
+        for key, due in idle.items():
+            self._pool.submit(self._drain, key, self.lanes[key], [task.id for task in due])
+            handed += len(due)
+        return handed
+
+    def busy(self) -> set[LaneKey]:
+        """Lanes running a task now."""
+        with self._lock:
+            return set(self._busy)
+
+    def _drain(self, key: LaneKey, lane: Lane, task_ids: list[int]) -> None:
+        try:
+            for task_id in task_ids:
+                lane.run(self.tasks.start(task_id))
+        except Exception:  # the ledger itself failed: the task stays as it was recorded
+            log.exception("%s %s: running its tasks failed", *key)
+        finally:
+            with self._lock:
+                self._busy.discard(key)
+
+    def shutdown(self) -> None:
+        """Wait for the tasks running now; nothing new starts."""
+        self._pool.shutdown(wait=True, cancel_futures=True)

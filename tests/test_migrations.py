@@ -43,3 +43,76 @@ def test_sqlite_pragmas_and_admin_readable_schema(tmp_path: Path) -> None:
         )
     }
     assert {"instances", "events", "studies", "alembic_version"} <= names
+
+
+def test_0007_makes_jobs_and_exports_tasks_losing_nothing(tmp_path: Path) -> None:
+    """Jobs keep their ids; exports follow the last job and say so; the old names stay views."""
+    engine = make_engine(f"sqlite:///{tmp_path / 'ledger.db'}")
+    upgrade(engine, to="0006")
+    at = "2026-12-01T12:00:00.000000Z"
+    job = (
+        "INSERT INTO jobs (id, processor, called_ae, group_key, instance_count, state, "
+        "attempts, idempotency_key, created_at, updated_at) "
+        "VALUES (?, 'forward', 'AE', ?, 2, ?, 1, 'k', ?, ?)"
+    )
+    export = (
+        "INSERT INTO exports (id, destination, origin, job_id, state, file_count, failed_count, "
+        "attempts, created_at, updated_at) VALUES (?, 'PACS', ?, ?, ?, 1, 0, 1, ?, ?)"
+    )
+    with engine.begin() as connection:
+        run = connection.exec_driver_sql
+        run(job, (4, "1.1", "succeeded", at, at))
+        run(job, (7, "1.2", "failed", at, at))
+        run(
+            "INSERT INTO job_events (job_id, to_state, at, reason) VALUES (7, 'failed', ?, 'x')",
+            (at,),
+        )
+        run(export, (1, "forward", 4, "sending", at, at))
+        run(export, (2, "outbox", None, "failed", at, at))
+        run(
+            "INSERT INTO export_files (export_id, path, owned, state, instance_id) "
+            "VALUES (2, '/o/f.dcm', 1, 'failed', NULL)"
+        )
+        run(
+            "INSERT INTO export_events (export_id, from_state, to_state, at, reason) "
+            "VALUES (1, 'pending', 'sending', ?, 'sending')",
+            (at,),
+        )
+    upgrade(engine)
+    engine.dispose()
+    db = sqlite3.connect(tmp_path / "ledger.db")
+    assert db.execute(
+        "SELECT id, kind, target, submitter, state FROM tasks ORDER BY id"
+    ).fetchall() == [
+        (4, "process", "AE", "forward", "succeeded"),
+        (7, "process", "AE", "forward", "failed"),
+        (8, "export", "PACS", "cstore", "running"),  # export 1 after job 7; sending is running
+        (9, "export", "PACS", "cstore", "failed"),
+    ]
+    assert db.execute("SELECT parent_id FROM tasks WHERE id = 8").fetchone() == (4,)
+    assert db.execute("SELECT task_id, path, state FROM task_items").fetchall() == [
+        (9, "/o/f.dcm", "failed")
+    ]
+    assert db.execute(
+        "SELECT task_id, from_state, to_state FROM task_events WHERE reason IN ('x', 'sending')"
+    ).fetchall() == [(7, None, "failed"), (8, "pending", "running")]
+    renumbered = db.execute(
+        "SELECT reason FROM task_events WHERE reason LIKE 'export % is task %' ORDER BY id"
+    ).fetchall()
+    assert renumbered == [
+        ("export 1 is task 8 since ledger migration 0007",),
+        ("export 2 is task 9 since ledger migration 0007",),
+    ]
+    # An admin's saved queries over the old tables still answer, with the old column names.
+    assert db.execute("SELECT id, called_ae, instance_count FROM jobs ORDER BY id").fetchall() == [
+        (4, "AE", 2),
+        (7, "AE", 2),
+    ]
+    assert db.execute("SELECT id, destination, job_id FROM exports ORDER BY id").fetchall() == [
+        (8, "PACS", 4),
+        (9, "PACS", None),
+    ]
+    assert db.execute("SELECT export_id, state FROM export_files").fetchall() == [(9, "failed")]
+    assert db.execute("SELECT count(*) FROM job_events").fetchone() == (1,)
+    assert db.execute("SELECT count(*) FROM export_events").fetchone() == (3,)
+    db.close()

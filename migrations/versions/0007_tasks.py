@@ -172,7 +172,7 @@ def upgrade() -> None:
         sa.text(
             "INSERT INTO task_events (task_id, from_state, to_state, at, reason) "
             "SELECT id + :offset, state, state, :now, 'export ' || id || ' is task ' || "
-            "(id + :offset) || ' since ledger migration 0007' FROM exports"
+            "(id + :offset) || ' since ledger migration 0007' FROM exports ORDER BY id"
         ),
         {"offset": offset, "now": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")},
     )

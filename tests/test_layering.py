@@ -42,7 +42,7 @@ RULES: dict[str, set[str] | None] = {
     "config": {"errors", "spool", "watchers"},
     "config_changes": {"config"},
     "metrics": {"ledger"},
-    "health": {"config", "ledger", "scp"},  # scp.admission: the heartbeat's listeners
+    "health": {"config", "ledger", "scp"},  # scp.admission: the C-ECHO probe's AE title
     "fsck": {"config", "errors", "health", "ledger", "processors", "spool", "watchers"},
     "adapter": ANYTHING,
     "cli": ANYTHING,

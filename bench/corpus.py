@@ -159,7 +159,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--full",
         action="store_true",
-        help="the full issue sizes, plus one 1 GB multi-frame instance",
+        help="the full benchmark sizes, plus one 1 GB multi-frame instance",
     )
 
 

@@ -11,7 +11,7 @@ after its file meta, streamed from disk.  More pairs than one association
 can propose go over several associations.
 
 Every file gets a :class:`ledger.records.ItemOutcome`, and the outcome says what happens
-next (RELIABILITY.md, exporter retry semantics): delivered (Success and the
+next: delivered (Success and the
 Warning statuses, PS3.4 Annex B), worth another attempt (0xA7xx, anything
 unknown, an association lost or never made for a transient reason, and any
 file not attempted because of that), or refused for good (0xA9xx, 0xCxxx,
@@ -54,7 +54,7 @@ class ExportError(Exception):
 
 
 def status_outcome(item_id: int, status: int) -> ItemOutcome:
-    """The outcome a DIMSE status means for a file (RELIABILITY.md's table)."""
+    """The outcome a DIMSE status means for a file (the classes in the module docstring)."""
     if status in DELIVERED:
         return ItemOutcome(item_id, status, None)
     refused = status & 0xF000 == 0xC000 or status & 0xFF00 == 0xA900 or status in _REFUSED_CODES

@@ -1,7 +1,7 @@
 """Whole PDUs in and out of one blocking TCP socket, every wait bounded.
 
 The reader refuses a PDU longer than we advertised before reading its body
-(RELIABILITY.md: never allocate from a declared length), and every failure
+(never allocate from a declared length), and every failure
 (closed, reset, timed out, unexpected PDU) ends the association and surfaces
 as :class:`AssociationLost`, so callers have one exception to map.
 """

@@ -3,7 +3,7 @@
 Why a process: receiving is CPU-bound in pynetdicom's Python code, and in
 one interpreter it queued behind intake, the ledger and the scheduler for
 the one GIL; on a 2-core edge box that halved the receive rate.  The child
-shares nothing with the adapter but the spool folder, which is the design's
+shares nothing with the adapter but the spool folder, which is the adapter's
 one-way data flow anyway (network -> spool -> watcher -> ledger).
 
 Over the pipe, adapter -> child: ``("policy", AdmissionPolicy)`` and

@@ -1,6 +1,6 @@
 """Walk a Part 10 file's structure before pydicom parses it: cheap, iterative, bounded.
 
-pydicom 3.0.2 trusts what a file says (RELIABILITY.md): it allocates a
+pydicom 3.0.2 trusts what a file says: it allocates a
 declared element length before noticing the file is shorter, recurses once
 per sequence level, and inflates a deflated dataset whole in memory.  This
 walk checks exactly those things first, reading only element headers and

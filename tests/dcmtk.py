@@ -1,4 +1,4 @@
-"""Run DCMTK's storescu/echoscu as real peers (with TCP_NODELAY=1, see DEVELOPERS.md)."""
+"""Run DCMTK's storescu/echoscu as real peers (TCP_NODELAY=1, or they wait on Nagle)."""
 
 from __future__ import annotations
 

@@ -33,7 +33,7 @@ def test_shipped_config_is_the_documented_default() -> None:
     assert config.aes["DICOMADAPTER"].duplicates == "replace"
 
 
-def test_issue_example_parses_with_percent_and_sources(tmp_path: Path) -> None:
+def test_an_example_with_percent_and_sources_parses(tmp_path: Path) -> None:
     config = load_config(
         write(
             tmp_path,

@@ -178,7 +178,7 @@ def test_a_failure_status_fails_that_file_only(tmp_path: Path, status: int, retr
     ],
 )
 def test_each_status_class_says_whether_to_resend(status: int, delivered: bool, retry: bool):
-    """RELIABILITY.md's table: delivered, try again, or refused for good."""
+    """Each status class: delivered, try again, or refused for good."""
     outcome = cstore.status_outcome(7, status)
     assert (outcome.delivered, outcome.retry, outcome.status) == (delivered, retry, status)
 

@@ -83,7 +83,7 @@ def file_states(exports: Exports, export_id: int) -> list[str]:
         ([SENT] * 4, "succeeded", [SENT] * 4),
         # one refused of four: not a success, and nothing to try again
         ([SENT, SENT, SENT, REFUSED], "failed", [SENT, SENT, SENT, "failed"]),
-        # the example: six stored, then the association aborted
+        # two stored, then the association aborted: the rest is tried again
         ([SENT, SENT, AGAIN, UNTRIED], "pending", [SENT, SENT, "pending", "pending"]),
         ([REFUSED, AGAIN, SENT, SENT], "pending", ["failed", "pending", SENT, SENT]),
         ([REFUSED] * 4, "failed", ["failed"] * 4),

@@ -1,6 +1,6 @@
 """Protocol fuzzing: thousands of malformed PDU streams at a live adapter, which must not care.
 
-Issue 7 ("Protocol fuzzing"): whatever a peer sends, the adapter keeps
+Whatever a peer sends, the adapter keeps
 answering C-ECHO, keeps storing valid instances correctly, never leaves a
 file in the spool that it did not acknowledge, and does not leak threads or
 file descriptors in its SCP process.  The streams are mutations of what a

@@ -1,8 +1,8 @@
 """Hostile files: truncated, bombs, deep nesting, lying lengths, poisoned UIDs and text.
 
 pydicom 3.0.2 reads truncated files without complaint, allocates declared
-lengths, recurses per sequence level and inflates deflate bombs whole
-(RELIABILITY.md).  These files are built byte by byte here, because pydicom
+lengths, recurses per sequence level and inflates deflate bombs whole.
+These files are built byte by byte here, because pydicom
 would refuse to write most of them; each must be refused (quarantine by
 hand, 0xC210 over the network) in bounded time and memory, and the adapter
 must go on storing the next good instance.

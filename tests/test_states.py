@@ -13,7 +13,7 @@ from ledger.states import (
     check_task_move,
 )
 
-# Written out by hand from the issue, apart from the table it checks.
+# Written out by hand, apart from the table it checks (ledger.states.TRANSITIONS).
 ALLOWED = {
     (None, "received"),
     (None, "rejected"),

@@ -31,6 +31,8 @@ PROJECT = {
     "cli",
     "config",
     "errors",
+    "fsck",
+    "health",
     "logs",
     "scheduler",
 }

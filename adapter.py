@@ -49,7 +49,6 @@ from watchers.spool_watcher import SpoolWatcher
 
 log = logging.getLogger("adapter")
 TASK_TICK_SECONDS = 0.25  # how soon a due job or export is handed to its lane
-TASK_WORKERS = 4  # lanes (AEs, destinations) running a task at once
 PRIVATE_UMASK = 0o027  # files 0640, folders 0750 at most
 
 
@@ -64,7 +63,7 @@ class Adapter:
         self.processing = Processing(self.ledger)
         self.exports = Exports(self.ledger)
         self.tasks = Tasks(self.ledger)
-        self.runner = TaskRunner(self.tasks, TASK_WORKERS)
+        self.runner = TaskRunner(self.tasks, config.tasks.workers)
         self.outbox = OutboxScanner(self.exports, {}, config.watcher.settle_seconds)
         self.export_reclaimer = ExportReclaimer(self.exports, {}, {})
         self.groupers: dict[str, Grouper] = {}  # filled by _apply, read by the notifier

@@ -12,8 +12,8 @@ configuration stays whole rather than half new.
 import dataclasses
 
 from config import Config
+from config.schema import UNLABELLED
 
-UNLABELLED_SECTIONS = ("dicom", "storage", "ledger", "watcher", "log", "metrics")
 RELOADABLE = {
     "dicom": {"reject_unknown_sources", "tls_reject_unknown_sources"},
     "storage": {"min_free", "superseded_retention", "reclaim_interval"},
@@ -24,7 +24,7 @@ RELOADABLE = {
 def needing_restart(running: Config, new: Config) -> list[str]:
     """``[section] key`` of each change between ``running`` and ``new`` a reload cannot apply."""
     changed = []
-    for section in UNLABELLED_SECTIONS:
+    for section in UNLABELLED:
         before, after = getattr(running, section), getattr(new, section)
         for field in dataclasses.fields(before):
             if field.name in RELOADABLE.get(section, ()):

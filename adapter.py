@@ -21,6 +21,7 @@ from config import Config, config_warnings, load_config
 from config_changes import needing_restart, section_changes
 from derived import Derived, derive, group_tick_seconds
 from errors import ConfigError
+from exporters.outbox import OutboxScanner
 from health import HEARTBEAT_SECONDS
 from ledger.db import make_engine
 from ledger.exports import Exports
@@ -35,11 +36,10 @@ from metrics import MetricsServer
 from notify import notify, watchdog_seconds
 from privileges import clear_ambient_capabilities
 from processors.command import kill_leftovers
-from processors.export_reclaimer import ExportReclaimer
 from processors.grouper import Grouper
 from processors.notifier import Notifier
-from processors.outbox import OutboxScanner
-from processors.reclaimer import Reclaimer
+from reclaim.outbox_files import ExportReclaimer
+from reclaim.spool_files import Reclaimer
 from scp.process import ScpProcess
 from spool.layout import SpoolLayout
 from tasks.runner import TaskRunner

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from config import AeConfig, Config
 from exporters.cstore import Peer
+from exporters.outbox import STAGING
 from ledger.exports import Exports
 from ledger.processing import Processing
 from ledger.states import TaskKind
@@ -22,7 +23,6 @@ from processors.command import CommandSubmitter
 from processors.folder import FolderSubmitter
 from processors.forward import ForwardSubmitter
 from processors.grouper import Grouper, GroupRules
-from processors.outbox import STAGING
 from processors.webhook import WebhookSubmitter
 from scp.admission import AdmissionPolicy, Source
 from tasks.lanes import ExportLane, Lane, ProcessLane, Retries

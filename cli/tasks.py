@@ -182,8 +182,8 @@ def _discard(tasks: Tasks, task: TaskRecord, delete_files: bool, yes: bool) -> N
 
 def _delete_discarded(exports: Exports, task_id: int) -> int:
     """Delete a discarded export's owned, undelivered files, inside their staging folders only."""
-    from processors.export_reclaimer import delete_staged
-    from processors.outbox import STAGING
+    from exporters.outbox import STAGING
+    from reclaim.outbox_files import delete_staged
 
     deleted = []
     for item in exports.owned_items([ItemState.DISCARDED], task_id):

@@ -209,4 +209,3 @@ class Config:
     def processed_aes(self) -> dict[str, AeConfig]:
         """The ``[ae:NAME]`` sections with a processor: the ones groups and jobs are for."""
         return {name: ae for name, ae in self.aes.items() if ae.processor != "none"}
-

@@ -573,7 +573,7 @@ def test_an_outbox_symlink_or_fifo_is_quarantined_never_followed_and_its_target_
 
 
 def test_the_export_reclaimer_deletes_nothing_outside_the_staging_folder(tmp_path: Path) -> None:
-    from processors.export_reclaimer import delete_staged
+    from reclaim.outbox_files import delete_staged
 
     root = tmp_path / "outbox" / ".sending"
     (root / "o-1").mkdir(parents=True)

@@ -36,6 +36,7 @@ RULES: dict[str, set[str] | None] = {
     "exporters": {"ledger", "spool", "dimse"},
     "processors": {"ledger", "spool", "exporters"},
     "tasks": {"ledger", "processors", "exporters"},  # lanes run jobs and exports
+    "reclaim": {"ledger", "spool"},  # deletes what the ledger is done with
     # builds every config-derived part (lanes, groupers, admission) for adapter.py
     "derived": {"config", "ledger", "processors", "exporters", "scp", "tasks"},
     "scp": {"spool", "dimse", "arenas"},  # arenas: set in the SCP's own process

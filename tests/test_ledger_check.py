@@ -287,7 +287,7 @@ def test_an_acknowledged_instance_gone_without_delivery_is_lost(
     ``lost``; a delivered one, or one whose link is still there, is not."""
     from processors.forward import ForwardSubmitter
     from processors.jobdir import prepare
-    from processors.reclaimer import Reclaimer
+    from reclaim.spool_files import Reclaimer
     from spool.layout import SpoolLayout
 
     study_uid = generate_uid()

@@ -5,7 +5,7 @@ files named on a ``dicom-adapter send`` command line), and only once that
 file was delivered and the destination's ``retention`` has passed: a file
 that was refused, or never attempted, may be the last copy of an instance,
 so nothing about its task (its state, how many of its files failed) can
-make it go.  Each deletion is recorded (``export_files.reclaimed_at``, and
+make it go.  Each deletion is recorded (``task_items.reclaimed_at``, and
 the task's once none of its owned files is left), with the staging folders
 it leaves empty.
 """

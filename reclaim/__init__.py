@@ -1,0 +1,1 @@
+"""Cleaning up: deleting files the ledger says are done with, and recording each deletion."""

@@ -1,8 +1,8 @@
 """Composition root: builds every part from the config and runs them in order.
 
 Start: ledger at head, intake, watcher, reconcile (crash recovery, before any
-association), jobs interrupted by a restart requeued, scheduler (grouping,
-dispatch, reclaim, reconcile), SCP last, so nothing is acknowledged before
+association), tasks interrupted by a restart requeued, scheduler (grouping,
+tasks, reclaim, reconcile), SCP last, so nothing is acknowledged before
 the adapter knows where everything stood.  Stop in reverse.  ``python adapter.py``
 is the same as the ``dicom-adapter`` command.
 """

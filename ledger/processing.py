@@ -1,6 +1,6 @@
 """The ledger's side of processing: groups, claims, what a job does to its instances, reclaiming.
 
-Everything the grouper, the dispatcher and the reclaimer decide is read from
+Everything the grouper, a job's lane and the reclaimer decide is read from
 and written to here, one ``BEGIN IMMEDIATE`` transaction per decision with
 its history rows, so a restart finds every group, job and file where it was.
 A job is a task of kind ``process`` (:mod:`ledger.tasks`), whose items are

@@ -4,7 +4,7 @@ A processor hears of each stored instance through :class:`InstanceListener`
 (one frozen :class:`InstanceRecord`, never a path string or an ORM object)
 and submits a claimed group through :class:`Submitter` (one
 :class:`Submission`).  A submitter reports failure by raising
-:class:`SubmitError`; the dispatcher turns that into a retry or ``failed``.
+:class:`SubmitError`; its lane (:mod:`tasks.lanes`) turns that into a retry or ``failed``.
 """
 
 from dataclasses import dataclass
@@ -43,5 +43,5 @@ class Submitter(Protocol):
         Raises
         ------
         SubmitError
-            The job was not accepted (retried with backoff by the dispatcher).
+            The job was not accepted (retried with backoff by its lane).
         """

@@ -257,7 +257,7 @@ def _thread_died(args: threading.ExceptHookArgs) -> None:
 
     Its state machine raises on some invalid sequences a peer can send (e.g.
     data before the association is accepted); a traceback per such peer
-    would let anyone flood the journal.  The boundary's ``close_if_crashed`` hook
+    would let anyone flood the journal.  The boundary's ``close_left_open`` hook
     closes the connection.
     """
     thread = args.thread.name if args.thread is not None else "?"

@@ -35,7 +35,7 @@ ROOT = Path(__file__).resolve().parent.parent
 EXPECTED_HOOKS = {
     "wake_on_events",
     "fsm_events",
-    "close_if_crashed",
+    "close_left_open",
     "stop_waiting_for_request",
     "read_through",
     "stream_to_files",
@@ -191,6 +191,8 @@ def test_every_hook_is_used_by_real_associations(
     result = storescu(port, make_study(tmp_path / "study", 2))  # the direct C-STORE path
     assert result.returncode == 0, result.stderr
     assert echoscu(port).returncode == 0  # the direct C-ECHO path
+    wait_for(lambda: "association released" in caplog.text, timeout=5)
+    assert "close_left_open" not in used_hooks(caplog)  # normal ends are pynetdicom's own
     uid, data = instance(tmp_path, "handed")
     sock = store_handed_over(port, uid, data)
     assert store_status(sock) == 0x0000
@@ -207,9 +209,9 @@ def test_every_hook_is_used_by_real_associations(
         uid, data = instance(tmp_path, f"crash{attempt}")
         crash_the_state_machine(port, uid, data)
         deadline = time.monotonic() + 3
-        while "close_if_crashed" not in used_hooks(caplog) and time.monotonic() < deadline:
+        while "close_left_open" not in used_hooks(caplog) and time.monotonic() < deadline:
             time.sleep(0.05)
-        if "close_if_crashed" in used_hooks(caplog):
+        if "close_left_open" in used_hooks(caplog):
             break
     wait_for(lambda: used_hooks(caplog) >= EXPECTED_HOOKS, timeout=10)
     assert used_hooks(caplog) == set(boundary.HOOKS)

@@ -68,9 +68,10 @@ _fsm_events = register(
     Requirement(f"{_DUL}.run_reactor", uses="event_queue"),
     Requirement("pynetdicom.fsm:TRANSITION_TABLE"),
 )
-_crash_closed = register(
-    "close_if_crashed",
-    "a DUL thread the state machine killed leaves its connection open: close it",
+_closed_left_open = register(
+    "close_left_open",
+    "a DUL thread that ends without EVT_CONN_CLOSE (a state machine crash, a kill after a "
+    "rejection) leaves its connection open: close it and signal",
     Requirement("pynetdicom.events:trigger", params=("assoc", "event", "attrs")),
     Requirement("pynetdicom.fsm:StateMachine.do_action", uses="InvalidEventError"),
 )
@@ -178,13 +179,16 @@ def wake_on_events(assoc: Any, serve: Serve | None = None) -> None:
     # The DUL thread's target was bound at construction, so wrap it rather
     # than override run_reactor: the eventfd goes when the thread ends.
     reactor = dul._target
+    signalled: list[bool] = []  # pynetdicom triggered EVT_CONN_CLOSE (it does on normal ends)
+    assoc.bind(evt.EVT_CONN_CLOSE, lambda _event: signalled.append(True))
 
     def run_then_close() -> None:
         try:
             reactor()
         finally:
             dul.close_wake_fd()
-            _close_if_crashed(dul)
+            if not signalled:
+                _close_left_open(dul)
             _stop_waiting_for_request(dul)
 
     dul._target = run_then_close
@@ -207,21 +211,21 @@ def report_invalid_pdu(assoc: Any) -> None:
     _fsm_events()
 
 
-def _close_if_crashed(dul: Any) -> None:
-    """Close the connection of a DUL thread that died with it open.
+def _close_left_open(dul: Any) -> None:
+    """Close the connection of a DUL thread that ended without EVT_CONN_CLOSE.
 
     pynetdicom's state machine raises (and its thread ends) on some invalid
     event sequences a hostile peer can cause (found by the fuzz test, e.g.
-    Evt9 in Sta13), without closing the socket or signalling EVT_CONN_CLOSE,
-    on which the connection's descriptor and unfinished files are released.
+    Evt9 in Sta13), and a DUL killed after a rejection also just stops:
+    neither closes the socket nor signals EVT_CONN_CLOSE, on which the
+    connection's descriptor, slot and unfinished files are released.
     """
     sock = dul.socket
-    if sock is None or sock.socket is None:
-        return  # closed the normal way
-    sock.close()
+    if sock is not None and sock.socket is not None:
+        sock.close()
     address = dul.assoc.requestor.address_info.as_tuple
     evt.trigger(dul.assoc, evt.EVT_CONN_CLOSE, {"address": address})
-    _crash_closed()
+    _closed_left_open()
 
 
 def _stop_waiting_for_request(dul: Any) -> None:

@@ -9,6 +9,11 @@ is the same as the ``dicom-adapter`` command.
 
 from __future__ import annotations
 
+if __name__ == "__main__":  # before the imports below: cli turns their failures into one line
+    from cli import main
+
+    main()
+
 import json
 import logging
 import os
@@ -336,9 +341,3 @@ class Adapter:
             self.reconciler.tick(shutdown=True)
         self.intake.stop()
         self.engine.dispose()
-
-
-if __name__ == "__main__":
-    from cli import main
-
-    main()

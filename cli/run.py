@@ -33,10 +33,16 @@ def run(config_path: Path | None) -> None:
     Example:
       dicom-adapter run --config config.ini
     """
-    from adapter import Adapter
     from arenas import limit_malloc_arenas
     from logs import configure_logging
-    from scp.server import ensure_bindable
+
+    try:
+        from adapter import Adapter
+        from scp.server import ensure_bindable
+    except ImportError as exc:  # e.g. the pynetdicom boundary's version check: one line
+        if exc.name != "pynetdicom":
+            raise
+        raise click.ClickException(str(exc)) from None
 
     limit_malloc_arenas()
     config = load(config_path)

@@ -32,6 +32,8 @@ from typing import Any
 
 from dimse import commands
 from dimse import upper_layer as ul
+from dimse.pynetdicom_boundary import report_closed, report_invalid_pdu
+from scp.read_limits import LimitedReader
 from spool.incoming import IncomingFile, MetaUids
 from spool.text import one_line
 
@@ -59,9 +61,12 @@ class _Receiving:
 class DirectPath:
     """Serves one association's C-STOREs and C-ECHOs until pynetdicom takes over."""
 
-    def __init__(self, assoc: Any, open_incoming: Opener, store: Store) -> None:
+    def __init__(
+        self, assoc: Any, reader: LimitedReader, open_incoming: Opener, store: Store
+    ) -> None:
         self.assoc = assoc
         self.dul = assoc.dul
+        self.reader = reader
         self.open_incoming = open_incoming
         self.store = store
         self.active = True
@@ -74,9 +79,9 @@ class DirectPath:
 
         True: the DUL turn is used up (a PDU served, or an event queued).
         False: nothing to read yet; pynetdicom must not read either.
-        None: pynetdicom's turn (not established, or a PDU that is not P-DATA).
+        None: pynetdicom's turn (not established, handed over, or a PDU that is not P-DATA).
         """
-        if self.dul.state_machine.current_state != ESTABLISHED:
+        if not self.active or self.dul.state_machine.current_state != ESTABLISHED:
             return None
         if not self.assoc.is_established:
             return self._wait_for_establishment()
@@ -86,13 +91,13 @@ class DirectPath:
         try:
             header = sock.recv(ul.PDU_HEADER)
             if len(header) < ul.PDU_HEADER or header[0] != ul.P_DATA_TF:
-                sock.unread(header)
+                self.reader.unread(header)
                 return None
             body = sock.recv(int.from_bytes(header[2:6], "big"))
         except OSError:
-            return self._event("Evt17")  # the read limits log why
+            return self._closed()  # the read limits log why
         if len(body) < int.from_bytes(header[2:6], "big"):
-            return self._event("Evt17")
+            return self._closed()
         try:
             self._take(ul.pdvs(body))
         except ValueError as exc:
@@ -153,8 +158,8 @@ class DirectPath:
     def _accepted(self) -> dict[int, str]:
         if self._syntaxes is None:
             self._syntaxes = {
-                context_id: str(context.transfer_syntax[0])
-                for context_id, context in self.assoc._accepted_cx.items()
+                int(context.context_id): str(context.transfer_syntax[0])  # accepted: numbered
+                for context in self.assoc.accepted_contexts
             }
         return self._syntaxes
 
@@ -164,7 +169,7 @@ class DirectPath:
     def _hand_over(self, items: list[tuple[int, int, bytes]]) -> None:
         """Give pynetdicom these PDVs, and every PDU after them."""
         self.active = False
-        self.dul.socket.unread(ul.pdata_many(items))
+        self.reader.unread(ul.pdata_many(items))
         peer = self.assoc.requestor
         log.info("association from %s:%s handed to pynetdicom", peer.address, peer.port)
 
@@ -177,10 +182,10 @@ class DirectPath:
             self._receiving.incoming.discard()
             self._receiving = None
         self.active = False
-        self._event("Evt19")
+        report_invalid_pdu(self.assoc)
 
-    def _event(self, event: str) -> bool:
-        self.dul.event_queue.put(event)
+    def _closed(self) -> bool:
+        report_closed(self.assoc)
         return True
 
     def _wait_for_establishment(self) -> bool | None:
@@ -197,8 +202,3 @@ class DirectPath:
             return None
         time.sleep(0.0005)
         return True
-
-
-def serve_directly(assoc: Any, open_incoming: Opener, store: Store) -> None:
-    """Give a not yet started acceptor association (already wakeful) the direct path."""
-    assoc.dul._direct = DirectPath(assoc, open_incoming, store)

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from pynetdicom import events as evt
 
+from dimse.pynetdicom_boundary import wake_on_events
 from scp.admission import (
     REJECT_LOCAL_LIMIT,
     REJECTION_NAMES,
@@ -24,12 +25,11 @@ from scp.admission import (
     is_health_check,
 )
 from scp.association_log import AssociationLog
-from scp.direct import serve_directly
+from scp.direct import DirectPath
 from scp.placement import read_identity
 from scp.read_limits import limit_reads
 from scp.receiving import Receiving, provenance_of
 from scp.tls import arrival_over
-from scp.wakeful import wake_on_events
 from spool.identity import judge
 from spool.incoming import IncomingFile
 from spool.layout import UnsafeName
@@ -94,13 +94,13 @@ def handle_conn_open(
     sock = assoc.dul.socket.socket
     if sock is not None:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    wake_on_events(assoc)
-    limit_reads(assoc, dicom.network_timeout, dicom.maximum_pdu_size)
+    reader = limit_reads(assoc, dicom.network_timeout, dicom.maximum_pdu_size)
 
     def store_received(assoc: Any, incoming: IncomingFile, sop_class: str, sop: str) -> int:
         return store(assoc, receiving, tally, receiving.take(assoc, incoming.path), sop_class, sop)
 
-    serve_directly(assoc, receiving.open_for, store_received)
+    direct = DirectPath(assoc, reader, receiving.open_for, store_received)
+    wake_on_events(assoc, direct.serve)
 
 
 def handle_echo(event: evt.Event) -> int:

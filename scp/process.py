@@ -36,8 +36,6 @@ from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from typing import TYPE_CHECKING, Any
 
-from pynetdicom import _config as pynetdicom_config
-
 from scp.server import StoreServer
 from spool.text import one_line
 from spool.writer import SpoolWriter
@@ -259,7 +257,8 @@ def _thread_died(args: threading.ExceptHookArgs) -> None:
 
     Its state machine raises on some invalid sequences a peer can send (e.g.
     data before the association is accepted); a traceback per such peer
-    would let anyone flood the journal.  scp/wakeful.py closes the connection.
+    would let anyone flood the journal.  The boundary's ``close_left_open`` hook
+    closes the connection.
     """
     thread = args.thread.name if args.thread is not None else "?"
     log.warning(
@@ -290,9 +289,6 @@ def serve(conn: Connection) -> None:
     root.setLevel(level)
     logging.getLogger("pynetdicom").setLevel(max(logging.WARNING, level))
 
-    # Stream every C-STORE dataset to a file (scp/receiving.py says where),
-    # so a 1 GB instance never sits in memory.
-    pynetdicom_config.STORE_RECV_CHUNKED_DATASET = True
     server = StoreServer(dicom, policy, SpoolWriter(layout, min_free, dicom.max_instance_size))
     try:
         server.start()

@@ -7,8 +7,9 @@ ever, whatever the ACSE, DIMSE and network timeouts say.  It also reads
 whatever length a PDU header declares, so a peer that claims hundreds of
 megabytes and sends them makes the receiver buffer them all.
 
-:func:`limit_reads` switches one association's socket to
-:class:`_LimitedSocket` at EVT_CONN_OPEN, before anything is read:
+:func:`limit_reads` routes one association's reads through a
+:class:`LimitedReader` at EVT_CONN_OPEN, before anything is read (the
+pynetdicom boundary's ``read_through`` hook):
 
 - each read of a PDU header or body must complete within the network
   timeout, or the connection is dropped (pynetdicom treats the error as the
@@ -32,9 +33,8 @@ import ssl
 import time
 from typing import Any
 
-from pynetdicom.transport import AssociationSocket
-
 from dimse import upper_layer as ul
+from dimse.pynetdicom_boundary import read_through
 from scp.message_limits import MessageMeter, MessageOverrun
 
 log = logging.getLogger(__name__)
@@ -46,8 +46,8 @@ _MIN_CHUNK = 64 * 1024
 _MAX_CHUNK = 1 << 20
 
 
-class _LimitedSocket(AssociationSocket):
-    """An AssociationSocket whose reads have a deadline, a length cap and a buffer.
+class LimitedReader:
+    """An association's reads, with a deadline, a length cap and a buffer.
 
     pynetdicom reads each PDU as a 6-byte header and then its body, 4 KB
     per ``recv``; with a timeout, Python polls before every ``recv`` too.
@@ -58,21 +58,30 @@ class _LimitedSocket(AssociationSocket):
     busy peers then fight over: fewer calls, far fewer context switches.
     """
 
-    _read_timeout: float
-    _max_p_data: int
-    _pdu_type: int | None
-    _inbox: bytearray
-    _meter: MessageMeter
-    _premetered: int  # bytes at the head of the inbox that were metered when first read
+    def __init__(self, assoc: Any, read_timeout: float, max_p_data: int) -> None:
+        self.assoc = assoc
+        self._read_timeout = read_timeout
+        self._max_p_data = max_p_data
+        self._pdu_type: int | None = None  # of the header just read: its body comes next
+        self._inbox = bytearray()
+        self._meter = MessageMeter()
+        self._premetered = 0  # bytes at the head of the inbox metered when first read
 
     @property
-    def ready(self) -> bool:
-        """Data is buffered, or arrives in the one read this makes (or the peer closed)."""
+    def socket(self) -> Any:
+        """The connection's socket; None once pynetdicom closed it."""
+        return self.assoc.dul.socket.socket
+
+    def ready(self, connected: bool) -> bool | None:
+        """Data is buffered, or arrives in the one read this makes (or the peer closed).
+
+        None: pynetdicom's own check decides (not connected, or TLS).
+        """
         if self._inbox:
             return True
         sock = self.socket
-        if sock is None or not self._is_connected or isinstance(sock, ssl.SSLSocket):
-            return super().ready
+        if sock is None or not connected or isinstance(sock, ssl.SSLSocket):
+            return None
         chunk = _take_waiting(sock, _MIN_CHUNK)
         if chunk is None:
             return False
@@ -187,15 +196,11 @@ def _take_waiting(sock: Any, size: int) -> bytes | None:
         return b""  # reset or closed: pynetdicom sees the short read
 
 
-def limit_reads(assoc: Any, read_timeout: float, max_p_data: int) -> None:
-    """Give a not yet started acceptor association's socket its read limits."""
-    sock = assoc.dul.socket
-    sock.__class__ = _LimitedSocket
-    sock._read_timeout = read_timeout
-    sock._max_p_data = max_p_data
-    sock._pdu_type = None
-    sock._inbox = bytearray()
-    sock._meter = MessageMeter()
-    sock._premetered = 0
-    if sock.socket is not None:
-        sock.socket.settimeout(read_timeout)  # also makes the descriptor non-blocking
+def limit_reads(assoc: Any, read_timeout: float, max_p_data: int) -> LimitedReader:
+    """Give a not yet started acceptor association's reads their limits; its reader."""
+    reader = LimitedReader(assoc, read_timeout, max_p_data)
+    read_through(assoc, reader)
+    sock = reader.socket
+    if sock is not None:
+        sock.settimeout(read_timeout)  # also makes the descriptor non-blocking
+    return reader

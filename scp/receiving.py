@@ -4,9 +4,9 @@ pynetdicom 3.0 writes a chunked C-STORE dataset into
 ``NamedTemporaryFile(delete=False, mode="wb", suffix=".dcm")``, in the
 process's default temp folder, and lets an ENOSPC there kill the
 association without an answer; it writes the file meta with pydicom's
-``write_file_meta_info(file, create_file_meta(...))``.  All three are looked
-up in ``pynetdicom.dimse_messages`` when each message starts.
-:class:`Receiving` puts its own in their place while the SCP runs: the file
+``write_file_meta_info(file, create_file_meta(...))``.  :class:`Receiving`
+has the pynetdicom boundary's ``stream_to_files`` hook put its own in their
+place while the SCP runs: the file
 is :meth:`SpoolWriter.open_incoming`'s, on the spool's filesystem, a full
 disk becomes a 0xA700, and the meta is ours (provenance included), encoded
 without pydicom.  The calls come from the association's DUL thread, which
@@ -20,8 +20,9 @@ import weakref
 from pathlib import Path
 from typing import Any
 
-from pynetdicom import dimse_messages, evt
+from pynetdicom import evt
 
+from dimse.pynetdicom_boundary import stop_streaming, stream_to_files
 from spool.incoming import IncomingFile, MetaUids, Provenance
 from spool.writer import SpoolWriter
 
@@ -53,31 +54,19 @@ class Receiving:
             weakref.WeakKeyDictionary()
         )
         self._lock = threading.Lock()
-        self._originals: dict[str, Any] = {}
 
     def install(self) -> None:
-        ours = {
-            "NamedTemporaryFile": self._open,
-            "create_file_meta": _meta_uids,
-            "write_file_meta_info": _write_meta,
-        }
-        for name, replacement in ours.items():
-            self._originals[name] = getattr(dimse_messages, name)
-            setattr(dimse_messages, name, replacement)
+        """Stream pynetdicom's C-STORE data sets into our incoming files from now on."""
+        stream_to_files(self.open_for, _meta_uids, _write_meta)
 
     def uninstall(self) -> None:
-        for name, original in self._originals.items():
-            setattr(dimse_messages, name, original)
-        self._originals.clear()
+        stop_streaming()
 
     def take(self, assoc: Any, path: Path) -> IncomingFile | None:
         """The incoming file pynetdicom wrote ``path`` through; the handler's from now on."""
         with self._lock:
             self._unfinished.get(assoc, {}).pop(str(path), None)
         return self._files.get(str(path))
-
-    def _open(self, *_args: object, **_kwargs: object) -> IncomingFile:
-        return self.open_for(threading.current_thread().assoc)  # type: ignore[attr-defined]
 
     def open_for(self, assoc: Any) -> IncomingFile:
         """A new incoming file for ``assoc``, removed if its connection closes first."""

@@ -19,6 +19,7 @@ from pynetdicom import AE, AllStoragePresentationContexts, evt
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.transport import ThreadedAssociationServer
 
+from dimse.pynetdicom_boundary import register_server, share_contexts
 from scp.admission import AdmissionPolicy
 from scp.association_log import AssociationLog
 from scp.handlers import handle_conn_open, handle_echo, handle_requested, handle_store
@@ -88,21 +89,6 @@ class _Listener(ThreadedAssociationServer):
 
 class _TlsListener(HandshakeInThread, _Listener):
     """The same server on ``tls_port``, its TLS handshakes off the accept path (scp/tls.py)."""
-
-
-class _SharedContexts(list):  # type: ignore[type-arg]
-    """The supported presentation contexts, one list for every association.
-
-    pynetdicom deep-copies the server's contexts for each TCP connection
-    (``RequestHandler._create_association``): with every storage SOP class
-    and transfer syntax that is about 50 ms of CPU per connection, so a port
-    scanner or a modality sending one instance per association would take
-    the SCP's core.  pynetdicom 3.0 only reads them
-    (``presentation.negotiate_as_acceptor``), so sharing is safe.
-    """
-
-    def __deepcopy__(self, memo: dict[int, object]) -> _SharedContexts:
-        return self
 
 
 class StoreServer:
@@ -176,8 +162,8 @@ class StoreServer:
             raise
         for server in self._servers:
             server.unrequested = self.unrequested
-            ae._servers.append(server)  # as start_server does: shutdown() removes it
-            server.contexts = _SharedContexts(server.contexts)
+            register_server(ae, server)  # as start_server does: shutdown() removes it
+            share_contexts(server)  # no deep copy per connection (a port scan's CPU)
             thread = threading.Thread(
                 target=server.serve_forever, name="AcceptorServer", daemon=True
             )

@@ -304,8 +304,9 @@ def _check_no_leaks(running: RunningAdapter, baseline: tuple[int, int]) -> None:
 
 
 def test_associations_leave_no_descriptors_behind(adapter: RunningAdapter) -> None:
-    """Each association's eventfd (scp/wakeful.py) used to stay open: found by the fuzz test,
-    fixed in 2cb9b1f; descriptors are what a long-running SCP runs out of."""
+    """Each association's eventfd (dimse/pynetdicom_boundary/threads.py) used to stay open:
+    found by the fuzz test, fixed in 2cb9b1f; descriptors are what a long-running SCP runs
+    out of."""
     pid = _scp_pid(adapter)
     count = lambda: len(os.listdir(f"/proc/{pid}/fd"))  # noqa: E731
     before = count()

@@ -1,34 +1,27 @@
-"""Wake an accepted association's two threads on events instead of 1 ms polls.
+"""Hooks on an accepted association's two threads.
 
 pynetdicom 3.0 runs each association as two polling loops: the DUL thread
 sleeps 1 ms whenever a turn found nothing to do, and the association thread
 looks for a decoded DIMSE message once per turn of a loop that sleeps 1 ms
-on every turn.  A C-STORE round trip crosses both loops twice (request in,
-response out), so on loopback about 1.5 ms of every instance was spent
-asleep with work waiting: more than the fsync, most of the time of a small
-instance.
+on every turn.  A C-STORE round trip crosses both loops twice, so on
+loopback about 1.5 ms of every instance was spent asleep with work waiting.
 
-:func:`wake_on_events` changes one association, at EVT_CONN_OPEN (before
-its threads start), without touching pynetdicom's code paths:
-
-- the DUL thread no longer sleeps between turns; when a turn finds no
-  incoming data and nothing queued, it blocks in ``select()`` on the socket
-  and on an eventfd that is written whenever the association queues a
-  primitive to send or asks the DUL to stop.  Incoming bytes and outgoing
-  responses are handled at once; ``select()`` still returns every
-  :data:`IDLE_WAIT` seconds so the ARTIM and idle timers are checked.
-- the association thread, when no message is ready, waits on an Event set
-  whenever the DUL hands it a message or a primitive (release, abort),
-  for at most :data:`IDLE_WAIT`, instead of returning at once to its sleep.
+:func:`wake_on_events` (hook ``wake_on_events``) changes one association,
+at EVT_CONN_OPEN (before its threads start): the DUL thread blocks in
+``select()`` on the socket and on an eventfd written whenever the
+association queues a primitive or asks the DUL to stop; the association
+thread, when no message is ready, waits on an Event the DUL sets when it
+hands over a message.  Both wake at least every :data:`IDLE_WAIT` seconds
+so pynetdicom's timers are checked.  The DUL also asks the caller's
+``serve`` first on every turn: the direct C-STORE path (:mod:`scp.direct`).
+It touches: the DUL and DIMSE classes (swapped), ``_is_transport_event``
+(overridden), ``_kill_thread`` (made a property that wakes the DUL),
+``_run_loop_delay`` (0), the ``to_provider_queue``, ``to_user_queue`` and
+``msg_queue`` (replaced by queues that signal), and ``Thread._target``
+(wrapped, so the eventfd closes with the thread).
 
 One 1 ms sleep per served message remains, hard-coded in
-``Association._run_reactor``; it overlaps with the response going out, and
-skipping it made no measurable difference.
-
-Relies on pynetdicom 3.0 internals (``_is_transport_event``,
-``_kill_thread``, ``_run_loop_delay``, the DUL and DIMSE queues);
-pyproject.toml pins pynetdicom to 3.0.x and the whole receive test suite
-runs through this path.
+``Association._run_reactor``; it overlaps with the response going out.
 """
 
 from __future__ import annotations
@@ -38,20 +31,62 @@ import os
 import queue
 import select
 import threading
+from collections.abc import Callable
 from typing import Any
 
 from pynetdicom import evt
 from pynetdicom.dimse import DIMSEServiceProvider
 from pynetdicom.dul import DULServiceProvider
 
+from dimse.pynetdicom_boundary.registry import Requirement, register
+
 # Longest a thread blocks with nothing to do before re-checking its timers.
 IDLE_WAIT = 0.01
+_DUL = "pynetdicom.dul:DULServiceProvider"
+_DIMSE = "pynetdicom.dimse:DIMSEServiceProvider"
+
+Serve = Callable[[], "bool | None"]
+
+_woken = register(
+    "wake_on_events",
+    "no 1 ms polls: the DUL and DIMSE threads wake on events",
+    Requirement(f"{_DUL}._is_transport_event", params=("self",)),
+    Requirement(f"{_DUL}.run_reactor", uses="_kill_thread"),
+    Requirement(f"{_DUL}.run_reactor", uses="_run_loop_delay"),
+    Requirement(f"{_DUL}.run_reactor", uses="_is_transport_event"),
+    Requirement(f"{_DUL}.__init__", uses="to_provider_queue"),
+    Requirement(f"{_DUL}.__init__", uses="to_user_queue"),
+    Requirement(f"{_DIMSE}.__init__", uses="msg_queue"),
+    Requirement(f"{_DIMSE}.get_msg", params=("self", "block")),
+    Requirement("threading:Thread.__init__", uses="_target"),
+    Requirement("threading:Thread.run", uses="_target"),
+)
+_fsm_events = register(
+    "fsm_events",
+    "the direct path tells the state machine a read failed (Evt17) or a PDU broke (Evt19)",
+    Requirement(f"{_DUL}.__init__", uses="event_queue"),
+    Requirement(f"{_DUL}.run_reactor", uses="event_queue"),
+    Requirement("pynetdicom.fsm:TRANSITION_TABLE"),
+)
+_closed_left_open = register(
+    "close_left_open",
+    "a DUL thread that ends without EVT_CONN_CLOSE (a state machine crash, a kill after a "
+    "rejection) leaves its connection open: close it and signal",
+    Requirement("pynetdicom.events:trigger", params=("assoc", "event", "attrs")),
+    Requirement("pynetdicom.fsm:StateMachine.do_action", uses="InvalidEventError"),
+)
+_unblocked = register(
+    "stop_waiting_for_request",
+    "a connection gone before its A-ASSOCIATE-RQ frees its slot at once, not after 30 s",
+    Requirement("pynetdicom.association:Association.run_reactor", uses="receive_pdu"),
+    Requirement(f"{_DUL}.receive_pdu", uses="to_user_queue"),
+)
 
 
 class _SignallingQueue(queue.Queue):  # type: ignore[type-arg]
     """A queue that calls ``signal()`` after every put."""
 
-    def __init__(self, signal: Any) -> None:
+    def __init__(self, signal: Callable[[], Any]) -> None:
         super().__init__()
         self._signal = signal
 
@@ -65,6 +100,7 @@ class _WakefulDUL(DULServiceProvider):
 
     _wake_fd: int
     _wake_lock: threading.Lock
+    _serve: Serve | None
 
     @property  # type: ignore[override]
     def _kill_thread(self) -> bool:
@@ -88,8 +124,7 @@ class _WakefulDUL(DULServiceProvider):
             self._wake_fd = -1
 
     def _is_transport_event(self) -> bool:
-        direct = self.__dict__.get("_direct")
-        served = direct.serve() if direct is not None and direct.active else None
+        served = self._serve() if self._serve is not None else None
         if served:
             return True
         if served is None and super()._is_transport_event():
@@ -126,11 +161,17 @@ class _WakefulDIMSE(DIMSEServiceProvider):
         return super().get_msg(block)
 
 
-def wake_on_events(assoc: Any) -> None:
-    """Switch a not yet started acceptor association to event-driven wake-ups."""
+def wake_on_events(assoc: Any, serve: Serve | None = None) -> None:
+    """Switch a not yet started acceptor association to event-driven wake-ups.
+
+    ``serve`` runs first on each DUL turn: True, the turn is used up; False,
+    nothing to read yet and pynetdicom must not read either; None,
+    pynetdicom's turn.
+    """
     dul, dimse = assoc.dul, assoc.dimse
     attention = threading.Event()
     dul.__class__ = _WakefulDUL
+    dul._serve = serve
     dul._wake_lock = threading.Lock()
     dul._wake_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
     dul._run_loop_delay = 0
@@ -138,13 +179,16 @@ def wake_on_events(assoc: Any) -> None:
     # The DUL thread's target was bound at construction, so wrap it rather
     # than override run_reactor: the eventfd goes when the thread ends.
     reactor = dul._target
+    signalled: list[bool] = []  # pynetdicom triggered EVT_CONN_CLOSE (it does on normal ends)
+    assoc.bind(evt.EVT_CONN_CLOSE, lambda _event: signalled.append(True))
 
     def run_then_close() -> None:
         try:
             reactor()
         finally:
             dul.close_wake_fd()
-            _close_if_crashed(dul)
+            if not signalled:
+                _close_left_open(dul)
             _stop_waiting_for_request(dul)
 
     dul._target = run_then_close
@@ -152,22 +196,36 @@ def wake_on_events(assoc: Any) -> None:
     dimse.__class__ = _WakefulDIMSE
     dimse._attention = attention
     dimse.msg_queue = _SignallingQueue(attention.set)
+    _woken()
 
 
-def _close_if_crashed(dul: Any) -> None:
-    """Close the connection of a DUL thread that died with it open.
+def report_closed(assoc: Any) -> None:
+    """Evt17 (transport closed) to the association's state machine, as pynetdicom's reader does."""
+    assoc.dul.event_queue.put("Evt17")
+    _fsm_events()
+
+
+def report_invalid_pdu(assoc: Any) -> None:
+    """Evt19 (invalid PDU) to the state machine: it aborts the association (PS3.8 9.2)."""
+    assoc.dul.event_queue.put("Evt19")
+    _fsm_events()
+
+
+def _close_left_open(dul: Any) -> None:
+    """Close the connection of a DUL thread that ended without EVT_CONN_CLOSE.
 
     pynetdicom's state machine raises (and its thread ends) on some invalid
-    event sequences a hostile peer can send (found by the fuzz test, e.g.
-    Evt9 in Sta13), without closing the socket or signalling EVT_CONN_CLOSE,
-    on which the connection's descriptor and unfinished files are released.
+    event sequences a hostile peer can cause (found by the fuzz test, e.g.
+    Evt9 in Sta13), and a DUL killed after a rejection also just stops:
+    neither closes the socket nor signals EVT_CONN_CLOSE, on which the
+    connection's descriptor, slot and unfinished files are released.
     """
     sock = dul.socket
-    if sock is None or sock.socket is None:
-        return  # closed the normal way
-    sock.close()
+    if sock is not None and sock.socket is not None:
+        sock.close()
     address = dul.assoc.requestor.address_info.as_tuple
     evt.trigger(dul.assoc, evt.EVT_CONN_CLOSE, {"address": address})
+    _closed_left_open()
 
 
 def _stop_waiting_for_request(dul: Any) -> None:
@@ -182,3 +240,4 @@ def _stop_waiting_for_request(dul: Any) -> None:
     if dul.assoc.requestor.primitive is None and not getattr(dul, "_gave_up", False):
         dul._gave_up = True
         dul.to_user_queue.put(None)
+        _unblocked()

@@ -137,11 +137,25 @@ def _task_lines(listed: list[TaskRecord]) -> str:
     return "\n".join(lines)
 
 
+# The keys earlier versions' ``jobs --json`` and ``exports --json`` printed, kept beside
+# the task's own so scripts reading them go on working (as the ledger's views do in SQL).
+LEGACY_KEYS = {
+    TaskKind.PROCESS: {
+        "processor": "submitter",
+        "called_ae": "target",
+        "instance_count": "item_count",
+    },
+    TaskKind.EXPORT: {"destination": "target", "job_id": "parent_id", "file_count": "item_count"},
+}
+
+
 def _record_json(record: TaskRecord) -> dict[str, Any]:
     document = {"noun": record.noun, **asdict(record)}
     for name, value in document.items():
         if isinstance(value, datetime):
             document[name] = iso(value)
+    for legacy, key in LEGACY_KEYS[TaskKind(record.kind)].items():
+        document[legacy] = document[key]
     return document
 
 

@@ -221,6 +221,28 @@ def export_state_and_events(config_path: Path, export_id: int) -> tuple[str, lis
     return state, reasons
 
 
+def test_task_listings_as_json_keep_the_keys_earlier_versions_printed(config_path: Path) -> None:
+    from click.testing import CliRunner
+
+    export_id, _ = failed_export(config_path, "o-json")
+    listed = {}
+    for group in ("tasks", "exports", "jobs"):
+        result = CliRunner().invoke(main, [group, "--json", "--config", str(config_path)])
+        assert result.exit_code == 0, result.output
+        listed[group] = json.loads(result.output)
+    assert listed["tasks"] == listed["exports"] and listed["jobs"] == []
+    [task] = listed["exports"]
+    assert (task["id"], task["kind"], task["noun"], task["state"]) == (
+        export_id,
+        "export",
+        "export",
+        "failed",
+    )
+    # An earlier version's export keys, as the ledger's exports view has them.
+    assert (task["destination"], task["job_id"], task["file_count"]) == ("PACS", None, 2)
+    assert (task["failed_count"], task["attempts"], task["origin"]) == (2, 1, "outbox")
+
+
 def test_exports_discard_asks_first_keeps_the_files_and_says_so(config_path: Path) -> None:
     from click.testing import CliRunner
 

@@ -160,3 +160,24 @@ def test_a_reload_that_removes_an_ae_keeps_what_it_received(
     rows = running.rows()
     assert [r.state for r in rows] == ["received", "received"]
     assert all(Path(r.path).exists() for r in rows)
+
+
+def test_a_reload_applies_a_changed_group_by_to_intake_and_the_jobs_together(
+    start_adapter, config_path: Path, tmp_path: Path
+) -> None:
+    """Every config-derived part comes from one build (``derived.derive``): none is left
+    on the old config, as a group_by reaching intake but not the job folders once was."""
+    output = tmp_path / "published"
+    base = config_path.read_text() + f"\n[ae:PROC]\nprocessor = folder\noutput = {output}\n"
+    config_path.write_text(base)
+    running = start_adapter(config_path)
+    adapter = running.adapter
+    lane = (TaskKind.PROCESS, "PROC")
+    assert adapter.intake.intake.group_by["PROC"] == adapter.runner.lanes[lane].group_by
+    assert adapter.runner.lanes[lane].group_by == 0x0020000D
+    config_path.write_text(base + "group_by = 0020,000E\nretries = 7\ntimeout = 9\n")
+    assert adapter.reload()
+    assert adapter.intake.intake.group_by["PROC"] == 0x0020000E
+    assert adapter.runner.lanes[lane].group_by == 0x0020000E
+    assert adapter.runner.lanes[lane].retries.retries == 7
+    assert adapter.groupers["PROC"].rules.timeout_seconds == 9

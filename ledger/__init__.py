@@ -1,1 +1,1 @@
-"""The SQLite ledger: one row per stored instance, every move an event."""
+"""The ledger (SQLite, or PostgreSQL): one row per stored instance, every move an event."""

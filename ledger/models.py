@@ -86,6 +86,7 @@ class Instance(Base):
             "path",
             unique=True,
             sqlite_where=text("state != 'reclaimed'"),
+            postgresql_where=text("state != 'reclaimed'"),
         ),
     )
 

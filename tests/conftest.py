@@ -210,3 +210,7 @@ def _no_thread_leaks() -> Iterator[None]:
             break
         time.sleep(0.05)
     assert not leaked, f"threads left running: {leaked}"
+
+
+# The throwaway PostgreSQL cluster and the per-backend ledger URL (below: it needs free_port).
+from tests.postgres import ledger_url, postgres_cluster  # noqa: E402, F401

@@ -9,6 +9,7 @@ files are ever reclaimable.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -29,10 +30,11 @@ LATER = T0 + timedelta(seconds=30)
 
 
 @pytest.fixture
-def exports(tmp_path: Path) -> Exports:
-    engine = make_engine(f"sqlite:///{tmp_path / 'ledger.db'}")
+def exports(ledger_url: str) -> Iterator[Exports]:
+    engine = make_engine(ledger_url)
     upgrade(engine)
-    return Exports(Ledger(engine))
+    yield Exports(Ledger(engine))
+    engine.dispose()
 
 
 def queue(exports: Exports, count: int, owned: bool = True) -> int:

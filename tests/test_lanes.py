@@ -122,8 +122,8 @@ def add_jobs(processing: Processing, called_ae: str, count: int) -> list[int]:
     return ids
 
 
-def test_a_lane_runs_one_task_at_a_time_and_workers_bound_the_lanes(tmp_path: Path) -> None:
-    engine = make_engine(f"sqlite:///{tmp_path / 'ledger.db'}")
+def test_a_lane_runs_one_task_at_a_time_and_workers_bound_the_lanes(ledger_url: str) -> None:
+    engine = make_engine(ledger_url)
     upgrade(engine)
     ledger = Ledger(engine)
     processing, tasks = Processing(ledger), Tasks(ledger)

@@ -3,6 +3,7 @@
 import sqlite3
 from pathlib import Path
 
+import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 
@@ -18,11 +19,13 @@ def test_upgrade_from_empty_then_noop(tmp_path: Path) -> None:
     assert upgrade(engine) == (head_revision(), head_revision())
 
 
-def test_models_match_migrations(tmp_path: Path) -> None:
-    engine = make_engine(f"sqlite:///{tmp_path / 'ledger.db'}")
-    upgrade(engine)
+def test_models_match_migrations(ledger_url: str) -> None:
+    """On SQLite and PostgreSQL alike: every migration runs, and the result is the models."""
+    engine = make_engine(ledger_url)
+    assert upgrade(engine) == (None, head_revision())
     with engine.connect() as connection:
         diff = compare_metadata(MigrationContext.configure(connection), Base.metadata)
+    engine.dispose()
     assert diff == []
 
 
@@ -116,3 +119,42 @@ def test_0007_makes_jobs_and_exports_tasks_losing_nothing(tmp_path: Path) -> Non
     assert db.execute("SELECT count(*) FROM job_events").fetchone() == (1,)
     assert db.execute("SELECT count(*) FROM export_events").fetchone() == (3,)
     db.close()
+
+
+def test_a_path_is_unique_among_live_rows_only(ledger_url: str) -> None:
+    """A file received again at a reclaimed one's path is recorded; two live rows never share
+    a path (migration 0008 gives PostgreSQL the partial index SQLite had)."""
+    from sqlalchemy.exc import IntegrityError
+
+    from ledger.records import NewInstance
+    from ledger.states import State
+    from ledger.store import Ledger
+
+    engine = make_engine(ledger_url)
+    upgrade(engine)
+    ledger = Ledger(engine)
+    new = NewInstance(
+        path="/spool/AE/1.2.3/1.2.3.4/1.2.3.4.5.dcm",
+        called_ae="AE",
+        size=1,
+        sha256="0" * 64,
+        sop_instance_uid="1.2.3.4.5",
+        study_instance_uid="1.2.3",
+        series_instance_uid="1.2.3.4",
+        sop_class_uid=None,
+        transfer_syntax_uid=None,
+        patient_id=None,
+        calling_ae=None,
+        peer_address=None,
+        group_key=None,
+    )
+    with ledger.transaction() as tx:
+        first = tx.add(new, "received")
+    with ledger.transaction() as tx:
+        tx.move_many([first], State.RECEIVED, State.RECLAIMABLE, "test")
+        tx.move_many([first], State.RECLAIMABLE, State.RECLAIMED, "test")
+    with ledger.transaction() as tx:
+        tx.add(new, "received")  # the same path again, its first row reclaimed
+    with pytest.raises(IntegrityError), ledger.transaction() as tx:
+        tx.add(new, "received")  # a second live row at one path
+    engine.dispose()

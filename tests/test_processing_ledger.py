@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from sqlalchemy import update
+from sqlalchemy import text, update
 
 from errors import IllegalTransition
 from ledger.db import make_engine
@@ -23,10 +24,11 @@ T0 = datetime(2026, 11, 27, 12, 0, 0, tzinfo=UTC)
 
 
 @pytest.fixture
-def processing(tmp_path: Path) -> Processing:
-    engine = make_engine(f"sqlite:///{tmp_path / 'ledger.db'}")
+def processing(ledger_url: str) -> Iterator[Processing]:
+    engine = make_engine(ledger_url)
     upgrade(engine)
-    return Processing(Ledger(engine))
+    yield Processing(Ledger(engine))
+    engine.dispose()
 
 
 def add(
@@ -185,12 +187,8 @@ def test_late_arrival_is_noted_only_while_it_waits(processing: Processing) -> No
     second = processing.claim_group("AE1", "9.1", "command", "quiet", T0 + timedelta(seconds=9))
     processing.note_late(processing.ledger.get(late))  # claimed meanwhile: nothing to note
     with processing.ledger.engine.connect() as connection:
-        reasons = [
-            r
-            for (r,) in connection.exec_driver_sql(
-                "SELECT reason FROM events WHERE instance_id = ? ORDER BY id", (late,)
-            )
-        ]
+        query = text("SELECT reason FROM events WHERE instance_id = :i ORDER BY id")
+        reasons = list(connection.execute(query, {"i": late}).scalars())
     assert reasons[1] == "late arrival: job 1 already took this group; starts a new group"
     assert reasons[2].startswith(f"claimed by job {second.id}") and len(reasons) == 3
 

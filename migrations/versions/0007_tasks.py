@@ -164,7 +164,7 @@ def upgrade() -> None:
             "SELECT job_id AS task_id, from_state, to_state, at, reason, 0 AS part, id "
             "FROM job_events UNION ALL "
             f"SELECT export_id + :offset, {_running('from_state')}, {_running('to_state')}, "
-            "at, reason, 1, id FROM export_events) ORDER BY at, part, id"
+            "at, reason, 1, id FROM export_events) AS merged ORDER BY at, part, id"
         ),
         {"offset": offset},
     )
@@ -176,6 +176,12 @@ def upgrade() -> None:
         ),
         {"offset": offset, "now": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")},
     )
+    if bind.dialect.name == "postgresql":  # rows came with their ids: move the counters on
+        for table in ("tasks", "task_items"):
+            op.execute(
+                f"SELECT setval(pg_get_serial_sequence('{table}', 'id'), "
+                f"COALESCE((SELECT MAX(id) FROM {table}), 0) + 1, false)"
+            )
     for table in ("export_events", "export_files", "exports", "job_events", "jobs"):
         op.drop_table(table)
     for name, query in _VIEWS.items():

@@ -32,6 +32,7 @@ from ledger.db import make_engine
 from ledger.exports import Exports
 from ledger.migrate import upgrade
 from ledger.models import TIME_FORMAT, utcnow
+from ledger.nodes import Nodes
 from ledger.processing import Processing
 from ledger.states import TaskKind, TaskState
 from ledger.store import Ledger
@@ -68,6 +69,9 @@ class Adapter:
         self.processing = Processing(self.ledger)
         self.exports = Exports(self.ledger)
         self.tasks = Tasks(self.ledger)
+        self.nodes = Nodes(self.ledger)
+        self._started_at = utcnow()
+        self._listening = ""
         self.runner = TaskRunner(self.tasks, config.tasks.workers)
         self.outbox = OutboxScanner(self.exports, {}, config.watcher.settle_seconds)
         self.export_reclaimer = ExportReclaimer(self.exports, {}, {})
@@ -173,7 +177,8 @@ class Adapter:
         listeners = [f"{self.config.dicom.host}:{self.server.port}"] if self.server.port else []
         if self.server.tls_port:
             listeners.append(f"{self.config.dicom.host}:{self.server.tls_port} (TLS)")
-        self.ledger.set_service_state("listening", ", ".join(listeners))
+        self._listening = ", ".join(listeners)
+        self.ledger.set_service_state("listening", self._listening)
         self.ledger.set_service_state("pid", str(os.getpid()))
         self._heartbeat_tick()
         schedule.every(self.scheduler, "heartbeat", HEARTBEAT_SECONDS, self._heartbeat_tick)
@@ -249,8 +254,12 @@ class Adapter:
         If the ledger cannot be written, the heartbeat goes stale, which
         ``status`` reports as well.
         """
-        self.ledger.set_service_state("problems", json.dumps(self.problems()))
+        problems = self.problems()
+        self.ledger.set_service_state("problems", json.dumps(problems))
         self.ledger.set_service_state("heartbeat_at", utcnow().strftime(TIME_FORMAT))
+        self.nodes.beat(
+            self.config.node.name, os.getpid(), self._listening, problems, self._started_at
+        )
 
     def _watchdog_tick(self) -> None:
         """Ping systemd only from a service that works: else it gets restarted."""

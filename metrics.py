@@ -37,6 +37,10 @@ class AdapterCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         adapter = self.adapter
         tally = adapter.server.tally
+        # Which node this is (``[node] name``), for joining on when several share a ledger.
+        node = GaugeMetricFamily(f"{PREFIX}_node", "This adapter's node name", labels=["node"])
+        node.add_metric([adapter.config.node.name], 1)
+        yield node
         received = CounterMetricFamily(
             f"{PREFIX}_instances_received", "Instances stored, by called AE", labels=["called_ae"]
         )

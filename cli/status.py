@@ -20,6 +20,7 @@ from health import health
 from ledger.db import make_engine
 from ledger.exports import Exports
 from ledger.models import utcnow
+from ledger.nodes import NodeRecord, Nodes
 from ledger.processing import Processing
 from ledger.states import TaskKind
 from ledger.store import Ledger
@@ -61,6 +62,7 @@ def status(config_path: Path | None, as_json: bool, studies: int, phi: bool) -> 
         "exports": Tasks(ledger).counts(TaskKind.EXPORT),
         "export_files": Exports(ledger).item_counts(),
         "health": health(config, ledger),
+        "nodes": [_node_json(node) for node in Nodes(ledger).listing()],
         "oldest_open_group": None
         if oldest is None
         else {
@@ -123,6 +125,10 @@ def _status_text(report: dict[str, Any]) -> str:
         f"Spool:  {report['spool']} ({facts['spool_free_bytes'] / 2**30:.1f} GiB free)",
         f"Last reconcile: {facts['last_reconcile_at'] or 'never'}",
         "",
+        "Nodes:",
+        *(_node_line(node) for node in report["nodes"]),
+        *([] if report["nodes"] else ["  (none has run on this ledger yet)"]),
+        "",
         "Instances by state:",
     ]
     lines += [f"  {state:<12} {count:>8}" for state, count in report["counts"].items()]
@@ -157,3 +163,25 @@ def _status_text(report: dict[str, Any]) -> str:
             + (f", patient {study['patient_id']}" if "patient_id" in study else "")
         )
     return "\n".join(lines)
+
+
+def _node_json(node: NodeRecord) -> dict[str, Any]:
+    return {
+        "name": node.name,
+        "pid": node.pid,
+        "listening": node.listening,
+        "problems": list(node.problems),
+        "started_at": iso(node.started_at),
+        "heartbeat_at": iso(node.heartbeat_at),
+        "heartbeat_age_seconds": round((utcnow() - node.heartbeat_at).total_seconds(), 1),
+    }
+
+
+def _node_line(node: dict[str, Any]) -> str:
+    """``  vm  pid 4242, 0.0.0.0:11112, heartbeat 3.1s ago``, and what ails it."""
+    listening = node["listening"] or "not listening"
+    line = (
+        f"  {node['name']:<16} pid {node['pid']}, {listening}, "
+        f"heartbeat {node['heartbeat_age_seconds']:g}s ago"
+    )
+    return line + "".join(f"; {problem}" for problem in node["problems"])

@@ -105,6 +105,11 @@ class WatcherConfig:
 
 
 @dataclass(frozen=True)
+class NodeConfig:
+    name: str  # this adapter's name in the ledger (``nodes``) and the metrics
+
+
+@dataclass(frozen=True)
 class TasksConfig:
     workers: int  # jobs and exports of different AEs and destinations running at once
 
@@ -194,6 +199,7 @@ class SourceConfig:
 @dataclass(frozen=True)
 class Config:
     path: Path
+    node: NodeConfig
     dicom: DicomConfig
     storage: StorageConfig
     ledger: LedgerConfig

@@ -14,6 +14,7 @@ from __future__ import annotations
 import configparser
 import os
 import re
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,7 @@ from config.model import (
     LedgerConfig,
     LogConfig,
     MetricsConfig,
+    NodeConfig,
     SourceConfig,
     StorageConfig,
     TasksConfig,
@@ -113,6 +115,7 @@ class _Reader:
             return None
         return Config(
             path=self.path.resolve(),
+            node=NodeConfig(name=sections["node"]["name"] or socket.gethostname()),
             dicom=DicomConfig(**sections["dicom"]),
             storage=StorageConfig(**sections["storage"]),
             ledger=LedgerConfig(**sections["ledger"]),

@@ -35,9 +35,10 @@ TLS_KEYS: dict[str, tuple[Parser, Any]] = {
     "tls_ciphers": (values.tls_ciphers, DEFAULT_TLS_CIPHERS),
 }
 LABELLED = ("ae", "source", "destination")  # sections that carry a name: [kind:NAME]
-UNLABELLED = ("dicom", "storage", "ledger", "watcher", "tasks", "log", "metrics")
+UNLABELLED = ("node", "dicom", "storage", "ledger", "watcher", "tasks", "log", "metrics")
 
 SCHEMA: dict[str, dict[str, tuple[Parser, Any]]] = {
+    "node": {"name": (values.node_name, None)},  # None: the host name
     "dicom": {
         "ae_title": (dicom_values.called_ae_title, "DICOMADAPTER"),
         "host": (values.host, "0.0.0.0"),

@@ -154,6 +154,13 @@ def names(text: str, _: Path) -> tuple[str, ...]:
     return listed
 
 
+def node_name(text: str, _: Path) -> str:
+    """A node's name in the ledger and the metrics: letters, digits, ``.``, ``_``, ``-``."""
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", text):
+        raise ValueError(f"must be 1-64 letters, digits, '.', '_' or '-', not {text!r}")
+    return text
+
+
 def host(text: str, _: Path) -> str:
     """A host name or address to listen on or connect to."""
     if not text:

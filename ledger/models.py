@@ -186,6 +186,19 @@ class TaskEvent(Base):
     reason: Mapped[str] = mapped_column(Text)
 
 
+class Node(Base):
+    """One adapter writing this ledger: its heartbeat, and what ails it (a JSON list)."""
+
+    __tablename__ = "nodes"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    pid: Mapped[int] = mapped_column(Integer)
+    listening: Mapped[str] = mapped_column(Text)
+    problems: Mapped[str] = mapped_column(Text)
+    started_at: Mapped[datetime] = mapped_column(UtcText)
+    heartbeat_at: Mapped[datetime] = mapped_column(UtcText)
+
+
 class ServiceState(Base):
     """Facts the running service records about itself (``started_at``, ``last_reconcile_at``)."""
 

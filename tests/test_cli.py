@@ -34,10 +34,10 @@ def cli(
 def test_db_upgrade_then_status_on_an_empty_ledger(config_path: Path) -> None:
     first = cli("db", "upgrade", "--config", str(config_path))
     assert (
-        first.returncode == 0 and first.stdout == "ledger upgraded from empty to 0008 (head 0008)\n"
+        first.returncode == 0 and first.stdout == "ledger upgraded from empty to 0009 (head 0009)\n"
     )
     again = cli("db", "upgrade", "--config", str(config_path))
-    assert again.stdout == "ledger already at 0008\n"
+    assert again.stdout == "ledger already at 0009\n"
     status = cli("status", "--config", str(config_path))
     assert status.returncode == 1  # nothing listens: unhealthy, for monitoring scripts
     ledger = config_path.parent / "ledger.db"
@@ -46,8 +46,9 @@ def test_db_upgrade_then_status_on_an_empty_ledger(config_path: Path) -> None:
     assert lines[2].endswith(" GiB free)\n")
     assert "".join(lines[:2] + lines[3:]) == (
         "Health: UNHEALTHY: not listening\n"
-        f"Ledger: sqlite:///{ledger} (revision 0008)\n"
+        f"Ledger: sqlite:///{ledger} (revision 0009)\n"
         "Last reconcile: never\n\n"
+        "Nodes:\n  (none has run on this ledger yet)\n\n"
         "Instances by state:\n"
         "  received            0\n  claimed             0\n  submitted           0\n"
         "  reclaimable         0\n  reclaimed           0\n  rejected            0\n"
@@ -85,7 +86,7 @@ def test_run_receive_status_and_sigterm(adapter_process: AdapterProcess, tmp_pat
     result = cli("status", "--json", "--config", str(adapter_process.config))
     report = json.loads(result.stdout)
     assert result.returncode == 1 and report["health"]["listening"] is False
-    assert report["counts"]["received"] == 4 and report["revision"] == "0008"
+    assert report["counts"]["received"] == 4 and report["revision"] == "0009"
     [study] = report["studies"]
     assert study["called_ae"] == "DICOMADAPTER" and study["instances"] == 4
     assert study["received"] == 4 and study["bytes"] > 0
@@ -171,7 +172,7 @@ def test_status_on_a_ledger_behind_the_code_says_what_to_do(config_path: Path) -
         connection.execute("UPDATE alembic_version SET version_num = '0003'")
     result = cli("status", "--config", str(config_path))
     assert result.returncode == 1 and result.stderr.endswith(
-        "is at revision 0003, this version needs 0008: run 'dicom-adapter db upgrade'\n"
+        "is at revision 0003, this version needs 0009: run 'dicom-adapter db upgrade'\n"
     )
 
 

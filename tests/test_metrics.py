@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import urllib.request
 from pathlib import Path
 
@@ -59,6 +60,7 @@ def test_metrics_tell_what_happened(start_adapter, tmp_path: Path, port: int) ->
     assert values["dicom_adapter_spool_free_bytes"] > 0
     assert values["dicom_adapter_intake_queued"] == 0
     assert values['dicom_adapter_task_items{state="failed"}'] == 0
+    assert values[f'dicom_adapter_node{{node="{socket.gethostname()}"}}'] == 1
 
 
 def test_no_endpoint_unless_configured(adapter) -> None:

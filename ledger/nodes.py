@@ -1,0 +1,67 @@
+"""The ``nodes`` table: each adapter on this ledger says it lives, and how it is.
+
+Written by the node's own heartbeat (:meth:`adapter.Adapter._heartbeat_tick`),
+read by ``status`` and anyone with ``sqlite3`` or ``psql``.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import insert, select, update
+
+from ledger.models import Node
+from ledger.store import Ledger
+
+NODES = Node.__table__
+
+
+@dataclass(frozen=True)
+class NodeRecord:
+    name: str
+    pid: int
+    listening: str
+    problems: tuple[str, ...]
+    started_at: datetime
+    heartbeat_at: datetime
+
+
+class Nodes:
+    def __init__(self, ledger: Ledger) -> None:
+        self.ledger = ledger
+
+    def beat(
+        self, name: str, pid: int, listening: str, problems: list[str], started_at: datetime
+    ) -> None:
+        """Record that ``name`` lives now (one upsert)."""
+        values = {
+            "pid": pid,
+            "listening": listening,
+            "problems": json.dumps(problems),
+            "started_at": started_at,
+        }
+        with self.ledger.transaction() as tx:
+            changed = tx.connection.execute(
+                update(NODES).where(NODES.c.name == name).values(**values, heartbeat_at=tx.now)
+            ).rowcount
+            if not changed:
+                tx.connection.execute(
+                    insert(NODES).values(name=name, **values, heartbeat_at=tx.now)
+                )
+
+    def listing(self) -> list[NodeRecord]:
+        """Every node that ever wrote this ledger, by name."""
+        rows = self.ledger.read(select(NODES).order_by(NODES.c.name))
+        return [
+            NodeRecord(
+                row.name,
+                row.pid,
+                row.listening,
+                tuple(json.loads(row.problems)),
+                row.started_at,
+                row.heartbeat_at,
+            )
+            for row in rows
+        ]

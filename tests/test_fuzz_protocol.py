@@ -7,7 +7,7 @@ file descriptors in its SCP process.  The streams are mutations of what a
 real pynetdicom SCU sends (recorded once through a proxy, see
 ``tests/peers/raw.py``), made by ``tests/peers/fuzz.py`` from a seed.
 
-Bounded in time, not in cases: ``FUZZ_SECONDS`` (default 45) of cases in
+Bounded in time, not in cases: ``FUZZ_SECONDS`` (default 20) of cases in
 the normal suite, ``make fuzz FUZZ_SECONDS=600`` for longer; ``FUZZ_SEED``
 picks the seed (printed, with a replay command for any failing case).
 """
@@ -31,13 +31,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from spool.layout import QUARANTINE, SUPERSEDED, TMP
-from tests.conftest import RunningAdapter, wait_for, write_config
+from tests.conftest import RunningAdapter, tmp_files, wait_for, write_config
 from tests.dicom import dataset_digest, make_instance
 from tests.peers.fuzz import Case, base_streams, make_case
 from tests.peers.raw import AWAIT_ANSWER, Recording, Reply, exchange, record
 from tests.peers.send import echo, send_files
 
-FUZZ_SECONDS = float(os.environ.get("FUZZ_SECONDS", "45"))
+FUZZ_SECONDS = float(os.environ.get("FUZZ_SECONDS", "20"))
 FUZZ_SEED = int(os.environ.get("FUZZ_SEED", "1"))
 WORKERS = int(
     os.environ.get("FUZZ_WORKERS", "8")
@@ -298,7 +298,7 @@ def _check_no_leaks(running: RunningAdapter, baseline: tuple[int, int]) -> None:
     print(f"SCP threads {baseline[0]} -> {threads}, descriptors {baseline[1]} -> {fds}")
     assert threads <= slack[0], f"SCP threads {baseline[0]} before fuzzing, {threads} after"
     assert fds <= slack[1], f"SCP file descriptors {baseline[1]} before fuzzing, {fds} after"
-    leftovers = list((running.spool / TMP).iterdir())
+    leftovers = tmp_files(running.spool)
     print(f"files left in spool/{TMP}: {len(leftovers)}")
     assert not leftovers, f"temporary files left behind: {leftovers}"
 
@@ -326,11 +326,10 @@ def test_a_c_store_cut_short_leaves_no_temporary_file(
         fuzzed.port, [(rq, AWAIT_ANSWER), (store + first_fragment, 0.0)], deadline=CASE_DEADLINE
     )
     assert reply.first_pdu_type == 0x02 and not reply.held  # accepted, then dropped at 1 s
-    tmp = fuzzed.spool / TMP
     deadline = time.monotonic() + 5
-    while list(tmp.iterdir()) and time.monotonic() < deadline:
+    while tmp_files(fuzzed.spool) and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert not list(tmp.iterdir()), f"left behind: {list(tmp.iterdir())}"
+    assert not tmp_files(fuzzed.spool), f"left behind: {tmp_files(fuzzed.spool)}"
 
 
 def test_a_connection_costs_the_scp_little_cpu(adapter: RunningAdapter) -> None:

@@ -63,7 +63,7 @@ class Adapter:
 
     def __init__(self, config: Config) -> None:
         self.config = config
-        self.layout = SpoolLayout(config.storage.spool)
+        self.layout = SpoolLayout(config.storage.spool, config.node.name)
         self.engine = make_engine(config.ledger.url)
         self.ledger = Ledger(self.engine)
         self.processing = Processing(self.ledger)

@@ -81,7 +81,7 @@ def check(config: Config) -> Report:
     _refuse_while_running(config)
     with _open_ledger(config) as ledger:
         require_head(ledger.engine, config.ledger.url)
-        findings = _spool_findings(SpoolLayout(config.storage.spool), ledger)
+        findings = _spool_findings(SpoolLayout(config.storage.spool, config.node.name), ledger)
         findings += _lost_findings(ledger)
         findings += _task_findings(Tasks(ledger))
     return Report(tuple(findings), repaired=False)
@@ -133,7 +133,7 @@ def _recover(config: Config, ledger: Ledger) -> None:
     Intake runs synchronously inside the reconcile, so every orphan is
     recorded (or quarantined) by the time this returns.
     """
-    layout = SpoolLayout(config.storage.spool)
+    layout = SpoolLayout(config.storage.spool, config.node.name)
     layout.ensure(config.aes)
     intake = Intake(
         layout,
@@ -202,12 +202,15 @@ def _lost_findings(ledger: Ledger) -> list[Finding]:
 
 
 def _temporary_files(layout: SpoolLayout) -> list[Path]:
-    """What a start-up reconcile would delete from ``.tmp/`` (it leaves folders)."""
-    try:
-        entries = list(os.scandir(layout.tmp))
-    except FileNotFoundError:
-        return []
-    return sorted(Path(entry.path) for entry in entries if not entry.is_dir(follow_symlinks=False))
+    """What this node's start-up reconcile would delete (it leaves folders)."""
+    found = []
+    for folder in layout.tmp_folders():
+        try:
+            entries = list(os.scandir(folder))
+        except FileNotFoundError:
+            continue
+        found += [Path(e.path) for e in entries if not e.is_dir(follow_symlinks=False)]
+    return sorted(found)
 
 
 def _claim_findings(ledger: Ledger) -> list[Finding]:

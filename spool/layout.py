@@ -3,7 +3,8 @@
 ::
 
     spool/
-      .tmp/                      temporary files; never acknowledged, cleaned at start
+      .tmp/<node>/               each node's temporary files; never acknowledged, cleaned
+                                 by that node at start (no node clears another's)
       quarantine/                unreadable files, each with a ``.reason`` sidecar
       superseded/<called AE>/<row id>-<name>   differing copies moved aside (duplicates)
       <called AE>/<StudyInstanceUID>/<SeriesInstanceUID>/<SOPInstanceUID>.dcm
@@ -34,10 +35,17 @@ class UnsafeName(ValueError):
 @dataclass(frozen=True)
 class SpoolLayout:
     root: Path
+    node: str = ""  # ``[node] name``: whose temporary files ``tmp`` holds
 
     @property
     def tmp(self) -> Path:
-        return self.root / TMP
+        """This node's incoming files: on a spool several nodes share, each has its own."""
+        return self.root / TMP / self.node if self.node else self.root / TMP
+
+    def tmp_folders(self) -> list[Path]:
+        """Where this node's leftover temporary files can be: its own folder, and ``.tmp/``
+        itself (files a version before per-node folders left there)."""
+        return list(dict.fromkeys([self.tmp, self.root / TMP]))
 
     @property
     def quarantine(self) -> Path:

@@ -45,6 +45,12 @@ def require_tool(name: str) -> str:
     return path
 
 
+def tmp_files(spool: Path) -> list[Path]:
+    """Every temporary file in ``spool/.tmp/``, whichever node's folder it is in."""
+    folder = spool / ".tmp"
+    return sorted(p for p in folder.rglob("*") if not p.is_dir()) if folder.exists() else []
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

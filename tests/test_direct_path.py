@@ -19,7 +19,7 @@ from pydicom import dcmread
 
 from dimse import commands
 from dimse import upper_layer as ul
-from tests.conftest import RunningAdapter, wait_for
+from tests.conftest import RunningAdapter, tmp_files, wait_for
 from tests.dcmtk import storescu
 from tests.dicom import dataset_bytes, make_instance, make_study
 from tests.peers.raw import read_pdu
@@ -161,7 +161,7 @@ def test_a_command_fragment_inside_a_data_set_aborts(
     sock.close()
     adapter.settle()
     assert adapter.rows() == []
-    assert list((adapter.spool / ".tmp").iterdir()) == []
+    assert tmp_files(adapter.spool) == []
 
 
 @pytest.mark.parametrize("item_length", [1, 10_000])

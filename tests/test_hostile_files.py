@@ -29,7 +29,7 @@ from pydicom.uid import (
 )
 
 from spool.part10 import encode_meta
-from tests.conftest import RunningAdapter, wait_for, write_config
+from tests.conftest import RunningAdapter, tmp_files, wait_for, write_config
 from tests.dicom import make_instance
 from tests.peers.send import send_files
 from watchers.inspect import NotAnInstance, read_header
@@ -427,7 +427,5 @@ def test_over_the_network_each_is_refused_and_the_scp_stores_the_next(
     assert send_files("127.0.0.1", adapter.port, [good], called_ae=AE) == [(good, 0)]
     adapter.wait_rows(1, "received")
     assert adapter.rows("rejected") == []
-    leftovers = (
-        [p for p in (adapter.spool / ".tmp").iterdir()] if (adapter.spool / ".tmp").exists() else []
-    )
+    leftovers = tmp_files(adapter.spool)
     assert leftovers == []

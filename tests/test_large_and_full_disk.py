@@ -18,6 +18,7 @@ from __future__ import annotations
 import os
 import re
 import signal
+import socket
 import subprocess
 import threading
 import time
@@ -29,7 +30,7 @@ import pydicom
 import pytest
 
 from ledger.store import Ledger
-from tests.conftest import AdapterProcess, wait_for, write_config
+from tests.conftest import AdapterProcess, tmp_files, wait_for, write_config
 from tests.dicom import dataset_digest, make_instance, make_large_multiframe
 from tests.peers.send import send_files
 
@@ -131,7 +132,7 @@ def test_200mb_instance_streams_through_spool_tmp(
     wait_for(lambda: len(ledger.instances()) == 1)
     before = peak_rss(pid)
 
-    with TmpWatcher(spool / ".tmp") as watcher:
+    with TmpWatcher(spool / ".tmp" / socket.gethostname()) as watcher:
         started = time.monotonic()
         status = send_one(port, large, timeout=60)
         elapsed = time.monotonic() - started
@@ -155,7 +156,7 @@ def test_200mb_instance_streams_through_spool_tmp(
     # written once (no second copy), which is now the stored file.
     [(name, size)] = watcher.largest.items()
     assert name.endswith(".part") and size >= LARGE_PIXELS
-    assert list((spool / ".tmp").iterdir()) == []
+    assert tmp_files(spool) == []
 
     assert after - before < PEAK_RSS_GROWTH_LIMIT, (
         f"peak RSS grew by {(after - before) / MIB:.1f} MiB for a 200 MB instance"
@@ -275,7 +276,7 @@ class FullDisk:
         return {p for p in (self.spool / CALLED_AE).rglob("*") if p.is_file()}
 
     def tmp_files(self) -> list[str]:
-        return sorted(p.name for p in (self.spool / ".tmp").iterdir())
+        return sorted(p.name for p in tmp_files(self.spool))
 
     def refusal_problems(self, refused: Path, status: int | None, lines: list[str]) -> list[str]:
         """How a refused store misses the requirement; empty if it meets it."""
@@ -405,7 +406,7 @@ def test_a_store_that_would_cross_min_free_is_refused_before_it_does(
         assert status == OUT_OF_RESOURCES
         # Within one write buffer (256 KiB) of the floor, never past it.
         assert watcher.lowest >= floor - 256 * 1024, watcher.lowest
-        wait_for(lambda: list((small_spool / ".tmp").iterdir()) == [])
+        wait_for(lambda: tmp_files(small_spool) == [])
         small = make_large_multiframe(tmp_path / "sent" / "small.dcm", MIB)
         assert send_one(port, small) == SUCCESS  # the next one that fits gets in
         assert "C-STORE refused 0xA700" in adapter.log.read_text()
@@ -430,7 +431,7 @@ def test_max_instance_size_refuses_a_larger_instance_and_keeps_nothing(
         [row] = ledger.instances()
         ledger.engine.dispose()
         assert row.sop_instance_uid == sop_instance_uid(under)
-        assert list((tmp_path / "spool" / ".tmp").iterdir()) == []
+        assert tmp_files(tmp_path / "spool") == []
         assert "larger than max_instance_size (1048576 bytes)" in adapter.log.read_text()
     finally:
         adapter.signal(signal.SIGTERM)

@@ -19,7 +19,7 @@ import pydicom
 import pytest
 
 from spool.header import read_values
-from tests.conftest import RunningAdapter, wait_for
+from tests.conftest import RunningAdapter, tmp_files, wait_for
 from tests.dicom import make_instance
 from tests.peers.send import send_files
 
@@ -165,7 +165,7 @@ def test_what_the_scp_refuses_is_refused_on_the_wire_and_leaves_nothing(
     sent = make_instance(tmp_path / "bad.dcm", study_uid="1.2.3/../../x")
     assert send(adapter, sent) == 0xC210
     adapter.settle()
-    wait_for(lambda: not list((adapter.spool / ".tmp").iterdir()))
+    wait_for(lambda: not tmp_files(adapter.spool))
     assert adapter.rows() == []
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pydicom
 import pytest
 
-from tests.conftest import RunningAdapter, wait_for, write_config
+from tests.conftest import RunningAdapter, tmp_files, wait_for, write_config
 from tests.dcmtk import echoscu, storescu
 from tests.dicom import (
     dataset_bytes,
@@ -58,7 +58,7 @@ def test_storescu_study_lands_in_spool_and_ledger(adapter: RunningAdapter, tmp_p
         meta = pydicom.dcmread(expected, stop_before_pixels=True).file_meta
         assert meta.SourceApplicationEntityTitle == "STORESCU"
         assert meta.ReceivingApplicationEntityTitle == "DICOMADAPTER"
-    assert not list(adapter.spool.joinpath(".tmp").iterdir())
+    assert not tmp_files(adapter.spool)
     assert adapter.ledger.event_count() == 10
 
 

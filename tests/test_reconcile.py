@@ -43,6 +43,20 @@ def test_leftover_temporary_files_are_removed_at_start(start_adapter, config_pat
     assert running.rows() == []
 
 
+def test_a_node_clears_only_its_own_temporary_files(start_adapter, config_path: Path) -> None:
+    """On a spool several nodes share, one node's start-up never touches another's transfers."""
+    spool = load_config(config_path).storage.spool
+    mine = spool / ".tmp" / "edge-1" / "0f0f.part"
+    theirs = spool / ".tmp" / "edge-2" / "1e1e.part"
+    for path in (mine, theirs):
+        path.parent.mkdir(parents=True)
+        path.write_bytes(b"half an instance")
+    config_path.write_text("[node]\nname = edge-1\n\n" + config_path.read_text())
+    running = start_adapter(config_path)
+    assert running.adapter.layout.tmp == spool / ".tmp" / "edge-1"
+    assert not mine.exists() and theirs.read_bytes() == b"half an instance"
+
+
 def test_vanished_file_is_flagged_and_found_again(
     start_adapter, config_path: Path, tmp_path: Path
 ) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import signal
+import socket
 import threading
 from pathlib import Path
 
@@ -25,7 +26,7 @@ def test_store_in_flight_finishes_and_is_recorded(
         )
     )
     sender.start()
-    incoming = tmp_path / "spool" / ".tmp"
+    incoming = tmp_path / "spool" / ".tmp" / socket.gethostname()  # this node's folder
     wait_for(
         lambda: any(p.stat().st_size > 2**20 for p in incoming.glob("*.part")),
         timeout=30,

@@ -116,8 +116,11 @@ class Reconciler:
         return missing, len(changes) - missing
 
     def _clean_tmp(self, older_than: float | None) -> int:
+        """This node's stale temporary files; at start-up all of them (and any a version
+        before per-node folders left directly in ``.tmp/``)."""
         removed = 0
-        for entry in os.scandir(self.layout.tmp):
+        folders = [self.layout.tmp] if older_than is not None else self.layout.tmp_folders()
+        for entry in (entry for folder in folders for entry in os.scandir(folder)):
             try:
                 if older_than is None or entry.stat(follow_symlinks=False).st_mtime < older_than:
                     os.unlink(entry.path)

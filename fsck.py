@@ -78,7 +78,7 @@ def check(config: Config) -> Report:
         one): the queries need the newest tables, and creating them is a
         change a read-only check must not make.
     """
-    _refuse_while_running(config)
+    refuse_while_running(config)
     with _open_ledger(config) as ledger:
         require_head(ledger.engine, config.ledger.url)
         findings = _spool_findings(SpoolLayout(config.storage.spool, config.node.name), ledger)
@@ -99,7 +99,7 @@ def repair(config: Config) -> Report:
     AdapterError
         If the adapter is running.
     """
-    _refuse_while_running(config)
+    refuse_while_running(config)
     with _open_ledger(config) as ledger:
         upgrade(ledger.engine)
         _recover(config, ledger)
@@ -110,7 +110,7 @@ class ServiceRunning(AdapterError):
     """The service runs: a check would race it, a repair would fight it."""
 
 
-def _refuse_while_running(config: Config) -> None:
+def refuse_while_running(config: Config) -> None:
     """Raise if a DICOM port listens: the service would race every scan and fix."""
     for port in config.dicom.ports:  # the plain one, the TLS one, or both
         if listening(port):

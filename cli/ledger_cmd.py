@@ -62,6 +62,43 @@ def ledger_check(repair: bool, as_json: bool, config_path: Path | None) -> None:
         sys.exit(EXIT_FAILURE)
 
 
+@ledger_group.command("copy")
+@click.option(
+    "--to",
+    "target_url",
+    required=True,
+    help="An empty ledger: postgresql+psycopg://user@host/database (or another sqlite:///).",
+)
+@config_option
+def ledger_copy(target_url: str, config_path: Path | None) -> None:
+    """Copy this ledger, service stopped, into an empty one; check every table's count.
+
+    Nothing is changed in this ledger.  Then set [ledger] url to the new
+    one and start the service.
+
+    \b
+    Example:
+      dicom-adapter ledger copy --to postgresql+psycopg://adapter@db.example/ledger
+    """
+    import fsck
+    from ledger.copy import copy_ledger
+
+    config = load(config_path)
+    try:
+        fsck.refuse_while_running(config)
+        source, target = make_engine(config.ledger.url), make_engine(target_url)
+        try:
+            copied = copy_ledger(source, target)
+        finally:
+            source.dispose()
+            target.dispose()
+    except AdapterError as exc:
+        raise click.ClickException(str(exc)) from None
+    for table, count in copied.items():
+        click.echo(f"  {table:<14} {count:>10}")
+    click.echo(f"copied into {target_url}, every count checked: set [ledger] url to it")
+
+
 @click.group()
 def db() -> None:
     """Ledger database maintenance.

@@ -33,6 +33,7 @@ _KEPT = [str(state) for state in KEPT]
 _ON_DISK = [str(state) for state in ON_DISK]
 _CHUNK = 500  # bound parameters per IN (...) list
 _WRITE_PROBE = "write_probe"  # a service_state name only ever written and rolled back
+WRITER = 0x44434D41  # PostgreSQL advisory lock key of the one ledger writer ("DCMA")
 T = TypeVar("T")
 
 
@@ -265,10 +266,19 @@ class Ledger:
 
     @contextmanager
     def transaction(self, now: datetime | None = None) -> Iterator[LedgerTransaction]:
-        """One write transaction; commits on success, rolls back on error."""
+        """One write transaction; commits on success, rolls back on error.
+
+        One writer at a time, whichever node: every decision reads and then
+        writes (is this path recorded? is this group still received?), so the
+        read must see every earlier commit.  SQLite takes its write lock at
+        ``BEGIN IMMEDIATE``; PostgreSQL takes a transaction advisory lock,
+        the same for every node on the ledger, released at commit.
+        """
         with self.engine.connect() as connection:
             connection = connection.execution_options(sqlite_begin="IMMEDIATE")
             with connection.begin():
+                if connection.dialect.name == "postgresql":
+                    connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": WRITER})
                 yield LedgerTransaction(connection, now or utcnow())
 
     def read(self, query: Any, parameters: dict[str, Any] | None = None) -> list[Any]:

@@ -72,7 +72,9 @@ class Adapter:
         self.nodes = Nodes(self.ledger)
         self._started_at = utcnow()
         self._listening = ""
-        self.runner = TaskRunner(self.tasks, config.tasks.workers)
+        self.runner = TaskRunner(
+            self.tasks, config.tasks.workers, config.node.name, config.node.lease
+        )
         self.outbox = OutboxScanner(self.exports, {}, config.watcher.settle_seconds)
         self.export_reclaimer = ExportReclaimer(self.exports, {}, {})
         self.groupers: dict[str, Grouper] = {}  # filled by _apply, read by the notifier
@@ -160,7 +162,7 @@ class Adapter:
         kill_leftovers(self.config.storage.jobs)
         self.outbox.ensure()
         self.outbox.adopt_orphans()
-        requeued = self.tasks.recover()
+        requeued = self.tasks.recover(self.config.node.name)
         released = self.processing.release_orphan_claims()
         if any(requeued.values()) or released:
             log.info(

@@ -148,7 +148,7 @@ def _recover(config: Config, ledger: Ledger) -> None:
     while reconciler.tick(startup=True).more:
         pass  # intake ran inside each pass: the next one finds the files after these
     kill_leftovers(config.storage.jobs)
-    Tasks(ledger).recover()
+    Tasks(ledger).recover(config.node.name)
     Processing(ledger).release_orphan_claims()
 
 

@@ -107,6 +107,7 @@ class WatcherConfig:
 @dataclass(frozen=True)
 class NodeConfig:
     name: str  # this adapter's name in the ledger (``nodes``) and the metrics
+    lease: float  # seconds a running task stays this node's without a renewal
 
 
 @dataclass(frozen=True)

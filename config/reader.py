@@ -115,7 +115,10 @@ class _Reader:
             return None
         return Config(
             path=self.path.resolve(),
-            node=NodeConfig(name=sections["node"]["name"] or socket.gethostname()),
+            node=NodeConfig(
+                name=sections["node"]["name"] or socket.gethostname(),
+                lease=sections["node"]["lease"],
+            ),
             dicom=DicomConfig(**sections["dicom"]),
             storage=StorageConfig(**sections["storage"]),
             ledger=LedgerConfig(**sections["ledger"]),

@@ -38,7 +38,10 @@ LABELLED = ("ae", "source", "destination")  # sections that carry a name: [kind:
 UNLABELLED = ("node", "dicom", "storage", "ledger", "watcher", "tasks", "log", "metrics")
 
 SCHEMA: dict[str, dict[str, tuple[Parser, Any]]] = {
-    "node": {"name": (values.node_name, None)},  # None: the host name
+    "node": {
+        "name": (values.node_name, None),  # None: the host name
+        "lease": (values.seconds, "30"),
+    },
     "dicom": {
         "ae_title": (dicom_values.called_ae_title, "DICOMADAPTER"),
         "host": (values.host, "0.0.0.0"),

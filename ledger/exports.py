@@ -102,9 +102,17 @@ class Exports:
         outcomes: list[ItemOutcome],
         retry_at: datetime | None,
         now: datetime | None = None,
+        *,
+        attempt: int | None = None,
     ) -> TaskRecord:
-        """Record each file's outcome, then decide the task from what its files came to."""
+        """Record each file's outcome, then decide the task from what its files came to.
+
+        With ``attempt``, only while that attempt still runs: a node whose lease
+        lapsed records nothing (:class:`ledger.tasks.LeaseLost`).
+        """
         with self.ledger.transaction(now) as tx:
+            if attempt is not None:
+                tasks.hold(tx, task_id, attempt)
             for outcome in outcomes:
                 self._record(tx, outcome)
             counts = self._item_counts(tx, task_id)

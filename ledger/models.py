@@ -134,6 +134,8 @@ class Task(Base):
     updated_at: Mapped[datetime] = mapped_column(UtcText)
     finished_at: Mapped[datetime | None] = mapped_column(UtcText)
     reclaimed_at: Mapped[datetime | None] = mapped_column(UtcText)  # its owned files all deleted
+    node: Mapped[str | None] = mapped_column(String(64))  # the node running it (or that last did)
+    lease_until: Mapped[datetime | None] = mapped_column(UtcText)  # its claim on a running task
 
     __table_args__ = (
         Index("ix_tasks_due", "state", "next_attempt_at"),

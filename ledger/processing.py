@@ -185,6 +185,8 @@ class Processing:
         error: str | None,
         retry_at: datetime | None,
         now: datetime | None = None,
+        *,
+        attempt: int | None = None,
     ) -> None:
         """One attempt's end: handed over (``error`` None), or to retry at ``retry_at``.
 
@@ -193,6 +195,8 @@ class Processing:
         with no retry left (``retry_at`` None) the job is ``failed``.
         """
         with self.ledger.transaction(now) as tx:
+            if attempt is not None:
+                tasks.hold(tx, job_id, attempt)  # raises LeaseLost: another node has it
             count = tx.connection.execute(
                 select(TASKS.c.item_count).where(TASKS.c.id == job_id)
             ).scalar_one()

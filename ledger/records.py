@@ -76,6 +76,8 @@ class TaskRecord:
     updated_at: datetime
     finished_at: datetime | None
     reclaimed_at: datetime | None
+    node: str | None
+    lease_until: datetime | None
 
     @property
     def noun(self) -> str:

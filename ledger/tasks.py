@@ -10,13 +10,15 @@ move is one ``BEGIN IMMEDIATE`` transaction with its ``task_events`` row.
 """
 
 import logging
+from collections.abc import Collection
 from dataclasses import dataclass, fields
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import func, insert, select, update
+from sqlalchemy import func, insert, or_, select, update
 
-from ledger.models import Task, TaskEvent, TaskItem
+from errors import AdapterError
+from ledger.models import Task, TaskEvent, TaskItem, utcnow
 from ledger.records import TaskRecord
 from ledger.states import ItemState, TaskKind, TaskState, check_task_move
 from ledger.store import Ledger, LedgerTransaction
@@ -28,6 +30,10 @@ TASK_ITEMS = TaskItem.__table__
 TASK_EVENTS = TaskEvent.__table__
 _TASK_FIELDS = [f.name for f in fields(TaskRecord)]
 NOUNS = {TaskKind.PROCESS: "job", TaskKind.EXPORT: "export"}
+
+
+class LeaseLost(AdapterError):
+    """The attempt is no longer this node's: its lease lapsed and the task was taken back."""
 
 
 def to_task(row: Any) -> TaskRecord:
@@ -116,6 +122,16 @@ def set_items(tx: LedgerTransaction, task_id: int, source: ItemState, target: It
     ).rowcount
 
 
+def hold(tx: LedgerTransaction, task_id: int, attempt: int) -> None:
+    """Raise :class:`LeaseLost` unless the task still runs ``attempt``: a node that lost its
+    lease (and the task to another node, or back to the queue) records nothing."""
+    state, attempts = tx.connection.execute(
+        select(TASKS.c.state, TASKS.c.attempts).where(TASKS.c.id == task_id)
+    ).one()
+    if state != TaskState.RUNNING or attempts != attempt:
+        raise LeaseLost(f"task {task_id}: attempt {attempt} is no longer running here")
+
+
 def conclude(
     tx: LedgerTransaction,
     task_id: int,
@@ -190,12 +206,60 @@ class Tasks:
         )
         return [to_task(row) for row in self.ledger.read(query)]
 
-    def start(self, task_id: int, now: datetime | None = None) -> TaskRecord:
-        """pending -> running, one more attempt."""
+    def start(
+        self,
+        task_id: int,
+        now: datetime | None = None,
+        *,
+        node: str | None = None,
+        lease_seconds: float | None = None,
+    ) -> TaskRecord:
+        """pending -> running, one more attempt, held by ``node`` for ``lease_seconds``."""
         with self.ledger.transaction(now) as tx:
-            attempts = move(tx, task_id, TaskState.RUNNING, "started").attempts
-            set_values(tx, task_id, attempts=attempts + 1)
+            reason = "started" if node is None else f"started on node {node}"
+            attempts = move(tx, task_id, TaskState.RUNNING, reason).attempts
+            lease = None if lease_seconds is None else tx.now + timedelta(seconds=lease_seconds)
+            set_values(tx, task_id, attempts=attempts + 1, node=node, lease_until=lease)
         return self.get(task_id)
+
+    def renew(
+        self,
+        task_ids: Collection[int],
+        node: str,
+        lease_seconds: float,
+        now: datetime | None = None,
+    ) -> int:
+        """Hold ``node``'s running tasks ``lease_seconds`` longer; how many it still holds."""
+        if not task_ids:
+            return 0
+        with self.ledger.transaction(now) as tx:
+            return tx.connection.execute(
+                update(TASKS)
+                .where(
+                    TASKS.c.id.in_(list(task_ids)),
+                    TASKS.c.node == node,
+                    TASKS.c.state == TaskState.RUNNING,
+                )
+                .values(lease_until=tx.now + timedelta(seconds=lease_seconds))
+            ).rowcount
+
+    def requeue_lapsed(self, now: datetime | None = None) -> int:
+        """Running tasks whose node's lease lapsed go back to the queue, due at once.
+
+        The same task, the same idempotency key: delivery stays at least once.
+        """
+        lapsed = select(TASKS.c.id, TASKS.c.node, TASKS.c.lease_until).where(
+            TASKS.c.state == TaskState.RUNNING, TASKS.c.lease_until < (now or utcnow())
+        )
+        if not self.ledger.read(lapsed):
+            return 0
+        with self.ledger.transaction(now) as tx:
+            rows = tx.connection.execute(lapsed).all()  # again, under the writer lock
+            for task_id, node, until in rows:
+                reason = f"the lease of node {node} lapsed at {until:%H:%M:%S}: run again"
+                move(tx, task_id, TaskState.PENDING, reason)
+                set_values(tx, task_id, next_attempt_at=tx.now, lease_until=None)
+        return len(rows)
 
     def retry(self, task_id: int, now: datetime | None = None) -> TaskRecord:
         """failed -> pending now, its undelivered items with it, with fresh attempts."""
@@ -225,12 +289,22 @@ class Tasks:
             set_values(tx, task_id, next_attempt_at=None)
         return given_up
 
-    def recover(self, now: datetime | None = None) -> dict[TaskKind, int]:
-        """After a restart, running tasks run again (at least once); how many of each kind."""
+    def recover(self, node: str | None = None, now: datetime | None = None) -> dict[TaskKind, int]:
+        """After a restart, the tasks this node was running run again (at least once).
+
+        Only ``node``'s own (and those no node holds: written before leases, or
+        with no node given): another node's running tasks are its to finish,
+        or, if it died, anyone's once its lease lapses.  How many of each kind.
+        """
         requeued = dict.fromkeys(TaskKind, 0)
+        mine = (
+            TASKS.c.node.is_(None)
+            if node is None
+            else or_(TASKS.c.node == node, TASKS.c.node.is_(None))
+        )
         with self.ledger.transaction(now) as tx:
             running = tx.connection.execute(
-                select(TASKS.c.id, TASKS.c.kind).where(TASKS.c.state == TaskState.RUNNING)
+                select(TASKS.c.id, TASKS.c.kind).where(TASKS.c.state == TaskState.RUNNING, mine)
             ).all()
             for task_id, kind in running:
                 move(tx, task_id, TaskState.PENDING, "interrupted by a restart: run again")

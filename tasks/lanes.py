@@ -76,7 +76,7 @@ class ProcessLane:
             error = None
         now = utcnow()
         retry_at = None if error is None else self.retries.retry_at(task.attempts, now)
-        self.processing.settle(task.id, error, retry_at, now)
+        self.processing.settle(task.id, error, retry_at, now, attempt=task.attempts)
 
 
 @dataclass(frozen=True)
@@ -97,4 +97,5 @@ class ExportLane:
             error = f"not delivered: {type(exc).__name__}: {exc}"
             outcomes = [ItemOutcome(f.id, None, error, retry=True) for f in files]
         now = utcnow()
-        self.exports.settle(task.id, outcomes, self.retries.retry_at(task.attempts, now), now)
+        retry_at = self.retries.retry_at(task.attempts, now)
+        self.exports.settle(task.id, outcomes, retry_at, now, attempt=task.attempts)

@@ -13,9 +13,12 @@ import click
 import pytest
 
 from cli import main
+from ledger.migrate import head_revision
 from tests.conftest import ROOT, AdapterProcess
 from tests.dcmtk import storescu
 from tests.dicom import make_study
+
+HEAD = head_revision()  # the newest ledger revision, named in the output
 
 
 def cli(
@@ -34,10 +37,11 @@ def cli(
 def test_db_upgrade_then_status_on_an_empty_ledger(config_path: Path) -> None:
     first = cli("db", "upgrade", "--config", str(config_path))
     assert (
-        first.returncode == 0 and first.stdout == "ledger upgraded from empty to 0009 (head 0009)\n"
+        first.returncode == 0
+        and first.stdout == f"ledger upgraded from empty to {HEAD} (head {HEAD})\n"
     )
     again = cli("db", "upgrade", "--config", str(config_path))
-    assert again.stdout == "ledger already at 0009\n"
+    assert again.stdout == f"ledger already at {HEAD}\n"
     status = cli("status", "--config", str(config_path))
     assert status.returncode == 1  # nothing listens: unhealthy, for monitoring scripts
     ledger = config_path.parent / "ledger.db"
@@ -46,7 +50,7 @@ def test_db_upgrade_then_status_on_an_empty_ledger(config_path: Path) -> None:
     assert lines[2].endswith(" GiB free)\n")
     assert "".join(lines[:2] + lines[3:]) == (
         "Health: UNHEALTHY: not listening\n"
-        f"Ledger: sqlite:///{ledger} (revision 0009)\n"
+        f"Ledger: sqlite:///{ledger} (revision {HEAD})\n"
         "Last reconcile: never\n\n"
         "Nodes:\n  (none has run on this ledger yet)\n\n"
         "Instances by state:\n"
@@ -86,7 +90,7 @@ def test_run_receive_status_and_sigterm(adapter_process: AdapterProcess, tmp_pat
     result = cli("status", "--json", "--config", str(adapter_process.config))
     report = json.loads(result.stdout)
     assert result.returncode == 1 and report["health"]["listening"] is False
-    assert report["counts"]["received"] == 4 and report["revision"] == "0009"
+    assert report["counts"]["received"] == 4 and report["revision"] == HEAD
     [study] = report["studies"]
     assert study["called_ae"] == "DICOMADAPTER" and study["instances"] == 4
     assert study["received"] == 4 and study["bytes"] > 0
@@ -172,7 +176,7 @@ def test_status_on_a_ledger_behind_the_code_says_what_to_do(config_path: Path) -
         connection.execute("UPDATE alembic_version SET version_num = '0003'")
     result = cli("status", "--config", str(config_path))
     assert result.returncode == 1 and result.stderr.endswith(
-        "is at revision 0003, this version needs 0009: run 'dicom-adapter db upgrade'\n"
+        f"is at revision 0003, this version needs {HEAD}: run 'dicom-adapter db upgrade'\n"
     )
 
 

@@ -176,7 +176,7 @@ def test_a_task_is_reclaimed_once_its_last_owned_file_goes(exports: Exports) -> 
 def test_a_restart_sends_again_and_history_says_why(exports: Exports) -> None:
     export_id = queue(exports, 2)
     Tasks(exports.ledger).start(export_id, T0)
-    assert Tasks(exports.ledger).recover(T0 + timedelta(seconds=1))[TaskKind.EXPORT] == 1
+    assert Tasks(exports.ledger).recover(now=T0 + timedelta(seconds=1))[TaskKind.EXPORT] == 1
     assert Tasks(exports.ledger).get(export_id).state == "pending"
     with exports.ledger.engine.connect() as connection:
         reasons = list(

@@ -35,7 +35,7 @@ RULES: dict[str, set[str] | None] = {
     # ledger record types, spool.part10 (data set offset), spool.incoming (our UIDs)
     "exporters": {"ledger", "spool", "dimse"},
     "processors": {"ledger", "spool", "exporters"},
-    "tasks": {"ledger", "processors", "exporters"},  # lanes run jobs and exports
+    "tasks": {"errors", "ledger", "processors", "exporters"},  # lanes run jobs and exports
     "reclaim": {"ledger", "spool"},  # deletes what the ledger is done with
     # builds every config-derived part (lanes, groupers, admission) for adapter.py
     "derived": {"config", "ledger", "processors", "exporters", "scp", "tasks"},

@@ -128,7 +128,7 @@ def test_recover_after_a_restart(processing: Processing) -> None:
             update(INSTANCES).where(INSTANCES.c.id == orphan).values(state="claimed", job_id=999)
         )
     later = T0 + timedelta(seconds=5)
-    assert Tasks(processing.ledger).recover(later) == {"process": 1, "export": 0}
+    assert Tasks(processing.ledger).recover(now=later) == {"process": 1, "export": 0}
     assert processing.release_orphan_claims(later) == 1
     again = Tasks(processing.ledger).get(job.id)
     assert again.state == TaskState.PENDING and again.attempts == 1

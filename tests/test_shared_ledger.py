@@ -10,11 +10,18 @@ writer lock (an advisory lock) serializes their decisions as SQLite's
 from __future__ import annotations
 
 import threading
+from datetime import timedelta
 from pathlib import Path
+
+import pytest
 
 from ledger.db import make_engine
 from ledger.migrate import upgrade
+from ledger.models import utcnow
+from ledger.processing import Processing
+from ledger.records import NewInstance
 from ledger.store import Ledger
+from ledger.tasks import LeaseLost, Tasks
 from spool.layout import SpoolLayout
 from tests.dicom import make_study
 from watchers.intake import Intake
@@ -54,3 +61,41 @@ def test_two_nodes_record_each_dropped_file_once(ledger_url: str, tmp_path: Path
     assert {row.state for row in rows} == {"received"}
     for engine in engines:
         engine.dispose()
+
+
+def test_a_lapsed_lease_gives_the_task_to_another_node_and_the_first_records_nothing(
+    ledger_url: str,
+) -> None:
+    engine = make_engine(ledger_url)
+    upgrade(engine)
+    ledger = Ledger(engine)
+    processing, tasks = Processing(ledger), Tasks(ledger)
+    new = NewInstance(
+        "/spool/AE/1.dcm", AE, 1, "0" * 64, "1.1", "9.1", None, None, None, None, None, None, "9.1"
+    )
+    with ledger.transaction() as tx:
+        tx.add(new, "received")
+    job = processing.claim_group(AE, "9.1", "command", "quiet")
+    assert job is not None
+    t0 = utcnow()
+    first = tasks.start(job.id, t0, node="edge-1", lease_seconds=30)
+    assert (first.node, first.lease_until) == ("edge-1", t0 + timedelta(seconds=30))
+    assert tasks.renew([job.id], "edge-2", 30, t0 + timedelta(seconds=10)) == 0  # not its own
+    assert tasks.renew([job.id], "edge-1", 30, t0 + timedelta(seconds=10)) == 1
+    assert tasks.requeue_lapsed(t0 + timedelta(seconds=39)) == 0  # renewed until t0 + 40
+    assert tasks.recover("edge-2", t0 + timedelta(seconds=39)) == {"process": 0, "export": 0}
+    # edge-1 stops renewing (killed): after the lease, any node puts the task back.
+    assert tasks.requeue_lapsed(t0 + timedelta(seconds=41)) == 1
+    back = tasks.get(job.id)
+    assert (back.state, back.lease_until) == ("pending", None)
+    second = tasks.start(job.id, t0 + timedelta(seconds=42), node="edge-2", lease_seconds=30)
+    assert (second.node, second.attempts) == ("edge-2", 2)
+    # edge-1 comes back and would finish its attempt: refused, nothing recorded.
+    with pytest.raises(LeaseLost):
+        processing.settle(job.id, None, None, attempt=first.attempts)
+    assert tasks.get(job.id).state == "running"
+    assert {i.state for i in processing.job_instances(job.id)} == {"claimed"}
+    processing.settle(job.id, None, None, attempt=second.attempts)
+    assert tasks.get(job.id).state == "succeeded"
+    assert {i.state for i in processing.job_instances(job.id)} == {"submitted"}
+    engine.dispose()

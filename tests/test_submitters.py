@@ -318,6 +318,8 @@ def command_submission(tmp_path: Path, group_key: str):
         now,
         None,
         None,
+        "edge-1",
+        None,
     )
     job_dir = tmp_path / "jobs" / "1"
     job_dir.mkdir(parents=True)

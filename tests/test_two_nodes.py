@@ -1,0 +1,106 @@
+"""Two adapter nodes, real processes, on one PostgreSQL ledger and one spool folder.
+
+Each node has its own port, name, log and job folders; they share the
+ledger and the spool, as two boxes behind a load balancer would (here on
+one machine).  A node killed in the middle of a job loses the job to the
+other once its lease lapses: the other runs it again and finishes it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import signal
+import sys
+from pathlib import Path
+
+from sqlalchemy import text
+
+from ledger.db import make_engine
+from tests.conftest import AdapterProcess, free_port, wait_for, write_config
+from tests.dcmtk import storescu
+from tests.dicom import make_study
+from tests.postgres import Cluster
+
+LEASE = 2  # seconds: a killed node's job goes to the other after this
+# The job's command: the first attempt hangs (the node running it is killed), any later
+# attempt succeeds at once.  Each run is recorded with its attempt and process.
+COMMAND = """\
+import json, os, sys, time
+from pathlib import Path
+here = Path(sys.argv[1])
+attempt = json.loads(Path(sys.argv[2]).read_text())["attempt"]
+with open(here / "runs.jsonl", "a") as runs:
+    runs.write(json.dumps({"attempt": attempt, "pid": os.getpid()}) + "\\n")
+if attempt == 1:
+    time.sleep(120)
+"""
+
+
+def node_config(folder: Path, name: str, port: int, ledger: str, spool: Path, hook: Path) -> Path:
+    command = shlex.join([sys.executable, str(hook), str(hook.parent)]) + " {manifest}"
+    path = write_config(
+        folder,
+        port,
+        aes=f"[ae:DICOMADAPTER]\nprocessor = command\ncommand = {command}\ntimeout = 0.5\n"
+        "retries = 3\nretry_delay = 0.5\n",
+        storage=f"min_free = 0\nreclaim_interval = 3600\nspool = {spool}",
+    )
+    text_ = path.read_text().replace("url = sqlite:///ledger.db", f"url = {ledger}")
+    path.write_text(
+        f"[node]\nname = {name}\nlease = {LEASE}\n\n" + text_.replace("spool = spool\n", "")
+    )
+    return path
+
+
+def test_a_node_killed_mid_job_loses_it_to_the_other_which_finishes_it(
+    postgres_cluster: Cluster, tmp_path: Path
+) -> None:
+    ledger = postgres_cluster.database()
+    spool = tmp_path / "shared" / "spool"
+    hook = tmp_path / "shared" / "hook.py"
+    hook.parent.mkdir()
+    hook.write_text(COMMAND)
+    nodes = {}
+    for name in ("edge-a", "edge-b"):
+        folder = tmp_path / name
+        folder.mkdir()
+        port = free_port()
+        config = node_config(folder, name, port, ledger, spool, hook)
+        nodes[name] = AdapterProcess(config, port, folder / "adapter.log")
+    engine = make_engine(ledger)
+
+    def query(sql: str) -> list[tuple]:
+        with engine.connect() as connection:
+            return [tuple(row) for row in connection.execute(text(sql))]
+
+    runs = hook.parent / "runs.jsonl"
+    try:
+        for node in nodes.values():
+            node.start()
+        assert storescu(nodes["edge-a"].port, make_study(tmp_path / "study", 3)).returncode == 0
+        wait_for(runs.exists, timeout=30)
+        [first] = [json.loads(line) for line in runs.read_text().splitlines()]
+        [(job_id, holder, state)] = query("SELECT id, node, state FROM tasks")
+        assert (first["attempt"], state) == (1, "running")
+        other = "edge-b" if holder == "edge-a" else "edge-a"
+
+        nodes[holder].kill()  # the node running the job dies, and its command with it
+        os.kill(first["pid"], signal.SIGKILL)
+
+        wait_for(lambda: query("SELECT state FROM tasks") == [("succeeded",)], timeout=LEASE + 20)
+        [(node, attempts)] = query("SELECT node, attempts FROM tasks")
+        assert (node, attempts) == (other, 2)
+        later = [json.loads(line)["attempt"] for line in runs.read_text().splitlines()]
+        assert later == [1, 2]
+        reasons = [r for (r,) in query(f"SELECT reason FROM task_events WHERE task_id = {job_id}")]
+        assert any(f"the lease of node {holder} lapsed" in r for r in reasons), reasons
+        # One row per instance, all handed over by the one job.
+        assert query("SELECT count(*), count(DISTINCT path) FROM instances") == [(3, 3)]
+        assert query("SELECT DISTINCT state, job_id FROM instances") == [("submitted", job_id)]
+    finally:
+        for node in nodes.values():
+            if node.process is not None and node.process.poll() is None:
+                node.signal(signal.SIGTERM)
+        engine.dispose()

@@ -38,13 +38,19 @@ if attempt == 1:
 """
 
 
-def node_config(folder: Path, name: str, port: int, ledger: str, spool: Path, hook: Path) -> Path:
+def command_ae(hook: Path) -> str:
     command = shlex.join([sys.executable, str(hook), str(hook.parent)]) + " {manifest}"
+    return (
+        f"[ae:DICOMADAPTER]\nprocessor = command\ncommand = {command}\ntimeout = 0.5\n"
+        "retries = 3\nretry_delay = 0.5\n"
+    )
+
+
+def node_config(folder: Path, name: str, port: int, ledger: str, spool: Path, aes: str) -> Path:
     path = write_config(
         folder,
         port,
-        aes=f"[ae:DICOMADAPTER]\nprocessor = command\ncommand = {command}\ntimeout = 0.5\n"
-        "retries = 3\nretry_delay = 0.5\n",
+        aes=aes,
         storage=f"min_free = 0\nreclaim_interval = 3600\nspool = {spool}",
     )
     text_ = path.read_text().replace("url = sqlite:///ledger.db", f"url = {ledger}")
@@ -54,21 +60,70 @@ def node_config(folder: Path, name: str, port: int, ledger: str, spool: Path, ho
     return path
 
 
-def test_a_node_killed_mid_job_loses_it_to_the_other_which_finishes_it(
-    postgres_cluster: Cluster, tmp_path: Path
-) -> None:
-    ledger = postgres_cluster.database()
+def two_nodes(tmp_path: Path, ledger: str, aes: str) -> dict[str, AdapterProcess]:
+    """Nodes edge-a and edge-b: one ledger, one spool, each its own port, log and jobs."""
     spool = tmp_path / "shared" / "spool"
-    hook = tmp_path / "shared" / "hook.py"
-    hook.parent.mkdir()
-    hook.write_text(COMMAND)
     nodes = {}
     for name in ("edge-a", "edge-b"):
         folder = tmp_path / name
         folder.mkdir()
         port = free_port()
-        config = node_config(folder, name, port, ledger, spool, hook)
+        config = node_config(folder, name, port, ledger, spool, aes)
         nodes[name] = AdapterProcess(config, port, folder / "adapter.log")
+    return nodes
+
+
+def stop(nodes: dict[str, AdapterProcess]) -> None:
+    for node in nodes.values():
+        if node.process is not None and node.process.poll() is None:
+            node.signal(signal.SIGTERM)
+
+
+def test_three_studies_one_split_across_the_nodes_make_three_whole_jobs(
+    postgres_cluster: Cluster, tmp_path: Path
+) -> None:
+    ledger = postgres_cluster.database()
+    output = tmp_path / "published"
+    nodes = two_nodes(
+        tmp_path, ledger, f"[ae:DICOMADAPTER]\nprocessor = folder\noutput = {output}\ntimeout = 1\n"
+    )
+    engine = make_engine(ledger)
+    studies = [make_study(tmp_path / f"study-{n}", 4) for n in range(3)]
+    try:
+        for node in nodes.values():
+            node.start()
+        a, b = nodes["edge-a"].port, nodes["edge-b"].port
+        assert storescu(a, studies[0]).returncode == 0
+        assert storescu(b, studies[1]).returncode == 0
+        assert storescu(a, studies[2][:2]).returncode == 0  # one study split over both
+        assert storescu(b, studies[2][2:]).returncode == 0
+
+        def jobs() -> list[tuple]:
+            with engine.connect() as connection:
+                query = "SELECT state, item_count FROM tasks WHERE kind = 'process' ORDER BY id"
+                return [tuple(row) for row in connection.execute(text(query))]
+
+        wait_for(lambda: jobs() == [("succeeded", 4)] * 3, timeout=30)
+        with engine.connect() as connection:
+            rows = connection.execute(
+                text("SELECT count(*), count(DISTINCT path), count(DISTINCT job_id) FROM instances")
+            ).one()
+        assert tuple(rows) == (12, 12, 3)
+        published = sorted(output.glob("job-*"))
+        assert [len(list(folder.glob("*.dcm"))) for folder in published] == [4, 4, 4]
+    finally:
+        stop(nodes)
+        engine.dispose()
+
+
+def test_a_node_killed_mid_job_loses_it_to_the_other_which_finishes_it(
+    postgres_cluster: Cluster, tmp_path: Path
+) -> None:
+    ledger = postgres_cluster.database()
+    hook = tmp_path / "shared" / "hook.py"
+    hook.parent.mkdir()
+    hook.write_text(COMMAND)
+    nodes = two_nodes(tmp_path, ledger, command_ae(hook))
     engine = make_engine(ledger)
 
     def query(sql: str) -> list[tuple]:
@@ -100,7 +155,5 @@ def test_a_node_killed_mid_job_loses_it_to_the_other_which_finishes_it(
         assert query("SELECT count(*), count(DISTINCT path) FROM instances") == [(3, 3)]
         assert query("SELECT DISTINCT state, job_id FROM instances") == [("submitted", job_id)]
     finally:
-        for node in nodes.values():
-            if node.process is not None and node.process.poll() is None:
-                node.signal(signal.SIGTERM)
+        stop(nodes)
         engine.dispose()

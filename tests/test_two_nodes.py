@@ -15,13 +15,16 @@ import signal
 import sys
 from pathlib import Path
 
+from pydicom import dcmread
 from sqlalchemy import text
 
 from ledger.db import make_engine
 from tests.conftest import AdapterProcess, free_port, wait_for, write_config
 from tests.dcmtk import storescu
 from tests.dicom import make_study
+from tests.peers.flaky_scp import FlakyStorageSCP
 from tests.postgres import Cluster
+from tests.test_cli import cli
 
 LEASE = 2  # seconds: a killed node's job goes to the other after this
 # The job's command: the first attempt hangs (the node running it is killed), any later
@@ -46,10 +49,13 @@ def command_ae(hook: Path) -> str:
     )
 
 
-def node_config(folder: Path, name: str, port: int, ledger: str, spool: Path, aes: str) -> Path:
+def node_config(
+    folder: Path, name: str, port: int, ledger: str, spool: Path, aes: str, extra: str
+) -> Path:
     path = write_config(
         folder,
         port,
+        extra,
         aes=aes,
         storage=f"min_free = 0\nreclaim_interval = 3600\nspool = {spool}",
     )
@@ -60,7 +66,7 @@ def node_config(folder: Path, name: str, port: int, ledger: str, spool: Path, ae
     return path
 
 
-def two_nodes(tmp_path: Path, ledger: str, aes: str) -> dict[str, AdapterProcess]:
+def two_nodes(tmp_path: Path, ledger: str, aes: str, extra: str = "") -> dict[str, AdapterProcess]:
     """Nodes edge-a and edge-b: one ledger, one spool, each its own port, log and jobs."""
     spool = tmp_path / "shared" / "spool"
     nodes = {}
@@ -68,7 +74,7 @@ def two_nodes(tmp_path: Path, ledger: str, aes: str) -> dict[str, AdapterProcess
         folder = tmp_path / name
         folder.mkdir()
         port = free_port()
-        config = node_config(folder, name, port, ledger, spool, aes)
+        config = node_config(folder, name, port, ledger, spool, aes, extra)
         nodes[name] = AdapterProcess(config, port, folder / "adapter.log")
     return nodes
 
@@ -157,3 +163,40 @@ def test_a_node_killed_mid_job_loses_it_to_the_other_which_finishes_it(
     finally:
         stop(nodes)
         engine.dispose()
+
+
+def test_a_node_killed_mid_export_loses_it_to_the_other_which_sends_it(
+    postgres_cluster: Cluster, tmp_path: Path
+) -> None:
+    ledger = postgres_cluster.database()
+    files = make_study(tmp_path / "results", 6)
+    with FlakyStorageSCP(delay=0.5) as pacs:  # half a second a file: time to kill the sender
+        destination = (
+            f"[destination:PACS]\nae_title = FLAKYSCP\nhost = 127.0.0.1\nport = {pacs.port}\n"
+        )
+        nodes = two_nodes(tmp_path, ledger, "[ae:DICOMADAPTER]\n", destination)
+        engine = make_engine(ledger)
+
+        def tasks() -> list[tuple]:
+            with engine.connect() as connection:
+                return [tuple(r) for r in connection.execute(text("SELECT state, node FROM tasks"))]
+
+        try:
+            for node in nodes.values():
+                node.start()
+            queued = cli(
+                "send", "--dest", "PACS", *map(str, files), "--config", str(nodes["edge-a"].config)
+            )
+            assert queued.returncode == 0, queued.stderr
+            wait_for(lambda: len(pacs.stores()) >= 1, timeout=20)
+            [(state, holder)] = tasks()
+            assert state == "running"
+            other = "edge-b" if holder == "edge-a" else "edge-a"
+            nodes[holder].kill()  # mid-export: some files sent, the rest not yet
+            assert len(pacs.received()) < len(files)
+
+            wait_for(lambda: tasks() == [("succeeded", other)], timeout=LEASE + 20)
+            assert pacs.received() == {str(dcmread(f).SOPInstanceUID) for f in files}
+        finally:
+            stop(nodes)
+            engine.dispose()

@@ -34,6 +34,7 @@ _ON_DISK = [str(state) for state in ON_DISK]
 _CHUNK = 500  # bound parameters per IN (...) list
 _WRITE_PROBE = "write_probe"  # a service_state name only ever written and rolled back
 WRITER = 0x44434D41  # PostgreSQL advisory lock key of the one ledger writer ("DCMA")
+RECONCILER = 0x44434D42  # ... and of the one node reconciling the shared spool ("DCMB")
 T = TypeVar("T")
 
 
@@ -280,6 +281,27 @@ class Ledger:
                 if connection.dialect.name == "postgresql":
                     connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": WRITER})
                 yield LedgerTransaction(connection, now or utcnow())
+
+    @contextmanager
+    def alone(self, key: int) -> Iterator[bool]:
+        """Whether this node may do ``key``'s work now, no other node doing it meanwhile.
+
+        On PostgreSQL a session advisory lock, taken without waiting and held
+        for the block; on SQLite (one box, one node) always.
+        """
+        if self.engine.dialect.name != "postgresql":
+            yield True
+            return
+        with self.engine.connect() as connection:
+            query = text("SELECT pg_try_advisory_lock(:key)")
+            acquired = bool(connection.execute(query, {"key": key}).scalar_one())
+            connection.commit()
+            try:
+                yield acquired
+            finally:
+                if acquired:
+                    connection.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": key})
+                    connection.commit()
 
     def read(self, query: Any, parameters: dict[str, Any] | None = None) -> list[Any]:
         """Run one read-only query; the rows as a list."""

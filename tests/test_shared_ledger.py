@@ -20,11 +20,12 @@ from ledger.migrate import upgrade
 from ledger.models import utcnow
 from ledger.processing import Processing
 from ledger.records import NewInstance
-from ledger.store import Ledger
+from ledger.store import RECONCILER, Ledger
 from ledger.tasks import LeaseLost, Tasks
 from spool.layout import SpoolLayout
 from tests.dicom import make_study
 from watchers.intake import Intake
+from watchers.reconcile import Reconciler
 
 AE = "DICOMADAPTER"
 
@@ -99,3 +100,23 @@ def test_a_lapsed_lease_gives_the_task_to_another_node_and_the_first_records_not
     assert tasks.get(job.id).state == "succeeded"
     assert {i.state for i in processing.job_instances(job.id)} == {"submitted"}
     engine.dispose()
+
+
+def test_one_node_at_a_time_reconciles_the_shared_spool(ledger_url: str, tmp_path: Path) -> None:
+    """PostgreSQL: while another node's pass holds the reconcile lock, a pass scans nothing
+    (its own temporary files are still cleared); SQLite: one box, every pass scans."""
+    engine, other = make_engine(ledger_url), make_engine(ledger_url)
+    upgrade(engine)
+    [dropped] = make_study(tmp_path / "spool" / AE / "by-hand", 1)
+    submitted: list[Path] = []
+    layout = SpoolLayout(tmp_path / "spool", "edge-a")
+    layout.ensure([AE])
+    reconciler = Reconciler(layout, Ledger(engine), submitted.extend, 0.0, stale_tmp_seconds=600)
+    with Ledger(other).alone(RECONCILER) as held:  # edge-b is reconciling
+        assert held
+        adopted = reconciler.tick(startup=True).adopted
+        assert adopted == (0 if engine.dialect.name == "postgresql" else 1)
+    assert reconciler.tick(startup=True).adopted == 1  # edge-b done: this pass scans
+    assert dropped in submitted
+    engine.dispose()
+    other.dispose()

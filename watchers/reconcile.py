@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from ledger.store import Ledger, chunked
+from ledger.store import RECONCILER, Ledger, chunked
 from spool.layout import SpoolLayout
 from spool.settle import is_open_for_writing
 
@@ -64,10 +64,14 @@ class Reconciler:
         now = time.time() if now is None else now
         removed = self._clean_tmp(None if startup else now - self.stale_tmp_seconds)
         scp_idle = startup or shutdown
-        orphans, more = self._orphans(now if scp_idle else now - self.settle_seconds)
-        if orphans:
-            self.submit(orphans)
-        missing, found = self._check_rows()
+        with self.ledger.alone(RECONCILER) as alone:
+            if not alone:  # another node on the ledger scans the shared spool now
+                log.debug("reconcile: another node is reconciling; this pass skipped")
+                return ReconcileReport(0, 0, 0, removed, False)
+            orphans, more = self._orphans(now if scp_idle else now - self.settle_seconds)
+            if orphans:
+                self.submit(orphans)
+            missing, found = self._check_rows()
         report = ReconcileReport(len(orphans), missing, found, removed, more)
         if orphans or missing or found or removed:
             log.info(

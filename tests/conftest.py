@@ -19,6 +19,7 @@ import pytest
 from adapter import Adapter
 from config import Config, load_config
 from ledger.db import make_engine
+from ledger.records import NewInstance
 from ledger.store import Ledger
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -43,6 +44,25 @@ def require_tool(name: str) -> str:
             pytest.fail(message)
         pytest.skip(message)
     return path
+
+
+def new_instance(path: str, called_ae: str, sop: str, study: str) -> NewInstance:
+    """A row to record by hand in a ledger-level test: a study grouped by its UID."""
+    return NewInstance(
+        path=path,
+        called_ae=called_ae,
+        size=1,
+        sha256="0" * 64,
+        sop_instance_uid=sop,
+        study_instance_uid=study,
+        series_instance_uid=None,
+        sop_class_uid=None,
+        transfer_syntax_uid=None,
+        patient_id=None,
+        calling_ae=None,
+        peer_address=None,
+        group_key=study,
+    )
 
 
 def tmp_files(spool: Path) -> list[Path]:

@@ -23,12 +23,12 @@ from ledger.db import make_engine
 from ledger.migrate import upgrade
 from ledger.models import utcnow
 from ledger.processing import Processing
-from ledger.records import NewInstance, TaskRecord
+from ledger.records import TaskRecord
 from ledger.states import TaskKind
 from ledger.store import Ledger
 from ledger.tasks import Tally, Tasks, conclude
 from tasks.runner import TaskRunner
-from tests.conftest import RunningAdapter, wait_for, write_config
+from tests.conftest import RunningAdapter, new_instance, wait_for, write_config
 from tests.dicom import make_instance
 from tests.peers.send import send_files
 
@@ -99,20 +99,9 @@ class GatedLane:
 def add_jobs(processing: Processing, called_ae: str, count: int) -> list[int]:
     ids = []
     for n in range(count):
-        new = NewInstance(
-            path=f"/spool/{called_ae}/{n}.dcm",
-            called_ae=called_ae,
-            size=1,
-            sha256="0" * 64,
-            sop_instance_uid=f"1.2.{len(called_ae)}.{n}",
-            study_instance_uid=f"9.{called_ae}.{n}",
-            series_instance_uid=None,
-            sop_class_uid=None,
-            transfer_syntax_uid=None,
-            patient_id=None,
-            calling_ae=None,
-            peer_address=None,
-            group_key=f"9.{called_ae}.{n}",
+        study = f"9.{called_ae}.{n}"
+        new = new_instance(
+            f"/spool/{called_ae}/{n}.dcm", called_ae, f"1.2.{len(called_ae)}.{n}", study
         )
         with processing.ledger.transaction() as tx:
             tx.add(new, "received")

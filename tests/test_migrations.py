@@ -10,6 +10,7 @@ from alembic.migration import MigrationContext
 from ledger.db import make_engine
 from ledger.migrate import current_revision, head_revision, upgrade
 from ledger.models import Base
+from tests.conftest import new_instance
 
 
 def test_upgrade_from_empty_then_noop(tmp_path: Path) -> None:
@@ -126,28 +127,13 @@ def test_a_path_is_unique_among_live_rows_only(ledger_url: str) -> None:
     a path (migration 0008 gives PostgreSQL the partial index SQLite had)."""
     from sqlalchemy.exc import IntegrityError
 
-    from ledger.records import NewInstance
     from ledger.states import State
     from ledger.store import Ledger
 
     engine = make_engine(ledger_url)
     upgrade(engine)
     ledger = Ledger(engine)
-    new = NewInstance(
-        path="/spool/AE/1.2.3/1.2.3.4/1.2.3.4.5.dcm",
-        called_ae="AE",
-        size=1,
-        sha256="0" * 64,
-        sop_instance_uid="1.2.3.4.5",
-        study_instance_uid="1.2.3",
-        series_instance_uid="1.2.3.4",
-        sop_class_uid=None,
-        transfer_syntax_uid=None,
-        patient_id=None,
-        calling_ae=None,
-        peer_address=None,
-        group_key=None,
-    )
+    new = new_instance("/spool/AE/1.2.3/1.2.3.4/1.2.3.4.5.dcm", "AE", "1.2.3.4.5", "1.2.3")
     with ledger.transaction() as tx:
         first = tx.add(new, "received")
     with ledger.transaction() as tx:

@@ -19,10 +19,10 @@ from ledger.db import make_engine
 from ledger.migrate import upgrade
 from ledger.models import utcnow
 from ledger.processing import Processing
-from ledger.records import NewInstance
 from ledger.store import RECONCILER, Ledger
 from ledger.tasks import LeaseLost, Tasks
 from spool.layout import SpoolLayout
+from tests.conftest import new_instance
 from tests.dicom import make_study
 from watchers.intake import Intake
 from watchers.reconcile import Reconciler
@@ -71,9 +71,7 @@ def test_a_lapsed_lease_gives_the_task_to_another_node_and_the_first_records_not
     upgrade(engine)
     ledger = Ledger(engine)
     processing, tasks = Processing(ledger), Tasks(ledger)
-    new = NewInstance(
-        "/spool/AE/1.dcm", AE, 1, "0" * 64, "1.1", "9.1", None, None, None, None, None, None, "9.1"
-    )
+    new = new_instance("/spool/AE/1.dcm", AE, "1.1", "9.1")
     with ledger.transaction() as tx:
         tx.add(new, "received")
     job = processing.claim_group(AE, "9.1", "command", "quiet")

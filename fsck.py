@@ -80,7 +80,7 @@ def check(config: Config) -> Report:
     """
     refuse_while_running(config)
     with _open_ledger(config) as ledger:
-        require_head(ledger.engine, config.ledger.url)
+        require_head(ledger.engine)
         findings = _spool_findings(SpoolLayout(config.storage.spool, config.node.name), ledger)
         findings += _lost_findings(ledger)
         findings += _task_findings(Tasks(ledger))

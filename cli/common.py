@@ -57,7 +57,7 @@ def load(config_path: Path | None) -> Config:
 def require_current_schema(config: Config, engine: Any) -> str:
     """The ledger's revision; an ``Error:`` line if it is not at head (``db upgrade``)."""
     try:
-        return require_head(engine, config.ledger.url)
+        return require_head(engine)
     except SchemaError as exc:
         raise click.ClickException(str(exc)) from None
 

@@ -17,7 +17,7 @@ from cli.common import config_option, iso, load, require_current_schema
 from config import Config
 from errors import EXIT_FAILURE
 from health import health
-from ledger.db import make_engine
+from ledger.db import make_engine, shown_url
 from ledger.exports import Exports
 from ledger.models import utcnow
 from ledger.nodes import NodeRecord, Nodes
@@ -54,7 +54,7 @@ def status(config_path: Path | None, as_json: bool, studies: int, phi: bool) -> 
     ledger = Ledger(engine)
     oldest = Processing(ledger).oldest_open_group(list(config.processed_aes))
     report = {
-        "ledger": config.ledger.url,
+        "ledger": shown_url(config.ledger.url),
         "revision": revision,
         "spool": str(config.storage.spool),
         "counts": ledger.counts_by_state(),

@@ -33,7 +33,7 @@ def copy_ledger(source: Engine, target: Engine) -> dict[str, int]:
         If the source is not at the current schema or the target holds rows.
     """
     try:
-        require_head(source, str(source.url))
+        require_head(source)
     except SchemaError as exc:
         raise CopyRefused(f"source: {exc}") from None
     upgrade(target)

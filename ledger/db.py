@@ -12,7 +12,7 @@ can take the write lock up front (``sqlite_begin`` execution option).
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event, make_url
 from sqlalchemy.engine import Connection
 
 BUSY_TIMEOUT_MS = 30_000
@@ -28,6 +28,11 @@ def make_engine(url: str) -> Engine:
         event.listen(engine, "connect", _sqlite_on_connect)
         event.listen(engine, "begin", _sqlite_on_begin)
     return engine
+
+
+def shown_url(url: str) -> str:
+    """A ledger URL fit for output and logs: a password in it becomes ``***``."""
+    return make_url(url).render_as_string(hide_password=True)
 
 
 def _sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:

@@ -13,6 +13,7 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import Engine
 
 from errors import AdapterError
+from ledger.db import shown_url
 
 MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
 
@@ -50,8 +51,9 @@ class SchemaError(AdapterError):
     """The ledger is not at the schema this code needs."""
 
 
-def require_head(engine: Engine, url: str) -> str:
+def require_head(engine: Engine) -> str:
     """The ledger's revision, if it is the newest; else SchemaError saying what to run."""
+    url = shown_url(engine.url.render_as_string(hide_password=False))
     revision = current_revision(engine)
     if revision is None:
         raise SchemaError(f"ledger {url} has no schema yet: run 'dicom-adapter db upgrade'")

@@ -20,7 +20,6 @@ from errors import EXIT_CONFIG, ConfigError
 from ledger.db import make_engine
 from ledger.migrate import SchemaError, require_head
 from ledger.models import TIME_FORMAT
-from ledger.processing import Processing
 from ledger.store import Ledger
 
 
@@ -62,12 +61,12 @@ def require_current_schema(config: Config, engine: Any) -> str:
         raise click.ClickException(str(exc)) from None
 
 
-def open_processing(config_path: Path | None) -> tuple[Processing, Any]:
-    """The ledger's processing view, and its engine for the caller to dispose of."""
+def open_ledger(config_path: Path | None) -> tuple[Ledger, Any]:
+    """The config's ledger, at the current schema, and its engine for the caller to dispose of."""
     config = load(config_path)
     engine = make_engine(config.ledger.url)
     require_current_schema(config, engine)
-    return Processing(Ledger(engine)), engine
+    return Ledger(engine), engine
 
 
 def iso(value: datetime | None) -> str | None:

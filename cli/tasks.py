@@ -15,7 +15,7 @@ from typing import Any
 
 import click
 
-from cli.common import config_option, iso, open_processing
+from cli.common import config_option, iso, open_ledger
 from errors import IllegalTransition
 from ledger.exports import Exports
 from ledger.processing import Processing
@@ -101,8 +101,8 @@ def _task_group(name: str, kind: TaskKind | None, help_text: str) -> click.Group
 
 
 def _open_tasks(config_path: Path | None) -> tuple[Tasks, Any]:
-    processing, engine = open_processing(config_path)
-    return Tasks(processing.ledger), engine
+    ledger, engine = open_ledger(config_path)
+    return Tasks(ledger), engine
 
 
 def _task_of(tasks: Tasks, task_id: int, kind: TaskKind | None) -> TaskRecord:

@@ -12,7 +12,7 @@ can take the write lock up front (``sqlite_begin`` execution option).
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event, make_url
+from sqlalchemy import URL, Engine, create_engine, event, make_url
 from sqlalchemy.engine import Connection
 
 BUSY_TIMEOUT_MS = 30_000
@@ -30,7 +30,7 @@ def make_engine(url: str) -> Engine:
     return engine
 
 
-def shown_url(url: str) -> str:
+def shown_url(url: str | URL) -> str:
     """A ledger URL fit for output and logs: a password in it becomes ``***``."""
     return make_url(url).render_as_string(hide_password=True)
 

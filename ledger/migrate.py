@@ -53,7 +53,7 @@ class SchemaError(AdapterError):
 
 def require_head(engine: Engine) -> str:
     """The ledger's revision, if it is the newest; else SchemaError saying what to run."""
-    url = shown_url(engine.url.render_as_string(hide_password=False))
+    url = shown_url(engine.url)
     revision = current_revision(engine)
     if revision is None:
         raise SchemaError(f"ledger {url} has no schema yet: run 'dicom-adapter db upgrade'")

@@ -10,7 +10,7 @@ import json
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import select
 
 from ledger.models import Node
 from ledger.store import Ledger
@@ -43,13 +43,7 @@ class Nodes:
             "started_at": started_at,
         }
         with self.ledger.transaction() as tx:
-            changed = tx.connection.execute(
-                update(NODES).where(NODES.c.name == name).values(**values, heartbeat_at=tx.now)
-            ).rowcount
-            if not changed:
-                tx.connection.execute(
-                    insert(NODES).values(name=name, **values, heartbeat_at=tx.now)
-                )
+            tx.upsert(NODES, {"name": name}, {**values, "heartbeat_at": tx.now})
 
     def listing(self) -> list[NodeRecord]:
         """Every node that ever wrote this ledger, by name."""

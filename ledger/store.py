@@ -15,7 +15,7 @@ from dataclasses import fields
 from datetime import datetime
 from typing import Any, TypeVar
 
-from sqlalchemy import Connection, Engine, func, insert, select, text, update
+from sqlalchemy import Connection, Engine, Table, func, insert, select, text, update
 from sqlalchemy.exc import SQLAlchemyError
 
 from errors import IllegalTransition
@@ -78,6 +78,12 @@ class LedgerTransaction:
         self.connection = connection
         self.now = now
         self.received_ids: list[int] = []  # rows born ``received`` here, for notification
+
+    def upsert(self, table: Table, key: dict[str, Any], values: dict[str, Any]) -> None:
+        """Set ``values`` on the row ``key`` names, creating it if there is none."""
+        where = [table.c[name] == value for name, value in key.items()]
+        if not self.connection.execute(update(table).where(*where).values(**values)).rowcount:
+            self.connection.execute(insert(table).values(**key, **values))
 
     def recorded(self, paths: Collection[str]) -> set[str]:
         """Those of ``paths`` a row still owns."""
@@ -384,15 +390,7 @@ class Ledger:
     def set_service_state(self, name: str, value: str) -> None:
         """Record one fact about the running service (upsert)."""
         with self.transaction() as tx:
-            changed = tx.connection.execute(
-                update(SERVICE_STATE)
-                .where(SERVICE_STATE.c.name == name)
-                .values(value=value, updated_at=tx.now)
-            ).rowcount
-            if not changed:
-                tx.connection.execute(
-                    insert(SERVICE_STATE).values(name=name, value=value, updated_at=tx.now)
-                )
+            tx.upsert(SERVICE_STATE, {"name": name}, {"value": value, "updated_at": tx.now})
 
     def service_state(self) -> dict[str, str]:
         return {

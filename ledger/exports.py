@@ -110,9 +110,8 @@ class Exports:
         With ``attempt``, only while that attempt still runs: a node whose lease
         lapsed records nothing (:class:`ledger.tasks.LeaseLost`).
         """
-        with self.ledger.transaction(now) as tx:
-            if attempt is not None:
-                tasks.hold(tx, task_id, attempt)
+        with self.ledger.transaction(now, shared=True) as tx:
+            tasks.hold(tx, task_id, attempt)  # LeaseLost: another node has it
             for outcome in outcomes:
                 self._record(tx, outcome)
             counts = self._item_counts(tx, task_id)

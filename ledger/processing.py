@@ -136,8 +136,13 @@ class Processing:
         ignored: Collection[str] = (),
         allowed: Collection[str] = (),
     ) -> TaskRecord | None:
-        """Claim every wanted ``received`` instance of a group into a new ``pending`` job."""
-        with self.ledger.transaction(now) as tx:
+        """Claim every wanted ``received`` instance of a group into a new ``pending`` job.
+
+        The members are locked as they are read; those another claim (on any
+        node) holds this moment are skipped, so two claims never share an
+        instance and never wait for each other.
+        """
+        with self.ledger.transaction(now, shared=True) as tx:
             connection = tx.connection
             members = list(
                 connection.execute(
@@ -149,6 +154,7 @@ class Processing:
                         wanted(ignored, allowed),
                     )
                     .order_by(INSTANCES.c.id)
+                    .with_for_update(skip_locked=True)
                 )
             )
             if not members:
@@ -194,9 +200,8 @@ class Processing:
         or none of it.  Handed over, its instances go claimed -> submitted;
         with no retry left (``retry_at`` None) the job is ``failed``.
         """
-        with self.ledger.transaction(now) as tx:
-            if attempt is not None:
-                tasks.hold(tx, job_id, attempt)  # raises LeaseLost: another node has it
+        with self.ledger.transaction(now, shared=True) as tx:
+            tasks.hold(tx, job_id, attempt)  # LeaseLost: another node has it
             count = tx.connection.execute(
                 select(TASKS.c.item_count).where(TASKS.c.id == job_id)
             ).scalar_one()

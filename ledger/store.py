@@ -272,7 +272,9 @@ class Ledger:
         self.engine = engine
 
     @contextmanager
-    def transaction(self, now: datetime | None = None) -> Iterator[LedgerTransaction]:
+    def transaction(
+        self, now: datetime | None = None, *, shared: bool = False
+    ) -> Iterator[LedgerTransaction]:
         """One write transaction; commits on success, rolls back on error.
 
         One writer at a time, whichever node: every decision reads and then
@@ -280,12 +282,20 @@ class Ledger:
         read must see every earlier commit.  SQLite takes its write lock at
         ``BEGIN IMMEDIATE``; PostgreSQL takes a transaction advisory lock,
         the same for every node on the ledger, released at commit.
+
+        ``shared``: a transaction whose every decision is about rows it locks
+        itself (``SELECT ... FOR UPDATE [SKIP LOCKED]``: a claim, a task's
+        pick-up, an attempt's end).  On PostgreSQL it takes the writer lock
+        in shared mode, so such transactions run side by side, on any node,
+        while none runs beside an exclusive writer; SQLite has one writer
+        either way.
         """
         with self.engine.connect() as connection:
             connection = connection.execution_options(sqlite_begin="IMMEDIATE")
             with connection.begin():
                 if connection.dialect.name == "postgresql":
-                    connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": WRITER})
+                    lock = "pg_advisory_xact_lock_shared" if shared else "pg_advisory_xact_lock"
+                    connection.execute(text(f"SELECT {lock}(:key)"), {"key": WRITER})
                 yield LedgerTransaction(connection, now or utcnow())
 
     @contextmanager

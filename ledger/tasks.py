@@ -122,13 +122,15 @@ def set_items(tx: LedgerTransaction, task_id: int, source: ItemState, target: It
     ).rowcount
 
 
-def hold(tx: LedgerTransaction, task_id: int, attempt: int) -> None:
-    """Raise :class:`LeaseLost` unless the task still runs ``attempt``: a node that lost its
-    lease (and the task to another node, or back to the queue) records nothing."""
+def hold(tx: LedgerTransaction, task_id: int, attempt: int | None) -> None:
+    """Lock the task's row to the end of the caller's transaction, so no other node can
+    take it back meanwhile; with ``attempt``, raise :class:`LeaseLost` unless the task
+    still runs that attempt: a node that lost its lease (and the task to another node,
+    or back to the queue) records nothing."""
     state, attempts = tx.connection.execute(
-        select(TASKS.c.state, TASKS.c.attempts).where(TASKS.c.id == task_id)
+        select(TASKS.c.state, TASKS.c.attempts).where(TASKS.c.id == task_id).with_for_update()
     ).one()
-    if state != TaskState.RUNNING or attempts != attempt:
+    if attempt is not None and (state != TaskState.RUNNING or attempts != attempt):
         raise LeaseLost(f"task {task_id}: attempt {attempt} is no longer running here")
 
 
@@ -213,9 +215,20 @@ class Tasks:
         *,
         node: str | None = None,
         lease_seconds: float | None = None,
-    ) -> TaskRecord:
-        """pending -> running, one more attempt, held by ``node`` for ``lease_seconds``."""
-        with self.ledger.transaction(now) as tx:
+    ) -> TaskRecord | None:
+        """pending -> running, one more attempt, held by ``node`` for ``lease_seconds``.
+
+        None when the task is no longer pending, or another node is taking it
+        this moment (its row locked: skipped, not waited for).
+        """
+        with self.ledger.transaction(now, shared=True) as tx:
+            pending = tx.connection.execute(
+                select(TASKS.c.id)
+                .where(TASKS.c.id == task_id, TASKS.c.state == TaskState.PENDING)
+                .with_for_update(skip_locked=True)
+            ).first()
+            if pending is None:
+                return None
             reason = "started" if node is None else f"started on node {node}"
             attempts = move(tx, task_id, TaskState.RUNNING, reason).attempts
             lease = None if lease_seconds is None else tx.now + timedelta(seconds=lease_seconds)
@@ -232,7 +245,7 @@ class Tasks:
         """Hold ``node``'s running tasks ``lease_seconds`` longer; how many it still holds."""
         if not task_ids:
             return 0
-        with self.ledger.transaction(now) as tx:
+        with self.ledger.transaction(now, shared=True) as tx:
             return tx.connection.execute(
                 update(TASKS)
                 .where(
@@ -253,8 +266,9 @@ class Tasks:
         )
         if not self.ledger.read(lapsed):
             return 0
-        with self.ledger.transaction(now) as tx:
-            rows = tx.connection.execute(lapsed).all()  # again, under the writer lock
+        with self.ledger.transaction(now, shared=True) as tx:
+            # Again, locking them: one being settled or taken back now is skipped.
+            rows = tx.connection.execute(lapsed.with_for_update(skip_locked=True)).all()
             for task_id, node, until in rows:
                 reason = f"the lease of node {node} lapsed at {until:%H:%M:%S}: run again"
                 move(tx, task_id, TaskState.PENDING, reason)

@@ -26,7 +26,6 @@ from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 
-from errors import IllegalTransition
 from ledger.models import utcnow
 from ledger.records import TaskRecord
 from ledger.tasks import LeaseLost, Tasks
@@ -96,9 +95,8 @@ class TaskRunner:
                 self._busy.discard(key)
 
     def _run(self, lane: Lane, task_id: int) -> None:
-        try:
-            task = self.tasks.start(task_id, node=self.node, lease_seconds=self.lease_seconds)
-        except IllegalTransition:
+        task = self.tasks.start(task_id, node=self.node, lease_seconds=self.lease_seconds)
+        if task is None:
             log.debug("task %d: no longer pending (another node took it)", task_id)
             return
         with self._lock:

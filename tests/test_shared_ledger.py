@@ -5,25 +5,31 @@ intake, as two adapters' would be; both are handed every file of the spool
 at once, from two threads, again and again.  On PostgreSQL the ledger's one
 writer lock (an advisory lock) serializes their decisions as SQLite's
 ``BEGIN IMMEDIATE`` does; the unique index on live paths is the last guard.
+Claims and task pick-ups lock their own rows instead (``SKIP LOCKED``):
+several claimers at once never share an instance or a task, and on
+PostgreSQL none waits for a row another holds.
 """
 
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
+from sqlalchemy import select, text
 
 from ledger.db import make_engine
 from ledger.migrate import upgrade
 from ledger.models import utcnow
 from ledger.processing import Processing
-from ledger.store import RECONCILER, Ledger
-from ledger.tasks import LeaseLost, Tasks
+from ledger.store import INSTANCES, RECONCILER, WRITER, Ledger
+from ledger.tasks import TASKS, LeaseLost, Tasks
 from spool.layout import SpoolLayout
 from tests.conftest import new_instance
 from tests.dicom import make_study
+from tests.postgres import Cluster
 from watchers.intake import Intake
 from watchers.reconcile import Reconciler
 
@@ -118,3 +124,99 @@ def test_one_node_at_a_time_reconciles_the_shared_spool(ledger_url: str, tmp_pat
     assert dropped in submitted
     engine.dispose()
     other.dispose()
+
+
+def _ledger_of_groups(ledger_url: str, groups: int, per_group: int) -> Ledger:
+    engine = make_engine(ledger_url)
+    upgrade(engine)
+    ledger = Ledger(engine)
+    with ledger.transaction() as tx:
+        for group in range(groups):
+            for n in range(per_group):
+                path = f"/spool/{AE}/{group}/{n}.dcm"
+                tx.add(new_instance(path, AE, f"1.{group}.{n}", f"9.{group}"), "received")
+    return ledger
+
+
+def _side_by_side(count: int, work: Callable[[int], None]) -> None:
+    """``work(0..count-1)`` on as many threads, started together; raise what any raised."""
+    errors: list[BaseException] = []
+    start = threading.Barrier(count)
+
+    def run(number: int) -> None:
+        try:
+            start.wait()
+            work(number)
+        except BaseException as exc:  # reported below, on the test's thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(n,)) for n in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    assert errors == []
+
+
+def test_four_claimers_at_once_claim_each_instance_and_start_each_task_once(
+    ledger_url: str,
+) -> None:
+    ledger = _ledger_of_groups(ledger_url, groups=40, per_group=5)
+    engines = [make_engine(ledger_url) for _ in range(4)]
+    claimers = [Processing(Ledger(engine)) for engine in engines]
+    started: list[list[int]] = [[] for _ in engines]
+
+    def claim_and_start(number: int) -> None:
+        processing, tasks = claimers[number], Tasks(claimers[number].ledger)
+        order = range(40) if number % 2 == 0 else reversed(range(40))
+        for group in order:
+            job = processing.claim_group(AE, f"9.{group}", "command", "quiet")
+            for task in tasks.due(utcnow()):
+                if tasks.start(task.id, node=f"edge-{number}", lease_seconds=30):
+                    started[number].append(task.id)
+            del job
+
+    _side_by_side(4, claim_and_start)
+    rows = ledger.instances()
+    assert len(rows) == 200 and {row.state for row in rows} == {"claimed"}
+    jobs = Tasks(ledger).listing()
+    assert len(jobs) == 40  # one job per group, none empty, none sharing an instance
+    for job in jobs:
+        members = [row for row in rows if row.job_id == job.id]
+        assert job.item_count == 5 and {row.group_key for row in members} == {job.group_key}
+        assert len(members) == 5
+    everyone = sorted(task_id for mine in started for task_id in mine)
+    assert everyone == sorted(job.id for job in jobs)  # each started once, by one claimer
+    assert {job.attempts for job in Tasks(ledger).listing()} == {1}
+    for engine in [*engines, ledger.engine]:
+        engine.dispose()
+
+
+def test_on_postgresql_a_claim_skips_what_another_holds_and_waits_for_nothing(
+    postgres_cluster: Cluster,
+) -> None:
+    """(SQLite has one writer: there a second claim waits for the first, by design.)"""
+    ledger_url = postgres_cluster.database()
+    ledger = _ledger_of_groups(ledger_url, groups=2, per_group=3)
+    processing, tasks = Processing(ledger), Tasks(ledger)
+    other = make_engine(ledger_url)
+    with other.connect() as held, held.begin():
+        # Another node's claim of group 9.0, half done: its rows locked, its
+        # shared writer lock taken (as Ledger.transaction(shared=True) does).
+        held.execute(text("SELECT pg_advisory_xact_lock_shared(:key)"), {"key": WRITER})
+        locked = held.execute(
+            select(INSTANCES.c.id).where(INSTANCES.c.group_key == "9.0").with_for_update()
+        ).all()
+        assert len(locked) == 3
+        assert processing.claim_group(AE, "9.0", "command", "quiet") is None  # skipped, at once
+        job = processing.claim_group(AE, "9.1", "command", "quiet")  # beside it, not after
+        assert job is not None and job.item_count == 3
+        held.execute(select(TASKS.c.id).where(TASKS.c.id == job.id).with_for_update())
+        assert tasks.start(job.id, node="edge-2", lease_seconds=30) is None  # being taken
+    started = tasks.start(job.id, node="edge-2", lease_seconds=30)
+    assert started is not None and started.state == "running"
+    assert tasks.start(job.id, node="edge-3", lease_seconds=30) is None  # no longer pending
+    again = processing.claim_group(AE, "9.0", "command", "quiet")
+    assert again is not None and again.item_count == 3  # the other claim never committed
+    other.dispose()
+    ledger.engine.dispose()

@@ -14,7 +14,6 @@ if __name__ == "__main__":  # before the imports below: cli turns their failures
 
     main()
 
-import json
 import logging
 import os
 import threading
@@ -161,7 +160,6 @@ class Adapter:
         self.config.storage.jobs.mkdir(parents=True, exist_ok=True)
         kill_leftovers(self.config.storage.jobs)
         self.outbox.ensure()
-        self.outbox.adopt_orphans()
         requeued = self.tasks.recover(self.config.node.name)
         released = self.processing.release_orphan_claims()
         if any(requeued.values()) or released:
@@ -180,8 +178,6 @@ class Adapter:
         if self.server.tls_port:
             listeners.append(f"{self.config.dicom.host}:{self.server.tls_port} (TLS)")
         self._listening = ", ".join(listeners)
-        self.ledger.set_service_state("listening", self._listening)
-        self.ledger.set_service_state("pid", str(os.getpid()))
         self._heartbeat_tick()
         schedule.every(self.scheduler, "heartbeat", HEARTBEAT_SECONDS, self._heartbeat_tick)
         notify("READY=1")
@@ -256,11 +252,8 @@ class Adapter:
         If the ledger cannot be written, the heartbeat goes stale, which
         ``status`` reports as well.
         """
-        problems = self.problems()
-        self.ledger.set_service_state("problems", json.dumps(problems))
-        self.ledger.set_service_state("heartbeat_at", utcnow().strftime(TIME_FORMAT))
         self.nodes.beat(
-            self.config.node.name, os.getpid(), self._listening, problems, self._started_at
+            self.config.node.name, os.getpid(), self._listening, self.problems(), self._started_at
         )
 
     def _watchdog_tick(self) -> None:

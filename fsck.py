@@ -24,6 +24,7 @@ from health import listening
 from ledger import delivery
 from ledger.db import make_engine
 from ledger.migrate import require_head, upgrade
+from ledger.models import utcnow
 from ledger.processing import Processing
 from ledger.records import InstanceRecord, TaskRecord
 from ledger.states import State, TaskKind, TaskState
@@ -83,7 +84,7 @@ def check(config: Config) -> Report:
         require_head(ledger.engine)
         findings = _spool_findings(SpoolLayout(config.storage.spool, config.node.name), ledger)
         findings += _lost_findings(ledger)
-        findings += _task_findings(Tasks(ledger))
+        findings += _task_findings(Tasks(ledger), config.node.name)
     return Report(tuple(findings), repaired=False)
 
 
@@ -149,6 +150,7 @@ def _recover(config: Config, ledger: Ledger) -> None:
         pass  # intake ran inside each pass: the next one finds the files after these
     kill_leftovers(config.storage.jobs)
     Tasks(ledger).recover(config.node.name)
+    Tasks(ledger).requeue_lapsed()  # a dead node's, as any live node's runner would
     Processing(ledger).release_orphan_claims()
 
 
@@ -229,15 +231,22 @@ def _stuck_claim(record: InstanceRecord) -> Finding:
     return Finding("stuck-claim", f"instance {record.id}: claimed by {holder}: {record.path}")
 
 
-def _task_findings(tasks: Tasks) -> list[Finding]:
-    """Tasks marked running (nothing runs now) and tasks that need a human."""
-    findings = [
-        Finding(
-            f"interrupted-{task.noun}",
-            f"{_named(task)}: running ({_what(task)}, attempt {task.attempts})",
-        )
-        for task in tasks.listing(state=TaskState.RUNNING)
-    ]
+def _task_findings(tasks: Tasks, node: str) -> list[Finding]:
+    """Tasks marked running that nothing runs (this node's: it is stopped; another
+    node's whose lease lapsed), and tasks that need a human.  Another node's task
+    under a live lease is that node's work, not a finding."""
+    now = utcnow()
+    findings = []
+    for task in tasks.listing(state=TaskState.RUNNING):
+        where = f"{_what(task)}, attempt {task.attempts}"
+        if task.node in (None, node):
+            detail = f"{_named(task)}: running ({where})"
+        elif task.lease_until is not None and task.lease_until < now:
+            lapsed = f"{task.lease_until:%Y-%m-%d %H:%M:%S}"
+            detail = f"{_named(task)}: running on node {task.node}, lease lapsed {lapsed} ({where})"
+        else:
+            continue
+        findings.append(Finding(f"interrupted-{task.noun}", detail))
     return findings + [
         Finding(
             f"failed-{task.noun}",

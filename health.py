@@ -1,17 +1,17 @@
 """Is the adapter healthy?  Facts for ``dicom-adapter status`` and monitoring scripts.
 
-Read from outside the service.  "Listening" means *this* adapter answers:
-the process the ledger names is alive and a C-ECHO to one of its AE titles
-gets an answer from it (one association slot, for a moment; a socket that
-merely listens could be anything).  The ledger must take a write (one,
-rolled back), and the service's own heartbeat in it must be recent and name
-no problem (intake stopped or stuck, the watcher or SCP process gone).
-Then failed jobs and exports, and the spool's filesystem.
+Read from outside the service, on its own box.  "Listening" means *this*
+adapter answers: the process its row in ``nodes`` (``[node] name``) names
+is alive and a C-ECHO to one of its AE titles gets an answer from it (one
+association slot, for a moment; a socket that merely listens could be
+anything).  The ledger must take a write (one, rolled back), and the node's
+heartbeat in it must be recent and name no problem (intake stopped or
+stuck, the watcher or SCP process gone).  Then failed jobs and exports
+(the ledger's, whichever node ran them), and the spool's filesystem.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from pathlib import Path
@@ -22,7 +22,8 @@ from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from config import Config
 from ledger.exports import Exports
-from ledger.models import parse_time, utcnow
+from ledger.models import utcnow
+from ledger.nodes import NodeRecord, Nodes
 from ledger.states import TaskKind, TaskState
 from ledger.store import Ledger
 from ledger.tasks import Tasks
@@ -49,10 +50,9 @@ def listening(port: int) -> bool:
     return False
 
 
-def service_running(state: dict[str, str]) -> bool:
-    """True if the process the ledger last named as the service is alive."""
-    pid = state.get("pid", "")
-    return pid.isdigit() and Path(f"/proc/{pid}").exists()
+def service_running(node: NodeRecord | None) -> bool:
+    """True if the process the node's row last named is alive (on this box)."""
+    return node is not None and Path(f"/proc/{node.pid}").exists()
 
 
 def answers(config: Config, timeout: float = ECHO_TIMEOUT) -> bool:
@@ -88,7 +88,8 @@ def health(config: Config, ledger: Ledger) -> dict[str, Any]:
     """The health facts, and ``healthy``: this adapter answers and works, room on disk,
     nothing failed or undelivered."""
     state = ledger.service_state()
-    running = service_running(state)
+    node = Nodes(ledger).get(config.node.name)
+    running = service_running(node)
     folder = config.storage.spool
     while not folder.exists() and folder != folder.parent:
         folder = folder.parent  # not created yet: the filesystem it will be on
@@ -104,8 +105,8 @@ def health(config: Config, ledger: Ledger) -> dict[str, Any]:
     # Export files refused or out of retries: kept on disk, waiting for
     # ``tasks retry`` or ``tasks discard``.
     undelivered = Exports(ledger).undelivered()
-    heartbeat = _age_seconds(state.get("heartbeat_at"))
-    problems = list(json.loads(state.get("problems") or "[]")) if running else []
+    heartbeat = None if node is None else (utcnow() - node.heartbeat_at).total_seconds()
+    problems = list(node.problems) if node is not None and running else []
     if running and (heartbeat is None or heartbeat > HEARTBEAT_STALE_SECONDS):
         problems.append(
             "the service has not written the ledger for "
@@ -118,7 +119,7 @@ def health(config: Config, ledger: Ledger) -> dict[str, Any]:
         "listening": running and answers(config),
         "problems": problems,
         "heartbeat_age_seconds": None if heartbeat is None else round(heartbeat, 1),
-        "last_reconcile_at": state.get("last_reconcile_at"),
+        "last_reconcile_at": state.get("last_reconcile_at"),  # whichever node it was
         "spool_free_bytes": free,
         "spool_min_free_bytes": needed,
         "failed_jobs": failed_jobs,
@@ -134,9 +135,3 @@ def health(config: Config, ledger: Ledger) -> dict[str, Any]:
         and not undelivered
     )
     return facts
-
-
-def _age_seconds(stamp: str | None) -> float | None:
-    if not stamp:
-        return None
-    return (utcnow() - parse_time(stamp)).total_seconds()

@@ -8,7 +8,9 @@ them again) and become one task.  A file that is not DICOM moves to
 a regular file: a symlink is never followed (its target, perhaps anywhere
 on the machine, would be sent and then deleted as the export's own file),
 a FIFO never opened.  A staging folder a crash left without its task is
-queued again at start-up.
+queued at the next scan.  Outboxes on a shared filesystem are scanned by
+one node at a time (a ledger lock), so a file becomes one task, whichever
+nodes see it.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from pathlib import Path
 from exporters.files import NotDicom, spec_for
 from ledger.exports import Exports
 from ledger.records import ItemSpec
+from ledger.store import OUTBOX
 from spool.layout import SpoolLayout
 from spool.quarantine import quarantine
 from spool.settle import is_open_for_writing
@@ -43,8 +46,14 @@ class OutboxScanner:
             SpoolLayout(folder).quarantine.mkdir(exist_ok=True)
 
     def tick(self, now: float | None = None) -> int:
-        """Queue what is complete in every outbox; return how many tasks were created."""
-        now = time.time() if now is None else now
+        """Queue what a crash left staged and what is complete in every outbox, unless
+        another node is scanning them; return how many tasks were created."""
+        with self.exports.ledger.alone(OUTBOX) as alone:
+            if not alone:
+                return 0
+            return self._adopt_orphans() + self._scan(time.time() if now is None else now)
+
+    def _scan(self, now: float) -> int:
         created = 0
         for destination, folder in self.outboxes.items():
             files = list(self._complete_files(folder, now - self.settle_seconds))
@@ -56,7 +65,7 @@ class OutboxScanner:
                     created += 1
         return created
 
-    def adopt_orphans(self) -> int:
+    def _adopt_orphans(self) -> int:
         """Queue staging folders a crash left between the move and the task."""
         adopted = 0
         for destination, folder in self.outboxes.items():
@@ -94,7 +103,10 @@ class OutboxScanner:
         for path in files:
             target = staging / path.relative_to(folder)
             target.parent.mkdir(parents=True, exist_ok=True)
-            os.rename(path, target)
+            try:
+                os.rename(path, target)
+            except FileNotFoundError:  # taken away since the walk: not ours to queue
+                continue
             moved.append(target)
         return self._specs(folder, moved)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import select
 
@@ -47,15 +48,20 @@ class Nodes:
 
     def listing(self) -> list[NodeRecord]:
         """Every node that ever wrote this ledger, by name."""
-        rows = self.ledger.read(select(NODES).order_by(NODES.c.name))
-        return [
-            NodeRecord(
-                row.name,
-                row.pid,
-                row.listening,
-                tuple(json.loads(row.problems)),
-                row.started_at,
-                row.heartbeat_at,
-            )
-            for row in rows
-        ]
+        return [_record(row) for row in self.ledger.read(select(NODES).order_by(NODES.c.name))]
+
+    def get(self, name: str) -> NodeRecord | None:
+        """The node called ``name``, if it ever wrote this ledger."""
+        rows = self.ledger.read(select(NODES).where(NODES.c.name == name))
+        return _record(rows[0]) if rows else None
+
+
+def _record(row: Any) -> NodeRecord:
+    return NodeRecord(
+        row.name,
+        row.pid,
+        row.listening,
+        tuple(json.loads(row.problems)),
+        row.started_at,
+        row.heartbeat_at,
+    )

@@ -17,7 +17,7 @@ from ledger import tasks
 from ledger.models import utcnow
 from ledger.records import GroupState, InstanceRecord, TaskRecord
 from ledger.states import State, TaskKind
-from ledger.store import INSTANCES, Ledger, LedgerTransaction, to_record
+from ledger.store import INSTANCES, Ledger, LedgerTransaction, chunked, to_record
 from ledger.tasks import TASKS, Tally, Tasks
 
 
@@ -296,12 +296,21 @@ class Processing:
         with self.ledger.transaction() as tx:
             tx.move_many(ids, State.SUPERSEDED, State.RECLAIMED, reason)
 
-    def job_done_with_files(self, job_id: int) -> bool:
-        """True when no instance of the job still has its file in the spool."""
-        query = select(func.count()).where(
-            INSTANCES.c.job_id == job_id, INSTANCES.c.state != State.RECLAIMED
-        )
-        return self.ledger.read(query)[0][0] == 0
+    def jobs_done_with_files(self, job_ids: Collection[int]) -> set[int]:
+        """Those of ``job_ids`` that are jobs none of whose instances still has its file in
+        the spool: their job folders, on whichever node, are no longer needed."""
+        done: set[int] = set()
+        for chunk in chunked(list(job_ids)):
+            in_spool = (
+                select(INSTANCES.c.id)
+                .where(INSTANCES.c.job_id == TASKS.c.id, INSTANCES.c.state != State.RECLAIMED)
+                .exists()
+            )
+            query = select(TASKS.c.id).where(
+                TASKS.c.id.in_(chunk), TASKS.c.kind == TaskKind.PROCESS, not_(in_spool)
+            )
+            done.update(job_id for (job_id,) in self.ledger.read(query))
+        return done
 
     # -- overview ---------------------------------------------------------------
 

@@ -35,6 +35,8 @@ _CHUNK = 500  # bound parameters per IN (...) list
 _WRITE_PROBE = "write_probe"  # a service_state name only ever written and rolled back
 WRITER = 0x44434D41  # PostgreSQL advisory lock key of the one ledger writer ("DCMA")
 RECONCILER = 0x44434D42  # ... and of the one node reconciling the shared spool ("DCMB")
+RECLAIMER = 0x44434D43  # ... of the one node deleting reclaimable files ("DCMC")
+OUTBOX = 0x44434D44  # ... of the one node taking files from the outboxes ("DCMD")
 T = TypeVar("T")
 
 

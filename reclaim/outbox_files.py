@@ -7,7 +7,8 @@ that was refused, or never attempted, may be the last copy of an instance,
 so nothing about its task (its state, how many of its files failed) can
 make it go.  Each deletion is recorded (``task_items.reclaimed_at``, and
 the task's once none of its owned files is left), with the staging folders
-it leaves empty.
+it leaves empty.  On a shared outbox one node at a time deletes (a ledger
+lock), so each file is deleted once.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from pathlib import Path
 
 from ledger.exports import Exports
 from ledger.models import utcnow
+from ledger.store import RECLAIMER
 from ledger.wording import plural
 
 log = logging.getLogger(__name__)
@@ -34,8 +36,11 @@ class ExportReclaimer:
         self.staging_roots = staging_roots  # destination -> its outbox's .sending/
 
     def tick(self, now: datetime | None = None) -> int:
-        """Delete what is due; return how many files went."""
-        now = now or utcnow()
+        """Delete what is due, unless another node is at it; return how many files went."""
+        with self.exports.ledger.alone(RECLAIMER) as alone:
+            return self._reclaim(now or utcnow()) if alone else 0
+
+    def _reclaim(self, now: datetime) -> int:
         done = 0
         for destination, seconds in self.retention.items():
             root = self.staging_roots[destination]

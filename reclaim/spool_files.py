@@ -3,8 +3,11 @@
 Submitted instances become reclaimable once their AE's ``retention`` has
 passed since their job succeeded.  Only ``reclaimable`` files are ever
 deleted; the row moves to ``reclaimed`` with an event saying when and why.
-Empty study and series folders, and a job's folder once all its instances
-are reclaimed, go too.  A superseded copy (set aside by the duplicates
+Empty study and series folders go too.
+
+On a shared spool one node at a time deletes (a ledger lock), so each file
+is deleted once; every node clears its own job folders, once none of the
+job's instances is left in the spool.  A superseded copy (set aside by the duplicates
 policy) goes only once ``[storage] superseded_retention`` has passed since
 it was set aside; by default it never does.
 """
@@ -19,6 +22,7 @@ from pathlib import Path
 
 from ledger.models import utcnow
 from ledger.processing import Processing
+from ledger.store import RECLAIMER
 from ledger.wording import plural
 from spool.layout import SpoolLayout
 
@@ -41,8 +45,13 @@ class Reclaimer:
         self.superseded_retention = superseded_retention  # None: kept for good
 
     def tick(self, now: datetime | None = None) -> int:
-        """Reclaim what is due; return how many files were reclaimed."""
-        now = now or utcnow()
+        """Reclaim what is due, unless another node is at it; return how many files went."""
+        with self.processing.ledger.alone(RECLAIMER) as alone:
+            total = self._reclaim(now or utcnow()) if alone else 0
+        self._clear_job_folders()
+        return total
+
+    def _reclaim(self, now: datetime) -> int:
         for called_ae, seconds in self.retention.items():
             self.processing.release_submitted(called_ae, seconds, now)
         total = 0
@@ -50,9 +59,6 @@ class Reclaimer:
             for instance in batch:
                 self._delete(Path(instance.path))
             self.processing.mark_reclaimed([i.id for i in batch], "file deleted by the reclaimer")
-            for job_id in {i.job_id for i in batch if i.job_id is not None}:
-                if self.processing.job_done_with_files(job_id):
-                    shutil.rmtree(self.jobs_root / str(job_id), ignore_errors=True)
             total += len(batch)
         total += self._reclaim_superseded(now)
         if total:
@@ -72,6 +78,14 @@ class Reclaimer:
             )
             total += len(batch)
         return total
+
+    def _clear_job_folders(self) -> None:
+        """Delete this node's folders of jobs whose instances have all been reclaimed."""
+        folders = {}
+        if self.jobs_root.is_dir():
+            folders = {int(p.name): p for p in self.jobs_root.iterdir() if p.name.isdigit()}
+        for job_id in self.processing.jobs_done_with_files(folders):
+            shutil.rmtree(folders[job_id], ignore_errors=True)
 
     def _delete(self, path: Path) -> None:
         """Delete one file and the study/series folders it leaves empty."""

@@ -102,8 +102,9 @@ def write_config(
     dicom: str = "",
     storage: str = "min_free = 0",
     aes: str = "[ae:DICOMADAPTER]",
+    ledger: str = "sqlite:///ledger.db",
 ) -> Path:
-    """A config for tests: loopback, a free port, spool and ledger under ``folder``."""
+    """A config for tests: loopback, a free port, spool (and a SQLite ledger) under ``folder``."""
     path = folder / "config.ini"
     template = textwrap.dedent("""\
         [dicom]
@@ -117,14 +118,15 @@ def write_config(
         spool = spool
         {storage}
         [ledger]
-        url = sqlite:///ledger.db
+        url = {ledger}
         [watcher]
         settle_seconds = 0.5
         reconcile_interval = 3600
         [log]
         level = DEBUG
         """)  # dedented before the values go in: they may span lines
-    path.write_text(template.format(port=port, dicom=dicom, storage=storage) + aes + "\n" + extra)
+    values = {"port": port, "dicom": dicom, "storage": storage, "ledger": ledger}
+    path.write_text(template.format(**values) + aes + "\n" + extra)
     return path
 
 

@@ -18,8 +18,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pydicom
+import pytest
 
-from tests.conftest import AdapterProcess, tmp_files, wait_for
+from tests.conftest import AdapterProcess, tmp_files, wait_for, write_config
 from tests.dcmtk import storescu_popen
 from tests.dicom import dataset_bytes, make_study
 
@@ -31,6 +32,12 @@ KILL_AFTER = (0.10, 0.50, 0.90, 0.30)
 SENDING = "I: Sending file: "
 SUCCESS = "I: Received Store Response (Success)"
 RESPONSE = "I: Received Store Response"
+
+
+@pytest.fixture
+def config_path(tmp_path: Path, port: int, ledger_url: str) -> Path:
+    """The adapter's config, on each ledger: SQLite, and PostgreSQL as nodes share it."""
+    return write_config(tmp_path, port, ledger=ledger_url)
 
 
 @dataclass(frozen=True)

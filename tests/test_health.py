@@ -15,13 +15,18 @@ import sqlite3
 import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
+from sqlalchemy import update
 
+from config import load_config
 from health import health
 from ledger import db as ledger_db
 from ledger.db import make_engine
+from ledger.models import utcnow
+from ledger.nodes import NODES, Nodes
 from ledger.store import Ledger
 from tests.conftest import RunningAdapter, wait_for, write_config
 from tests.dicom import make_instance
@@ -82,7 +87,8 @@ def test_a_stopped_watcher_or_intake_is_reported(adapter: RunningAdapter) -> Non
 
 def test_a_stale_heartbeat_is_reported(adapter: RunningAdapter) -> None:
     adapter.adapter.scheduler.pause()  # the service hangs: nothing writes the ledger
-    adapter.ledger.set_service_state("heartbeat_at", "2026-01-01T00:00:00.000000Z")
+    with adapter.ledger.transaction() as tx:
+        tx.connection.execute(update(NODES).values(heartbeat_at=utcnow() - timedelta(minutes=5)))
     (problem,) = health(adapter.config, adapter.ledger)["problems"]
     assert problem.startswith("the service has not written the ledger for ")
     adapter.adapter.scheduler.resume()
@@ -93,13 +99,13 @@ def test_something_else_on_the_port_is_not_this_adapter(
 ) -> None:
     assert cli("db", "upgrade", "--config", str(config_path)).returncode == 0
     ledger = Ledger(make_engine(f"sqlite:///{config_path.parent / 'ledger.db'}"))
-    ledger.set_service_state("pid", str(os.getpid()))  # a live process, not an adapter
+    config = load_config(config_path)
+    # A live process, not an adapter, in this node's row.
+    Nodes(ledger).beat(config.node.name, os.getpid(), "", [], utcnow())
     with socket.socket() as squatter:
         squatter.bind(("127.0.0.1", port))
         squatter.listen()
-        from config import load_config
-
-        facts = health(load_config(config_path), ledger)
+        facts = health(config, ledger)
     assert facts["listening"] is False and facts["healthy"] is False
     ledger.engine.dispose()
 

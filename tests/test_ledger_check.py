@@ -1,4 +1,4 @@
-"""``ledger check`` (fsck) on a stopped adapter's real spool and SQLite ledger.
+"""``ledger check`` (fsck) on a stopped adapter's real spool and ledger (SQLite, PostgreSQL).
 
 Each problem is made the way it happens: files received over DICOM by an
 in-process adapter that is then stopped, and afterwards a file copied in by
@@ -13,12 +13,14 @@ import shlex
 import shutil
 import sys
 from collections.abc import Callable
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
 from alembic import command
 from alembic.config import Config as AlembicConfig
 from pydicom.uid import generate_uid
+from sqlalchemy import update
 
 import fsck
 from config import Config, load_config
@@ -27,12 +29,19 @@ from exporters.files import spec_for
 from ledger.db import make_engine
 from ledger.exports import Exports
 from ledger.migrate import MIGRATIONS, head_revision
+from ledger.models import utcnow
 from ledger.processing import Processing
 from ledger.records import InstanceRecord, ItemOutcome
 from ledger.states import State, TaskKind, TaskState
 from ledger.store import Ledger
-from ledger.tasks import Tasks
-from tests.conftest import AdapterProcess, RunningAdapter, wait_for, write_config
+from ledger.tasks import TASKS, Tasks
+from tests.conftest import (
+    AdapterProcess,
+    RunningAdapter,
+    new_instance,
+    wait_for,
+    write_config,
+)
 from tests.dicom import make_study
 from tests.peers.send import send_files
 from tests.test_command_leftovers import alive
@@ -40,6 +49,12 @@ from tests.test_command_leftovers import alive
 AE = "DICOMADAPTER"
 DESTINATION = "PACS"
 OUT_OF_RESOURCES = 0xA700  # what a full peer answers a C-STORE
+
+
+@pytest.fixture
+def config_path(tmp_path: Path, port: int, ledger_url: str) -> Path:
+    """Every check on both ledgers: SQLite, and PostgreSQL as nodes share it."""
+    return write_config(tmp_path, port, ledger=ledger_url)
 
 
 def received_then_stopped(
@@ -193,11 +208,12 @@ def test_failed_jobs_and_exports_are_reported_and_left_for_a_human(
 
 
 def test_repair_kills_the_command_a_killed_adapter_left_running(
-    adapter_process: AdapterProcess, config_path: Path, port: int, tmp_path: Path
+    adapter_process: AdapterProcess, config_path: Path, port: int, tmp_path: Path, ledger_url: str
 ) -> None:
     """SIGKILL mid-job: the job stays ``running`` and its command (own session) lives on."""
     sleeper = shlex.join([sys.executable, "-c", "import time; time.sleep(60)"])
-    write_config(tmp_path, port, f"processor = command\ncommand = {sleeper}\ntimeout = 0.2\n")
+    keys = f"processor = command\ncommand = {sleeper}\ntimeout = 0.2\n"
+    write_config(tmp_path, port, keys, ledger=ledger_url)
     config = load_config(config_path)
     adapter_process.start()
     # One instance: its row exists before its job can; with more, one acknowledged
@@ -327,3 +343,31 @@ def test_an_acknowledged_instance_gone_without_delivery_is_lost(
         f"(export {task.id}), and {vanished.path} is gone"
     ]
     assert {f.kind for f in report.findings} == {"lost", "failed-export"}
+
+
+def test_another_nodes_task_is_a_finding_only_once_its_lease_lapsed(config_path: Path) -> None:
+    """On a shared ledger: a live node's running job is its work; a dead node's is repaired."""
+    config = load_config(config_path)
+    assert fsck.repair(config).ok
+    engine = make_engine(config.ledger.url)
+    ledger = Ledger(engine)
+    processing, tasks = Processing(ledger), Tasks(ledger)
+    with ledger.transaction() as tx:
+        for n in (1, 2):
+            path = str(config.storage.spool / "elsewhere" / f"{n}.dcm")
+            tx.add(new_instance(path, AE, f"1.{n}", f"9.{n}"), "received")
+    jobs = [processing.claim_group(AE, f"9.{n}", "command", "quiet") for n in (1, 2)]
+    live, dead = (tasks.start(job.id, node="edge-live", lease_seconds=600) for job in jobs)
+    with ledger.transaction() as tx:  # edge-dead was killed a minute ago
+        lapsed = utcnow() - timedelta(seconds=60)
+        tx.connection.execute(
+            update(TASKS).where(TASKS.c.id == dead.id).values(node="edge-dead", lease_until=lapsed)
+        )
+    findings = [f for f in fsck.check(config).findings if f.kind.startswith("interrupted")]
+    assert [f.detail for f in findings] == [
+        f"job {dead.id}: running on node edge-dead, lease lapsed {lapsed:%Y-%m-%d %H:%M:%S} "
+        f"(AE {AE}, group 9.2, attempt 1)"
+    ]
+    fsck.repair(config)
+    assert [tasks.get(job.id).state for job in (live, dead)] == ["running", "pending"]
+    engine.dispose()

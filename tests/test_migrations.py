@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
+from sqlalchemy import text
 
 from ledger.db import make_engine
 from ledger.migrate import current_revision, head_revision, upgrade
@@ -144,3 +145,21 @@ def test_a_path_is_unique_among_live_rows_only(ledger_url: str) -> None:
     with pytest.raises(IntegrityError), ledger.transaction() as tx:
         tx.add(new, "received")  # a second live row at one path
     engine.dispose()
+
+
+def test_0011_leaves_no_stale_heartbeat_in_service_state(ledger_url: str) -> None:
+    """The heartbeat moved to ``nodes``: the old rows would read as a service long dead."""
+    engine = make_engine(ledger_url)
+    upgrade(engine, to="0010")
+    old = ("pid", "listening", "problems", "heartbeat_at", "last_reconcile_at")
+    with engine.begin() as connection:
+        for name in old:
+            connection.execute(
+                text("INSERT INTO service_state (name, value, updated_at) VALUES (:n, '1', :at)"),
+                {"n": name, "at": "2026-12-01T12:00:00.000000Z"},
+            )
+    upgrade(engine)
+    with engine.connect() as connection:
+        left = connection.execute(text("SELECT name FROM service_state")).scalars().all()
+    engine.dispose()
+    assert left == ["last_reconcile_at"]

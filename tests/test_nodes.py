@@ -21,9 +21,8 @@ from tests.test_cli import cli
 def test_a_node_heartbeats_under_its_name_and_status_lists_it(
     start_adapter: Callable[[Path], RunningAdapter], ledger_url: str, tmp_path: Path, port: int
 ) -> None:
-    path = write_config(tmp_path, port)
-    text = path.read_text().replace("url = sqlite:///ledger.db", f"url = {ledger_url}")
-    path.write_text("[node]\nname = edge-1\n\n" + text)
+    path = write_config(tmp_path, port, ledger=ledger_url)
+    path.write_text("[node]\nname = edge-1\n\n" + path.read_text())
     running = start_adapter(path)
     [node] = Nodes(running.ledger).listing()
     assert (node.name, node.pid, node.problems) == ("edge-1", os.getpid(), ())

@@ -34,8 +34,8 @@ def test_a_study_goes_the_whole_way_on_a_postgresql_ledger(
         port,
         aes=f"[ae:DICOMADAPTER]\nprocessor = folder\noutput = {output}\ntimeout = 0.5\n",
         storage="min_free = 0\nreclaim_interval = 0.2",
+        ledger=url,
     )
-    path.write_text(path.read_text().replace("url = sqlite:///ledger.db", f"url = {url}"))
     running = start_adapter(path)
     assert running.config.ledger.url == url
     files = make_study(tmp_path / "study", 4)

@@ -114,7 +114,7 @@ def test_retention_then_reclaim(processing: Processing) -> None:
     assert processing.release_submitted("AE1", 60, T0 + timedelta(seconds=60)) == 1
     [instance] = processing.reclaimable()
     processing.mark_reclaimed([instance.id], "file deleted by the reclaimer")
-    assert processing.job_done_with_files(job.id)
+    assert processing.jobs_done_with_files([job.id, job.id + 1]) == {job.id}  # + 1: no job
 
 
 def test_recover_after_a_restart(processing: Processing) -> None:

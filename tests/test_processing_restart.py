@@ -227,13 +227,14 @@ def check_settled(ledger: Ledger, jobs: list, sops_by_study: dict[str, set[str]]
 
 
 def test_kill_in_quiet_period_resumes_the_timer(
-    tmp_path: Path, port: int, spawn: Callable, ledgers: Callable
+    tmp_path: Path, port: int, spawn: Callable, ledgers: Callable, ledger_url: str
 ) -> None:
     """Killed 2.5 s into a 5 s quiet period: claimed ~5 s after the last instance."""
     timeout, kill_after = 5.0, 2.5
     tick = 1.0  # adapter.group_tick_seconds for a 5 s timeout
     recorder = Recorder(tmp_path)
-    process = spawn(write_config(tmp_path, port, recorder.ae_keys(timeout=timeout)), port)
+    config = write_config(tmp_path, port, recorder.ae_keys(timeout=timeout), ledger=ledger_url)
+    process = spawn(config, port)
     files = make_study(tmp_path / "study", COUNT)
     sops = sop_uids(files)
     [study] = {str(pydicom.dcmread(f, stop_before_pixels=True).StudyInstanceUID) for f in files}
@@ -322,12 +323,13 @@ def reaping(recorder: Recorder, pid: int) -> Iterator[None]:
 
 
 def test_kill_while_the_command_runs(
-    tmp_path: Path, port: int, spawn: Callable, ledgers: Callable
+    tmp_path: Path, port: int, spawn: Callable, ledgers: Callable, ledger_url: str
 ) -> None:
     """Killed mid-command: requeued, run again as the same job, key and instances."""
     pause = 3.0
     recorder = Recorder(tmp_path, pause=pause)
-    process = spawn(write_config(tmp_path, port, recorder.ae_keys(timeout=1)), port)
+    config = write_config(tmp_path, port, recorder.ae_keys(timeout=1), ledger=ledger_url)
+    process = spawn(config, port)
     files = make_study(tmp_path / "study", COUNT)
     sops = sop_uids(files)
     [study] = {str(pydicom.dcmread(f, stop_before_pixels=True).StudyInstanceUID) for f in files}
@@ -384,7 +386,7 @@ def test_kill_while_the_command_runs(
 
 
 def test_watcher_outlives_an_orphaned_command(
-    tmp_path: Path, port: int, spawn: Callable, ledgers: Callable
+    tmp_path: Path, port: int, spawn: Callable, ledgers: Callable, ledger_url: str
 ) -> None:
     """After the re-run, the reclaim of its folder and the orphan's end, intake still works.
 
@@ -395,7 +397,7 @@ def test_watcher_outlives_an_orphaned_command(
     """
     pause = 2.0
     recorder = Recorder(tmp_path, pause=pause)
-    config = write_config(tmp_path, port, recorder.ae_keys(timeout=1))
+    config = write_config(tmp_path, port, recorder.ae_keys(timeout=1), ledger=ledger_url)
     config.write_text(
         config.read_text().replace("min_free = 0\n", "min_free = 0\nreclaim_interval = 0.5\n")
     )
@@ -430,11 +432,12 @@ def test_watcher_outlives_an_orphaned_command(
 
 
 def test_two_studies_killed_in_quiet_period_each_run_once(
-    tmp_path: Path, port: int, spawn: Callable, ledgers: Callable
+    tmp_path: Path, port: int, spawn: Callable, ledgers: Callable, ledger_url: str
 ) -> None:
     timeout = 2.0
     recorder = Recorder(tmp_path)
-    process = spawn(write_config(tmp_path, port, recorder.ae_keys(timeout=timeout)), port)
+    config = write_config(tmp_path, port, recorder.ae_keys(timeout=timeout), ledger=ledger_url)
+    process = spawn(config, port)
     studies = {}
     for name in ("a", "b"):
         files = make_study(tmp_path / name, COUNT)

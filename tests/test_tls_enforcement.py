@@ -17,6 +17,7 @@ from click.testing import CliRunner
 from cli import main
 from config import check_config, config_warnings, load_config
 from health import health
+from ledger.nodes import Nodes
 from tests.conftest import RunningAdapter, free_port
 from tests.test_tls import Pki, _leaf, client_cert, dcmtk, pki, tls_keys, write_config
 
@@ -54,7 +55,8 @@ def test_port_zero_listens_on_tls_alone(
     assert echo(tls_port, "ANY", certificates, "client") == 0
     facts = health(running.config, running.ledger)
     assert facts["listening"] is True
-    assert running.ledger.service_state()["listening"] == f"127.0.0.1:{tls_port} (TLS)"
+    [node] = Nodes(running.ledger).listing()
+    assert node.listening == f"127.0.0.1:{tls_port} (TLS)"
 
 
 def test_port_zero_without_tls_port_is_a_config_error(tmp_path: Path) -> None:

@@ -58,11 +58,10 @@ def node_config(
         extra,
         aes=aes,
         storage=f"min_free = 0\nreclaim_interval = 3600\nspool = {spool}",
+        ledger=ledger,
     )
-    text_ = path.read_text().replace("url = sqlite:///ledger.db", f"url = {ledger}")
-    path.write_text(
-        f"[node]\nname = {name}\nlease = {LEASE}\n\n" + text_.replace("spool = spool\n", "")
-    )
+    text_ = path.read_text().replace("spool = spool\n", "")
+    path.write_text(f"[node]\nname = {name}\nlease = {LEASE}\n\n" + text_)
     return path
 
 

@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 CONFIG ?= config.ini
 
-.PHONY: run test fuzz invariant soak bench bench-export bench-memory bench-ledger bench-reconcile install install-test install-service lint clean
+.PHONY: run test fuzz invariant soak bench bench-export bench-memory bench-ledger bench-claims bench-reconcile install install-test install-service lint clean
 
 # setuptools warns on every editable install that folders in the working
 # directory may shadow the package: true of every checkout, so not shown.
@@ -72,6 +72,10 @@ bench-memory: install-test
 ## Ledger at 1,000,000 instances: ingest rate, status and cookbook query times (~5 minutes, 1.3 GB in $TMPDIR).
 bench-ledger: install
 	$(BIN)/python bench/ledger_scale.py --instances 1000000
+
+## Claims per second with 1 and 4 claimers at once, SQLite and PostgreSQL, no double claims (~3 minutes).
+bench-claims: install-test
+	$(BIN)/python bench/claims.py --groups 2000 --claimers 1,4 --repeat 3
 
 ## One reconcile pass over a spool of 1,000,000 files against `find` (~10 minutes, builds the spool in $TMPDIR).
 bench-reconcile: install

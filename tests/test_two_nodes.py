@@ -18,6 +18,7 @@ from pathlib import Path
 from pydicom import dcmread
 from sqlalchemy import text
 
+from config import load_config
 from ledger.db import make_engine
 from tests.conftest import AdapterProcess, free_port, wait_for, write_config
 from tests.dcmtk import storescu
@@ -50,14 +51,21 @@ def command_ae(hook: Path) -> str:
 
 
 def node_config(
-    folder: Path, name: str, port: int, ledger: str, spool: Path, aes: str, extra: str
+    folder: Path,
+    name: str,
+    port: int,
+    ledger: str,
+    spool: Path,
+    aes: str,
+    extra: str,
+    reclaim_interval: float,
 ) -> Path:
     path = write_config(
         folder,
         port,
         extra,
         aes=aes,
-        storage=f"min_free = 0\nreclaim_interval = 3600\nspool = {spool}",
+        storage=f"min_free = 0\nreclaim_interval = {reclaim_interval}\nspool = {spool}",
         ledger=ledger,
     )
     text_ = path.read_text().replace("spool = spool\n", "")
@@ -65,7 +73,9 @@ def node_config(
     return path
 
 
-def two_nodes(tmp_path: Path, ledger: str, aes: str, extra: str = "") -> dict[str, AdapterProcess]:
+def two_nodes(
+    tmp_path: Path, ledger: str, aes: str, extra: str = "", reclaim_interval: float = 3600
+) -> dict[str, AdapterProcess]:
     """Nodes edge-a and edge-b: one ledger, one spool, each its own port, log and jobs."""
     spool = tmp_path / "shared" / "spool"
     nodes = {}
@@ -73,7 +83,7 @@ def two_nodes(tmp_path: Path, ledger: str, aes: str, extra: str = "") -> dict[st
         folder = tmp_path / name
         folder.mkdir()
         port = free_port()
-        config = node_config(folder, name, port, ledger, spool, aes, extra)
+        config = node_config(folder, name, port, ledger, spool, aes, extra, reclaim_interval)
         nodes[name] = AdapterProcess(config, port, folder / "adapter.log")
     return nodes
 
@@ -89,9 +99,8 @@ def test_three_studies_one_split_across_the_nodes_make_three_whole_jobs(
 ) -> None:
     ledger = postgres_cluster.database()
     output = tmp_path / "published"
-    nodes = two_nodes(
-        tmp_path, ledger, f"[ae:DICOMADAPTER]\nprocessor = folder\noutput = {output}\ntimeout = 1\n"
-    )
+    aes = f"[ae:DICOMADAPTER]\nprocessor = folder\noutput = {output}\ntimeout = 1\n"
+    nodes = two_nodes(tmp_path, ledger, aes, reclaim_interval=0.5)  # retention 0: at once
     engine = make_engine(ledger)
     studies = [make_study(tmp_path / f"study-{n}", 4) for n in range(3)]
     try:
@@ -116,6 +125,24 @@ def test_three_studies_one_split_across_the_nodes_make_three_whole_jobs(
         assert tuple(rows) == (12, 12, 3)
         published = sorted(output.glob("job-*"))
         assert [len(list(folder.glob("*.dcm"))) for folder in published] == [4, 4, 4]
+
+        # Both nodes reclaim every half second: each file is deleted once, by one of
+        # them, and each node's job folders go (whichever node deleted the files).
+        def reclaimed() -> list[tuple]:
+            query = (
+                "SELECT count(*), count(DISTINCT instance_id) FROM events"
+                " WHERE to_state = 'reclaimed'"
+            )
+            with engine.connect() as connection:
+                return [tuple(connection.execute(text(query)).one())]
+
+        wait_for(lambda: reclaimed() == [(12, 12)], timeout=30)
+        spool = tmp_path / "shared" / "spool"
+        assert [p for p in spool.rglob("*.dcm") if ".tmp" not in p.parts] == []
+        for node in nodes.values():
+            jobs_root = load_config(node.config).storage.jobs
+            wait_for(lambda root=jobs_root: not any(p.is_dir() for p in root.iterdir()), 10)
+            assert "Traceback" not in node.log.read_text()
     finally:
         stop(nodes)
         engine.dispose()

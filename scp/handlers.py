@@ -1,16 +1,15 @@
 """pynetdicom event handlers: admission, C-ECHO, C-STORE.
 
-The C-STORE handler knows the spool, never the ledger: it places the
-instance that streamed into its incoming file, has
-:class:`spool.writer.SpoolWriter` publish it, and answers with a status from
-PS3.4 Annex B only after the file is durable.  It never raises: with chunked
+The C-STORE handler knows the spool, never the ledger: it has
+:func:`spool.accept.accept` judge the instance that streamed into its
+incoming file and publish it, and answers with a status from PS3.4 Annex B
+only after the file is durable.  It never raises: with chunked
 receive, pynetdicom skips removing its temporary file when a handler raises,
 so unexpected errors are logged here and answered 0xC211.
 """
 
 from __future__ import annotations
 
-import errno
 import logging
 import socket
 from typing import TYPE_CHECKING, Any
@@ -26,26 +25,17 @@ from scp.admission import (
 )
 from scp.association_log import AssociationLog
 from scp.direct import DirectPath
-from scp.placement import read_identity
 from scp.read_limits import limit_reads
 from scp.receiving import Receiving, provenance_of
 from scp.tls import arrival_over
-from spool.identity import judge
+from spool.accept import SUCCESS, accept
 from spool.incoming import IncomingFile
-from spool.layout import UnsafeName
-from spool.text import one_line
-from spool.writer import SpoolFull
 
 if TYPE_CHECKING:
     from config import DicomConfig
 
 log = logging.getLogger(__name__)
 
-SUCCESS = 0x0000
-# Refused: Out of Resources (PS3.4 B.2.3): disk full or under min_free.
-OUT_OF_RESOURCES = 0xA700
-# Error: Cannot Understand: unusable UIDs or an unparsable dataset.
-CANNOT_UNDERSTAND = 0xC210
 # Error: processing failure (pynetdicom's code for a failing handler).
 PROCESSING_FAILURE = 0xC211
 
@@ -130,70 +120,25 @@ def store(
 ) -> int:
     """Make a received instance durable in the spool; the status to answer.
 
-    For pynetdicom's C-STORE path and for :mod:`scp.direct` alike.
+    For pynetdicom's C-STORE path and for :mod:`scp.direct` alike; the
+    decision is :func:`spool.accept.accept`'s, as for STOW-RS.
     """
     try:
         if incoming is None:
             raise RuntimeError(f"no incoming file for sop={sop_instance_uid!r}")
-        status = _store(receiving, incoming, sop_class_uid, sop_instance_uid)
+        accepted = accept(receiving.writer, incoming, sop_class_uid, sop_instance_uid)
     except Exception:
         log.exception("C-STORE failed unexpectedly sop=%r: answering 0xC211", sop_instance_uid)
         if incoming is not None and not incoming.published:
             incoming.path.unlink(missing_ok=True)
-        status = PROCESSING_FAILURE
-    if status == SUCCESS:
-        tally.stored(assoc, incoming.provenance.called_ae, incoming.size)  # type: ignore[union-attr]
-    else:
         tally.refused(assoc)
-    return status
-
-
-def _store(
-    receiving: Receiving, incoming: IncomingFile, sop_class_uid: str, sop_instance_uid: str
-) -> int:
-    if incoming.failed is not None:
-        incoming.path.unlink(missing_ok=True)
-        if incoming.out_of_space:
-            return _refuse(OUT_OF_RESOURCES, sop_instance_uid, _no_room(incoming))
-        raise incoming.failed
-    try:
-        identity = read_identity(incoming)
-    except Exception as exc:  # the structure walk's Malformed, or anything odder
-        incoming.path.unlink(missing_ok=True)
-        if incoming.out_of_space:
-            return _refuse(OUT_OF_RESOURCES, sop_instance_uid, _no_room(incoming))
-        reason = f"unreadable dataset: {one_line(exc)}"
-        return _refuse(CANNOT_UNDERSTAND, sop_instance_uid, reason)
-    # The rule intake applies to the same bytes: what is refused is refused
-    # here, on the wire; what is merely odd is stored, and intake records why.
-    verdict = judge(identity, (sop_class_uid, sop_instance_uid))
-    if verdict.refusal is not None:
-        incoming.path.unlink(missing_ok=True)
-        return _refuse(CANNOT_UNDERSTAND, sop_instance_uid, verdict.refusal)
-    try:
-        path = receiving.writer.publish(
-            incoming,
-            identity.study_instance_uid,  # type: ignore[arg-type]  # judged usable
-            identity.series_instance_uid,
-            identity.sop_instance_uid,  # type: ignore[arg-type]
+        return PROCESSING_FAILURE
+    if accepted.status != SUCCESS:
+        log.warning(
+            "C-STORE refused 0x%04X sop=%r: %s", accepted.status, sop_instance_uid, accepted.reason
         )
-    except SpoolFull as exc:
-        return _refuse(OUT_OF_RESOURCES, sop_instance_uid, f"spool full: {exc.strerror or exc}")
-    except UnsafeName as exc:
-        return _refuse(CANNOT_UNDERSTAND, sop_instance_uid, str(exc))
-    log.debug("stored sop=%s path=%s", sop_instance_uid, path)
+        tally.refused(assoc)
+        return accepted.status
+    log.debug("stored sop=%s path=%s", sop_instance_uid, accepted.path)
+    tally.stored(assoc, incoming.provenance.called_ae, incoming.size)  # type: ignore[union-attr]
     return SUCCESS
-
-
-def _no_room(incoming: IncomingFile) -> str:
-    """Why an incoming file stopped: the disk, ``min_free`` or ``max_instance_size``."""
-    failed = incoming.failed
-    assert failed is not None
-    if failed.errno == errno.EFBIG:
-        return f"instance {failed.strerror}"
-    return f"spool full: {failed.strerror or failed}"
-
-
-def _refuse(status: int, sop_instance_uid: str, reason: str) -> int:
-    log.warning("C-STORE refused 0x%04X sop=%r: %s", status, sop_instance_uid, reason)
-    return status

@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import random
-import socket
 import sqlite3
 import statistics
 import subprocess
@@ -33,6 +32,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from run import free_port  # noqa: E402  (run also puts this tree on the children's PYTHONPATH)
 from scratch import in_scratch  # noqa: E402
 
 from ledger.db import make_engine  # noqa: E402  (the project root is on the path first)
@@ -275,12 +275,6 @@ def write_config(folder: Path, port: int) -> Path:
         "[metrics]\nport = 0\n\n" + aes
     )
     return path
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def median_seconds(work: Callable[[], object], repeat: int) -> float:

@@ -42,6 +42,13 @@ import orthanc
 from report import Result, table
 
 ROOT = Path(__file__).resolve().parent.parent
+# The venv's `dicom-adapter` script imports the tree the venv was installed
+# from (an editable install). A bench run from another checkout (a `git
+# worktree`) must time its own code, so every child process (receivers,
+# `status`, `send`) gets this tree first on its PYTHONPATH.
+os.environ["PYTHONPATH"] = os.pathsep.join(
+    path for path in (str(ROOT), os.environ.get("PYTHONPATH")) if path
+)
 HOST = "127.0.0.1"
 START_TIMEOUT = 30.0
 STOP_TIMEOUT = 60.0

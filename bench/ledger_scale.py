@@ -38,7 +38,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "bench")]  # the project, then run.py and scratch.py
 
 import psycopg  # noqa: E402
-from run import free_port  # noqa: E402  (run also puts this tree on the children's PYTHONPATH)
+from run import child_env, free_port  # noqa: E402
 from scratch import in_scratch  # noqa: E402
 from sqlalchemy import make_url  # noqa: E402
 
@@ -310,7 +310,9 @@ def run_status(config: Path, *extra: str) -> None:
         "--config",
         str(config),
     ]
-    done = subprocess.run([*command, *extra], capture_output=True, text=True, check=False)
+    done = subprocess.run(
+        [*command, *extra], capture_output=True, text=True, check=False, env=child_env()
+    )
     if done.returncode not in (0, 1) or not done.stdout:
         raise SystemExit(f"status failed ({done.returncode}): {done.stderr.strip()}")
 

@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import hashlib
-import os
 import sqlite3
 import subprocess
 import sys
@@ -39,7 +38,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import corpus as corpus_mod
-from run import HOST, BenchError, scratch, start_receiver, stop, tool
+from run import HOST, BenchError, child_env, scratch, start_receiver, stop, tool
 
 MIB = 1 << 20
 BAR_MB = 200
@@ -130,7 +129,7 @@ class Measurement:
 def storescu(port: int, ae: str, path: Path, timeout: float) -> float:
     """Send ``path`` with storescu; its wall time in seconds."""
     cmd = [tool("storescu"), "-aec", ae, HOST, str(port), str(path)]
-    env = {**os.environ, "TCP_NODELAY": "1"}
+    env = child_env()
     start = time.perf_counter()
     result = subprocess.run(
         cmd, env=env, capture_output=True, timeout=timeout, check=False, stdin=subprocess.DEVNULL

@@ -42,13 +42,6 @@ import orthanc
 from report import Result, table
 
 ROOT = Path(__file__).resolve().parent.parent
-# The venv's `dicom-adapter` script imports the tree the venv was installed
-# from (an editable install). A bench run from another checkout (a `git
-# worktree`) must time its own code, so every child process (receivers,
-# `status`, `send`) gets this tree first on its PYTHONPATH.
-os.environ["PYTHONPATH"] = os.pathsep.join(
-    path for path in (str(ROOT), os.environ.get("PYTHONPATH")) if path
-)
 HOST = "127.0.0.1"
 START_TIMEOUT = 30.0
 STOP_TIMEOUT = 60.0
@@ -66,6 +59,17 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((HOST, 0))
         return sock.getsockname()[1]
+
+
+def child_env() -> dict[str, str]:
+    """The environment of a child process: ``TCP_NODELAY=1``, this tree first on PYTHONPATH.
+
+    DCMTK tools read TCP_NODELAY. The venv's ``dicom-adapter`` script imports
+    the tree the venv was installed from (an editable install); a bench run
+    from another checkout (a ``git worktree``) must time its own code.
+    """
+    paths = (str(ROOT), os.environ.get("PYTHONPATH", ""))
+    return {**os.environ, "TCP_NODELAY": "1", "PYTHONPATH": os.pathsep.join(p for p in paths if p)}
 
 
 def wait_port(port: int, proc: subprocess.Popen[bytes], timeout: float) -> None:
@@ -203,7 +207,7 @@ def start_receiver(kind: str, work: Path) -> Started:
     port = free_port()
     plan = PLANS[kind](work, port)
     log = (work / "receiver.log").open("wb")
-    env = {**os.environ, "TCP_NODELAY": "1"}
+    env = child_env()
     proc = subprocess.Popen(
         plan.command,
         cwd=work,
@@ -247,7 +251,7 @@ def wait_ledger(path: Path, count: int, timeout: float) -> float:
 
 
 def _storescu(cmd: list[str], files: list[Path], log: IO[bytes]) -> subprocess.Popen[bytes]:
-    env = {**os.environ, "TCP_NODELAY": "1"}
+    env = child_env()
     return subprocess.Popen(
         [*cmd, *map(str, files)], env=env, stdout=log, stderr=log, stdin=subprocess.DEVNULL
     )

@@ -36,7 +36,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import corpus as corpus_mod
-from run import HOST, adapter_command, scratch, start_receiver, stop, tool
+from run import HOST, adapter_command, child_env, scratch, start_receiver, stop, tool
 
 MIB = 1 << 20
 
@@ -126,7 +126,7 @@ def slope_mb_per_minute(samples: list[Sample], name: str) -> float:
 def sender(port: int, ae: str, files: list[Path], until: float, counts: Counts) -> None:
     """One storescu after another over ``files`` until ``until``."""
     storescu = tool("storescu")
-    env = {**os.environ, "TCP_NODELAY": "1"}
+    env = child_env()
     while time.monotonic() < until:
         done = subprocess.run(
             [storescu, "-aec", ae, HOST, str(port), *map(str, files)],
@@ -155,6 +155,7 @@ def monitor(config: Path, pid: int, args: argparse.Namespace, until: float, coun
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
                 check=False,
+                env=child_env(),
             )
             counts.add("status_calls")
             counts.add("status_failures", int(done.returncode not in (0, 1)))

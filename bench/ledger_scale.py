@@ -372,8 +372,9 @@ class PostgresLedger:
     def settle(self) -> None:
         """``VACUUM ANALYZE``: what autovacuum does on its own within minutes of a bulk load.
 
-        Done once, untimed, so the timings below neither race autovacuum nor
-        plan with statistics from before most rows moved on.
+        Done once before the timed queries (its own time is a row of the
+        table), so they neither race autovacuum nor plan with statistics from
+        before most rows moved on.
         """
         with psycopg.connect(self.conninfo, autocommit=True) as connection:
             connection.execute("VACUUM (ANALYZE)")

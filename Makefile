@@ -57,7 +57,7 @@ install-service:
 	install -m 0644 systemd/dicom-adapter.service /etc/systemd/system/dicom-adapter.service
 	systemctl daemon-reload
 
-## Receive benchmark: the adapter against DCMTK storescp, minimal pynetdicom receivers and Orthanc (minutes; see bench/README.md).
+## Receive benchmark: the adapter (SQLite and PostgreSQL ledgers) against DCMTK storescp, minimal pynetdicom receivers and Orthanc (minutes; see bench/README.md).
 bench: install-test
 	$(BIN)/python bench/run.py --corpus var/bench-corpus
 
@@ -69,9 +69,10 @@ bench-export: install-test
 bench-memory: install-test
 	$(BIN)/python bench/memory.py --corpus var/bench-corpus --megabytes 1024
 
-## Ledger at 1,000,000 instances: ingest rate, status and cookbook query times (~5 minutes, 1.3 GB in $TMPDIR).
+## Ledger at 1,000,000 instances, SQLite beside PostgreSQL (a throwaway cluster; apt-get install postgresql):
+## ingest rate, status and cookbook query times (~11 minutes, ~4 GB in $TMPDIR; LEDGER_BACKEND=sqlite for one).
 bench-ledger: install
-	$(BIN)/python bench/ledger_scale.py --instances 1000000
+	$(BIN)/python bench/ledger_scale.py --instances 1000000 --backend $(or $(LEDGER_BACKEND),both)
 
 ## Claims per second with 1 and 4 claimers at once, SQLite and PostgreSQL, no double claims (~3 minutes).
 bench-claims: install-test

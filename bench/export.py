@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import os
 import re
 import sqlite3
 import statistics
@@ -52,6 +51,7 @@ from run import (
     HOST,
     BenchError,
     adapter_command,
+    child_env,
     free_port,
     scratch,
     stop,
@@ -65,7 +65,7 @@ SINK_AE = "STORESCP"
 DESTINATION = "OUT"
 DCMTK_MAX_PDU = 131072
 TIME_FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"  # the ledger's UtcText format
-NODELAY = {**os.environ, "TCP_NODELAY": "1"}
+NODELAY = child_env()  # TCP_NODELAY=1, this tree's adapter
 
 
 @dataclass

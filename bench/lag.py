@@ -10,12 +10,12 @@ clock, so their difference is the lag. See bench/README.md for the limits.
 
 from __future__ import annotations
 
-import contextlib
 import math
 import os
-import sqlite3
 from datetime import UTC, datetime
 from pathlib import Path
+
+from sqlalchemy import Engine, create_engine, make_url, text
 
 TIME_FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"  # ledger.models.TIME_FORMAT
 QUERY = """
@@ -29,18 +29,27 @@ def _epoch(text: str) -> float:
     return datetime.strptime(text, TIME_FORMAT).replace(tzinfo=UTC).timestamp()
 
 
-def _rows(ledger: Path) -> list[tuple[str, str]]:
-    with contextlib.closing(sqlite3.connect(f"file:{ledger}?mode=ro", uri=True)) as db:
-        return db.execute(QUERY).fetchall()
+def reader(url: str) -> Engine:
+    """An engine that reads the adapter's ledger at ``url`` while it runs, either backend.
+
+    A SQLite file is opened read-only, so the bench can neither take the
+    write lock nor touch the journal mode; PostgreSQL is read as it is.
+    """
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        parsed = parsed.set(database=f"file:{parsed.database}", query={"mode": "ro", "uri": "true"})
+    return create_engine(parsed)
 
 
-def instance_lags(ledger: Path, base: Path) -> list[float]:
+def instance_lags(ledger: Engine, base: Path) -> list[float]:
     """Seconds from each file's rename (ctime) to its ``received`` event.
 
     ``base`` resolves relative paths (the adapter's working folder).
     """
+    with ledger.connect() as connection:
+        rows = connection.execute(text(QUERY)).all()
     lags = []
-    for path, at in _rows(ledger):
+    for path, at in rows:
         stamp = os.stat(base / path).st_ctime_ns / 1e9
         lags.append(_epoch(at) - stamp)
     return lags

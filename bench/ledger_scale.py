@@ -1,25 +1,29 @@
 """Ledger at scale: ingest rate, ``status`` and admin queries at a million instances.
 
     python bench/ledger_scale.py [--instances 1000000] [--batch 500] [--folder DIR]
+        [--backend sqlite|postgresql|both]
 
 A site keeps months of studies in the ledger, and ``dicom-adapter status``
 plus the ``docs/ledger.md`` cookbook must stay interactive at that size while
-intake keeps up with the SCP.  This builds a fresh ledger at the Alembic
-head with the project's own code, records the instances the way intake does
-(``Ledger.transaction()``: the path and duplicate look-ups, then
+intake keeps up with the SCP, on SQLite (one box) and on PostgreSQL (several
+nodes sharing one ledger).  For each backend this builds a fresh ledger at
+the Alembic head with the project's own code, records the instances the way
+intake does (``Ledger.transaction()``: the path and duplicate look-ups, then
 ``add_many`` with one ``received`` event per row, one transaction per batch),
 moves most studies on through claimed, submitted, reclaimable and reclaimed
 with the ``Processing`` API, then times ``status`` as a real subprocess and a
-few queries through plain ``sqlite3``.  Nothing is asserted: it prints a
-markdown table (median of ``--repeat`` runs) and the ledger's size.
+few queries on a fresh connection each: plain ``sqlite3`` for SQLite,
+psycopg for PostgreSQL (a throwaway cluster, ``tests/pgcluster.py``, at its
+default settings).  Nothing is asserted: it prints one markdown table
+(median of ``--repeat`` runs), a column per backend.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import random
-import socket
 import sqlite3
 import statistics
 import subprocess
@@ -31,9 +35,12 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+sys.path[:0] = [str(ROOT), str(ROOT / "bench")]  # the project, then run.py and scratch.py
 
+import psycopg  # noqa: E402
+from run import child_env, free_port  # noqa: E402
 from scratch import in_scratch  # noqa: E402
+from sqlalchemy import make_url  # noqa: E402
 
 from ledger.db import make_engine  # noqa: E402  (the project root is on the path first)
 from ledger.migrate import upgrade  # noqa: E402
@@ -41,6 +48,8 @@ from ledger.processing import Processing  # noqa: E402
 from ledger.records import NewInstance  # noqa: E402
 from ledger.store import Ledger, chunked  # noqa: E402
 from ledger.tasks import Tasks  # noqa: E402
+from tests import pgcluster  # noqa: E402
+from tests.pgcluster import throwaway_cluster  # noqa: E402
 
 UID_ROOT = "1.2.826.0.1.3680043.8.498"
 CALLED_AES = ("DICOMADAPTER", "AI_ROUTER")
@@ -76,6 +85,18 @@ COOKBOOK = {
         "SELECT e.at, e.from_state, e.to_state, e.reason "
         "FROM events e JOIN instances i ON i.id = e.instance_id "
         "WHERE i.sop_instance_uid = :sop ORDER BY e.id"
+    ),
+}
+# The same questions in PostgreSQL's words where SQLite's differ (the time an hour ago).
+POSTGRESQL_COOKBOOK = {
+    **COOKBOOK,
+    "stuck studies": (
+        "SELECT called_ae, study_instance_uid, received, claimed, last_received_at FROM studies "
+        "WHERE (received > 0 AND last_received_at < "
+        "to_char(now() AT TIME ZONE 'UTC' - interval '1 hour', "
+        '\'YYYY-MM-DD"T"HH24:MI:SS.US"Z"\')) '
+        "OR study_instance_uid IN (SELECT i.study_instance_uid FROM instances i "
+        "JOIN jobs j ON j.id = i.job_id WHERE j.state = 'failed')"
     ),
 }
 
@@ -262,25 +283,19 @@ def advance(ledger: Ledger, studies: list[Study]) -> int:
     return moves
 
 
-def write_config(folder: Path, port: int) -> Path:
-    """A config.ini for ``status``: the bench ledger, a free port, every AE processed."""
+def write_config(folder: Path, port: int, backend: str, url: str) -> Path:
+    """A config for ``status``: the bench ledger, a free port, every AE processed."""
     aes = "".join(
         f"[ae:{name}]\nprocessor = folder\noutput = out/{name}\n\n" for name in CALLED_AES
     )
-    path = folder / "config.ini"
+    path = folder / f"config-{backend}.ini"
     path.write_text(
         f"[dicom]\nhost = 127.0.0.1\nport = {port}\n\n"
         "[storage]\nspool = spool\njobs = jobs\nmin_free = 0\n\n"
-        "[ledger]\nurl = sqlite:///ledger.db\n\n"
+        f"[ledger]\nurl = {url}\n\n"
         "[metrics]\nport = 0\n\n" + aes
     )
     return path
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def median_seconds(work: Callable[[], object], repeat: int) -> float:
@@ -295,20 +310,84 @@ def run_status(config: Path, *extra: str) -> None:
         "--config",
         str(config),
     ]
-    done = subprocess.run([*command, *extra], capture_output=True, text=True, check=False)
+    done = subprocess.run(
+        [*command, *extra], capture_output=True, text=True, check=False, env=child_env()
+    )
     if done.returncode not in (0, 1) or not done.stdout:
         raise SystemExit(f"status failed ({done.returncode}): {done.stderr.strip()}")
 
 
-def run_query(database: Path, sql: str, parameters: dict[str, str]) -> None:
-    with sqlite3.connect(database) as connection:
-        connection.execute(sql, parameters).fetchall()
-    connection.close()
+class SqliteLedger:
+    """The bench ledger as one SQLite file, queried with plain ``sqlite3`` as an admin would."""
+
+    name = "sqlite"
+
+    def __init__(self, folder: Path) -> None:
+        self.file = folder.resolve() / "ledger.db"
+        self.url = f"sqlite:///{self.file}"
+        self.label = f"SQLite {sqlite3.sqlite_version}"
+
+    def query(self, sql: str, parameters: dict[str, str]) -> list[tuple[object, ...]]:
+        """One query on a fresh connection (an admin's one-off ``sqlite3`` call)."""
+        with contextlib.closing(sqlite3.connect(self.file)) as connection:
+            return connection.execute(sql, parameters).fetchall()
+
+    def size(self) -> tuple[int, str]:
+        """Bytes on disk: the file with its WAL and shared-memory index."""
+        total = sum(p.stat().st_size for p in self.file.parent.glob("ledger.db*"))
+        return total, "file + WAL"
+
+    def settle(self) -> None:
+        """Nothing: SQLite has no background maintenance to wait for."""
 
 
-def build(folder: Path, total: int, per_study: int, batch: int) -> tuple[float, float, int]:
+class PostgresLedger:
+    """The bench ledger as a database on a throwaway cluster, queried with psycopg."""
+
+    name = "postgresql"
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.conninfo = make_url(url).set(drivername="postgresql").render_as_string(False)
+        version = self.query("SHOW server_version", {})[0][0]
+        self.label = f"PostgreSQL {str(version).split()[0]}"
+
+    def query(self, sql: str, parameters: dict[str, str]) -> list[tuple[object, ...]]:
+        """One query on a fresh connection (an admin's one-off ``psql -c``).
+
+        The cookbook is written for ``sqlite3``'s ``:name`` parameters;
+        psycopg's are ``%(name)s``.
+        """
+        for name in parameters:
+            sql = sql.replace(f":{name}", f"%({name})s")
+        with psycopg.connect(self.conninfo) as connection:
+            return connection.execute(sql, parameters).fetchall()  # type: ignore[arg-type]
+
+    def size(self) -> tuple[int, str]:
+        """Bytes of the database's tables and indexes (``pg_database_size``; no WAL)."""
+        return int(self.query("SELECT pg_database_size(current_database())", {})[0][0]), (
+            "pg_database_size"
+        )
+
+    def settle(self) -> None:
+        """``VACUUM ANALYZE``: what autovacuum does on its own within minutes of a bulk load.
+
+        Done once before the timed queries (its own time is a row of the
+        table), so they neither race autovacuum nor plan with statistics from
+        before most rows moved on.
+        """
+        with psycopg.connect(self.conninfo, autocommit=True) as connection:
+            connection.execute("VACUUM (ANALYZE)")
+
+
+Target = SqliteLedger | PostgresLedger
+
+
+def build(
+    url: str, folder: Path, total: int, per_study: int, batch: int
+) -> tuple[float, float, int]:
     """A fresh ledger of ``total`` instances: (ingest seconds, advance seconds, moves)."""
-    engine = make_engine(f"sqlite:///{folder / 'ledger.db'}")
+    engine = make_engine(url)
     upgrade(engine)
     ledger = Ledger(engine)
     now = datetime.now(UTC)
@@ -321,61 +400,79 @@ def build(folder: Path, total: int, per_study: int, batch: int) -> tuple[float, 
     return seconds, time.perf_counter() - started, moves
 
 
-def measure(folder: Path, repeat: int) -> list[tuple[str, float]]:
-    """Median seconds of status, status --json, the studies view and cookbook queries."""
-    config = write_config(folder, free_port())
-    database = folder / "ledger.db"
-    sop = _some_sop(database)
+def measure(target: Target, folder: Path, repeat: int) -> list[tuple[str, float]]:
+    """Median seconds of a bare query, status, status --json, the studies view and the cookbook."""
+    config = write_config(folder, free_port(), target.name, target.url)
+    sop = _some_sop(target)
+    cookbook = POSTGRESQL_COOKBOOK if target.name == "postgresql" else COOKBOOK
+
+    def query(sql: str) -> Callable[[], object]:
+        return lambda: target.query(sql, {"sop": sop} if ":sop" in sql else {})
+
     figures = [
-        ("`dicom-adapter status`", median_seconds(lambda: run_status(config), repeat)),
-        (
-            "`dicom-adapter status --json`",
-            median_seconds(lambda: run_status(config, "--json"), repeat),
-        ),
-        (
-            "`SELECT * FROM studies`",
-            median_seconds(lambda: run_query(database, "SELECT * FROM studies", {}), repeat),
-        ),
+        ("connect and `SELECT 1` (a floor for the queries below)", query("SELECT 1")),
+        ("`dicom-adapter status`", lambda: run_status(config)),
+        ("`dicom-adapter status --json`", lambda: run_status(config, "--json")),
+        ("`SELECT * FROM studies`", query("SELECT * FROM studies")),
     ]
-    for name, sql in COOKBOOK.items():
-        work = lambda sql=sql: run_query(database, sql, {"sop": sop})  # noqa: E731
-        figures.append((f"cookbook: {name}", median_seconds(work, repeat)))
-    return figures
+    figures += [(f"cookbook: {name}", query(sql)) for name, sql in cookbook.items()]
+    return [(name, median_seconds(work, repeat)) for name, work in figures]
 
 
-def _some_sop(database: Path) -> str:
-    with sqlite3.connect(database) as connection:
-        row = (
-            connection.execute(
-                "SELECT sop_instance_uid FROM instances WHERE state = 'reclaimed' "
-                "ORDER BY id DESC LIMIT 1"
-            ).fetchone()
-            or connection.execute("SELECT sop_instance_uid FROM instances").fetchone()
-        )
-    connection.close()
-    return str(row[0])
+def _some_sop(target: Target) -> str:
+    rows = target.query(
+        "SELECT sop_instance_uid FROM instances WHERE state = 'reclaimed' ORDER BY id DESC LIMIT 1",
+        {},
+    ) or target.query("SELECT sop_instance_uid FROM instances LIMIT 1", {})
+    return str(rows[0][0])
+
+
+def column(target: Target, folder: Path, args: argparse.Namespace) -> dict[str, str]:
+    """Build and measure one backend's ledger: its cells, by row name."""
+    ingest_seconds, advance_seconds, moves = build(
+        target.url, folder, args.instances, args.per_study, args.batch
+    )
+    settle_seconds = _timed(target.settle)
+    cells = {
+        f"ingest (received + event, batches of {args.batch})": (
+            f"{args.instances / ingest_seconds:,.0f} instances/s ({ingest_seconds:.1f} s)"
+        ),
+        "later moves (claim, submit, release, reclaim)": (
+            f"{moves / advance_seconds:,.0f} moves/s ({advance_seconds:.1f} s)"
+        ),
+        "`VACUUM ANALYZE` after the build (untimed below)": (
+            f"{settle_seconds:.1f} s" if target.name == "postgresql" else "-"
+        ),
+    }
+    cells |= {name: f"{seconds:.3f} s" for name, seconds in measure(target, folder, args.repeat)}
+    instances = target.query("SELECT count(*) FROM instances", {})[0][0]
+    events = target.query("SELECT count(*) FROM events", {})[0][0]
+    cells["rows: instances, events"] = f"{instances:,}, {events:,}"
+    size, how = target.size()
+    cells["ledger size on disk"] = f"{size / 2**20:,.0f} MiB ({how})"
+    return cells
 
 
 def report(args: argparse.Namespace, folder: Path) -> str:
-    """Build, measure and format the markdown table."""
-    ingest_seconds, advance_seconds, moves = build(
-        folder, args.instances, args.per_study, args.batch
-    )
-    figures = measure(folder, args.repeat)
-    size = sum(p.stat().st_size for p in folder.glob("ledger.db*"))
+    """Build and measure each backend in turn, then format one markdown table."""
+    columns: list[tuple[str, dict[str, str]]] = []
+    for backend in args.backends:
+        with contextlib.ExitStack() as stack:
+            if backend == "sqlite":
+                target: Target = SqliteLedger(folder)
+            else:
+                cluster = stack.enter_context(throwaway_cluster(free_port()))
+                target = PostgresLedger(cluster.database())
+            columns.append((target.label, column(target, folder, args)))
     lines = [
         f"Ledger at {args.instances:,} instances ({args.per_study} per study, "
         f"intake batches of {args.batch}; median of {args.repeat})",
         "",
-        "| measure | figure |",
-        "|---|---|",
-        f"| ingest (received + event, batches of {args.batch}) | "
-        f"{args.instances / ingest_seconds:,.0f} instances/s ({ingest_seconds:.1f} s) |",
-        f"| later moves (claim, submit, release, reclaim) | "
-        f"{moves / advance_seconds:,.0f} moves/s ({advance_seconds:.1f} s) |",
+        "| measure | " + " | ".join(label for label, _ in columns) + " |",
+        "|---|" + "---|" * len(columns),
     ]
-    lines += [f"| {name} | {seconds:.3f} s |" for name, seconds in figures]
-    lines.append(f"| ledger file size | {size / 2**20:,.0f} MiB |")
+    for name in columns[0][1]:
+        lines.append(f"| {name} | " + " | ".join(cells[name] for _, cells in columns) + " |")
     return "\n".join(lines)
 
 
@@ -385,12 +482,22 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--per-study", type=int, default=500)
     parser.add_argument("--batch", type=int, default=500, help="instances per transaction")
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument(
+        "--backend",
+        choices=("sqlite", "postgresql", "both"),
+        default="both",
+        help="which ledger (both: side by side, SQLite first; default)",
+    )
     parser.add_argument("--folder", type=Path, help="scratch folder (must not exist; kept)")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    args.backends = ["sqlite", "postgresql"] if args.backend == "both" else [args.backend]
+    return args
 
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    if "postgresql" in args.backends and not pgcluster.available():
+        raise SystemExit(f"Error: {pgcluster.MISSING}; --backend sqlite runs without it")
     print(in_scratch(args.folder, "ledger-scale-", lambda folder: report(args, folder)))
 
 

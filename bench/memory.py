@@ -26,8 +26,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import hashlib
-import os
-import sqlite3
 import subprocess
 import sys
 import threading
@@ -39,7 +37,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import corpus as corpus_mod
-from run import HOST, BenchError, scratch, start_receiver, stop, tool
+import lag
+from run import HOST, BenchError, child_env, ledger_count, scratch, start_receiver, stop, tool
 
 MIB = 1 << 20
 BAR_MB = 200
@@ -130,7 +129,7 @@ class Measurement:
 def storescu(port: int, ae: str, path: Path, timeout: float) -> float:
     """Send ``path`` with storescu; its wall time in seconds."""
     cmd = [tool("storescu"), "-aec", ae, HOST, str(port), str(path)]
-    env = {**os.environ, "TCP_NODELAY": "1"}
+    env = child_env()
     start = time.perf_counter()
     result = subprocess.run(
         cmd, env=env, capture_output=True, timeout=timeout, check=False, stdin=subprocess.DEVNULL
@@ -141,19 +140,17 @@ def storescu(port: int, ae: str, path: Path, timeout: float) -> float:
     return elapsed
 
 
-def wait_ledger_row(ledger: Path, timeout: float) -> float:
+def wait_ledger_row(ledger_url: str, timeout: float) -> float:
     """Seconds until the ledger has an ``instances`` row (polled every 20 ms)."""
-    start = time.perf_counter()
-    while time.perf_counter() - start < timeout:
-        with (
-            contextlib.suppress(sqlite3.Error),
-            contextlib.closing(
-                sqlite3.connect(f"file:{ledger}?mode=ro", uri=True, timeout=1.0)
-            ) as db,
-        ):
-            if db.execute("SELECT count(*) FROM instances").fetchone()[0] > 0:
+    ledger = lag.reader(ledger_url)
+    try:
+        start = time.perf_counter()
+        while time.perf_counter() - start < timeout:
+            if ledger_count(ledger) > 0:
                 return time.perf_counter() - start
-        time.sleep(0.02)
+            time.sleep(0.02)
+    finally:
+        ledger.dispose()
     raise BenchError(f"no ledger row after {timeout:.0f}s")
 
 
@@ -187,12 +184,12 @@ def received_file(spool: Path) -> Path:
 
 
 @contextlib.contextmanager
-def adapter(work: Path) -> Iterator[tuple[int, int, str, Path]]:
-    """A running adapter in ``work``: (pid, port, called AE, ledger); stopped after."""
+def adapter(work: Path) -> Iterator[tuple[int, int, str, str]]:
+    """A running adapter in ``work``: (pid, port, called AE, ledger URL); stopped after."""
     started = start_receiver("adapter", work)
     try:
-        assert started.ledger is not None
-        yield started.proc.pid, started.port, started.ae_title, started.ledger
+        assert started.ledger_url is not None
+        yield started.proc.pid, started.port, started.ae_title, started.ledger_url
     finally:
         stop(started.proc)
 

@@ -9,9 +9,11 @@ from __future__ import annotations
 import statistics
 from dataclasses import dataclass, field
 
-# Ratio columns: the adapter's throughput over each of these, same corpus and mode.
+# Ratio columns: the adapter's throughput over each of these, same corpus and mode,
+# on the rows of either ledger (SUBJECTS).
 REFERENCES = ("storescp", "minimal", "orthanc")
 SUBJECT = "adapter"
+SUBJECTS = (SUBJECT, "adapter-pg")
 
 
 class Throughput:
@@ -67,7 +69,7 @@ def _ratios(result: Result, by: dict[tuple[str, int, str], Result]) -> list[str]
     cells = []
     for ref in REFERENCES:
         other = by.get((result.corpus, result.assocs, ref))
-        if result.receiver == SUBJECT and other is not None:
+        if result.receiver in SUBJECTS and other is not None:
             cells.append(f"{result.rate / other.rate:.2f}")
         else:
             cells.append("")
@@ -85,7 +87,7 @@ HEADER = (
 
 
 def table(results: list[Result]) -> str:
-    """One Markdown row per result; ratios on the adapter's rows only."""
+    """One Markdown row per result; ratios on the adapter's rows only (either ledger)."""
     by = {(r.corpus, r.assocs, r.receiver): r for r in results}
     lines = [HEADER]
     for r in results:

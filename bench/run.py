@@ -1,7 +1,7 @@
 """Receive throughput: the adapter against storescp, a minimal pynetdicom SCP and Orthanc.
 
     python bench/run.py --corpus var/bench-corpus [--repeat 3] [--ct N] [--small N] [--full]
-        [--receivers storescp,minimal-nofsync,minimal,orthanc,adapter] [--assocs 1,4]
+        [--receivers storescp,minimal-nofsync,minimal,orthanc,adapter,adapter-pg] [--assocs 1,4]
 
 For each corpus, each number of associations and each receiver, DCMTK
 ``storescu`` (with TCP_NODELAY=1) sends every file: one process over one
@@ -11,7 +11,9 @@ folder. The wall time from the first sender's start to the last one's exit
 is measured and the median of the repetitions is reported. For the adapter,
 the per-instance ledger lag (C-STORE answer to ``received`` row, see
 ``lag.py``) and the drain time (last sender's exit until the ledger holds
-every row) are reported as well.
+every row) are reported as well. ``adapter`` keeps its ledger in SQLite;
+``adapter-pg`` in a fresh database (each repetition) on a throwaway
+PostgreSQL cluster on this machine, started once per bench run.
 """
 
 from __future__ import annotations
@@ -22,7 +24,6 @@ import os
 import shutil
 import signal
 import socket
-import sqlite3
 import statistics
 import subprocess
 import sys
@@ -34,12 +35,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # for tests.pgcluster
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # these scripts first
 
 import corpus as corpus_mod
 import lag
 import orthanc
 from report import Result, table
+from sqlalchemy import Engine
+from sqlalchemy.exc import SQLAlchemyError
+
+from tests import pgcluster
 
 ROOT = Path(__file__).resolve().parent.parent
 HOST = "127.0.0.1"
@@ -49,6 +55,7 @@ LEDGER_TIMEOUT = 120.0
 ORTHANC_MISSING = (
     "Orthanc not found (apt-get install orthanc); leave it out with --receivers to run without it"
 )
+POSTGRES_MISSING = f"{pgcluster.MISSING}; leave adapter-pg out with --receivers to run without it"
 
 
 class BenchError(RuntimeError):
@@ -59,6 +66,17 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((HOST, 0))
         return sock.getsockname()[1]
+
+
+def child_env() -> dict[str, str]:
+    """The environment of a child process: ``TCP_NODELAY=1``, this tree first on PYTHONPATH.
+
+    DCMTK tools read TCP_NODELAY. The venv's ``dicom-adapter`` script imports
+    the tree the venv was installed from (an editable install); a bench run
+    from another checkout (a ``git worktree``) must time its own code.
+    """
+    paths = (str(ROOT), os.environ.get("PYTHONPATH", ""))
+    return {**os.environ, "TCP_NODELAY": "1", "PYTHONPATH": os.pathsep.join(p for p in paths if p)}
 
 
 def wait_port(port: int, proc: subprocess.Popen[bytes], timeout: float) -> None:
@@ -107,7 +125,7 @@ class Started:
     proc: subprocess.Popen[bytes]
     port: int
     ae_title: str
-    ledger: Path | None = None
+    ledger_url: str | None = None  # the adapter's
     http_port: int | None = None  # Orthanc's REST API
 
 
@@ -117,7 +135,7 @@ class Plan:
 
     command: list[str]
     ae_title: str
-    ledger: Path | None = None
+    ledger_url: str | None = None
     http_port: int | None = None
 
 
@@ -142,9 +160,37 @@ def _minimal_nofsync(work: Path, port: int) -> Plan:
     return _minimal(work, port, fsync=False)
 
 
-def _adapter(work: Path, port: int) -> Plan:
+class PostgresLedgers:
+    """Empty PostgreSQL ledgers for ``adapter-pg``, a new database each time.
+
+    One throwaway cluster (``tests/pgcluster.py``, default settings, on this
+    machine) serves the whole bench run: started at the first ask, so a run
+    without ``adapter-pg`` starts none, and stopped by :meth:`close`.
+    """
+
+    def __init__(self) -> None:
+        self._stack = contextlib.ExitStack()
+        self._cluster: pgcluster.Cluster | None = None
+
+    def new(self) -> str:
+        """A fresh, empty database's URL."""
+        if self._cluster is None:
+            if not pgcluster.available():
+                raise BenchError(POSTGRES_MISSING)
+            self._cluster = self._stack.enter_context(pgcluster.throwaway_cluster(free_port()))
+        return self._cluster.database()
+
+    def close(self) -> None:
+        self._stack.close()
+        self._cluster = None
+
+
+POSTGRES = PostgresLedgers()
+
+
+def _adapter(work: Path, port: int, ledger_url: str | None = None) -> Plan:
     ae = "BENCH"
-    ledger = work / "ledger.db"
+    ledger_url = ledger_url or f"sqlite:///{work / 'ledger.db'}"
     config = work / "config.ini"
     config.write_text(
         textwrap.dedent(f"""\
@@ -157,14 +203,18 @@ def _adapter(work: Path, port: int) -> Plan:
         jobs = jobs
         min_free = 0
         [ledger]
-        url = sqlite:///{ledger}
+        url = {ledger_url}
         [metrics]
         port = 0
         [ae:{ae}]
         processor = none
         """)
     )
-    return Plan([*adapter_command(), "run", "--config", str(config)], ae, ledger=ledger)
+    return Plan([*adapter_command(), "run", "--config", str(config)], ae, ledger_url=ledger_url)
+
+
+def _adapter_pg(work: Path, port: int) -> Plan:
+    return _adapter(work, port, POSTGRES.new())
 
 
 def _orthanc(work: Path, port: int) -> Plan:
@@ -182,6 +232,7 @@ PLANS: dict[str, Callable[[Path, int], Plan]] = {
     "minimal": _minimal,
     "orthanc": _orthanc,
     "adapter": _adapter,
+    "adapter-pg": _adapter_pg,
 }
 RECEIVERS = tuple(PLANS)
 
@@ -196,7 +247,7 @@ def start_receiver(kind: str, work: Path) -> Started:
     port = free_port()
     plan = PLANS[kind](work, port)
     log = (work / "receiver.log").open("wb")
-    env = {**os.environ, "TCP_NODELAY": "1"}
+    env = child_env()
     proc = subprocess.Popen(
         plan.command,
         cwd=work,
@@ -216,31 +267,30 @@ def start_receiver(kind: str, work: Path) -> Started:
     except BaseException:
         stop(proc)
         raise
-    return Started(proc, port, plan.ae_title, plan.ledger, plan.http_port)
+    return Started(proc, port, plan.ae_title, plan.ledger_url, plan.http_port)
 
 
-def ledger_count(path: Path) -> int:
+def ledger_count(ledger: Engine) -> int:
+    """Rows in ``instances``; 0 while the ledger cannot be read (not made yet)."""
     try:
-        with contextlib.closing(
-            sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=1.0)
-        ) as db:
-            return db.execute("SELECT count(*) FROM instances").fetchone()[0]
-    except sqlite3.Error:
+        with ledger.connect() as connection:
+            return int(connection.exec_driver_sql("SELECT count(*) FROM instances").scalar_one())
+    except SQLAlchemyError:
         return 0
 
 
-def wait_ledger(path: Path, count: int, timeout: float) -> float:
+def wait_ledger(ledger: Engine, count: int, timeout: float) -> float:
     """Seconds until the ledger holds ``count`` rows (polled every 5 ms)."""
     start = time.perf_counter()
-    while ledger_count(path) < count:
+    while ledger_count(ledger) < count:
         if time.perf_counter() - start > timeout:
-            raise BenchError(f"ledger has {ledger_count(path)}/{count} rows after {timeout}s")
+            raise BenchError(f"ledger has {ledger_count(ledger)}/{count} rows after {timeout}s")
         time.sleep(0.005)
     return time.perf_counter() - start
 
 
 def _storescu(cmd: list[str], files: list[Path], log: IO[bytes]) -> subprocess.Popen[bytes]:
-    env = {**os.environ, "TCP_NODELAY": "1"}
+    env = child_env()
     return subprocess.Popen(
         [*cmd, *map(str, files)], env=env, stdout=log, stderr=log, stdin=subprocess.DEVNULL
     )
@@ -311,11 +361,10 @@ def scratch(base: Path) -> Iterator[Path]:
         shutil.rmtree(path, ignore_errors=True)
 
 
-def _measure_ledger(started: Started, work: Path, count: int, result: Result) -> None:
+def _measure_ledger(ledger: Engine, work: Path, count: int, result: Result) -> None:
     """Drain time (storescu exit to the last row) and per-instance lag, adapter only."""
-    assert started.ledger is not None
-    result.drains.append(wait_ledger(started.ledger, count, LEDGER_TIMEOUT))
-    lags = lag.instance_lags(started.ledger, work)
+    result.drains.append(wait_ledger(ledger, count, LEDGER_TIMEOUT))
+    lags = lag.instance_lags(ledger, work)
     result.lag_medians.append(statistics.median(lags))
     result.lag_p99s.append(lag.percentile(lags, 0.99))
 
@@ -324,15 +373,18 @@ def _repetition(kind: str, files: list[Path], workdir: Path, result: Result) -> 
     """One fresh receiver, one timed send, then the checks; untimed start and stop."""
     # generous: 1 MB/s floor plus a fixed allowance
     timeout = 120 + result.size / 1e6
-    with scratch(workdir) as work:
+    with scratch(workdir) as work, contextlib.ExitStack() as stack:
         started = start_receiver(kind, work)
-        try:
-            result.times.append(send(started.port, started.ae_title, files, timeout, result.assocs))
-            if started.ledger is not None:
-                _measure_ledger(started, work, len(files), result)
-            got = kept(started, work)
-        finally:
-            stop(started.proc)
+        stack.callback(stop, started.proc)
+        ledger = None
+        if started.ledger_url is not None:
+            ledger = lag.reader(started.ledger_url)
+            stack.callback(ledger.dispose)
+            ledger_count(ledger)  # connected before the timing starts, for the drain's polls
+        result.times.append(send(started.port, started.ae_title, files, timeout, result.assocs))
+        if ledger is not None:
+            _measure_ledger(ledger, work, len(files), result)
+        got = kept(started, work)
     if got != len(files):
         raise BenchError(f"{kind} kept {got}/{len(files)} instances")
 
@@ -390,6 +442,8 @@ def check_tools(kinds: list[str]) -> None:
         tool("storescp")
     if "orthanc" in kinds and orthanc.find_binary() is None:
         raise BenchError(ORTHANC_MISSING)
+    if "adapter-pg" in kinds and not pgcluster.available():
+        raise BenchError(POSTGRES_MISSING)
 
 
 def run_all(args: argparse.Namespace, results: list[Result]) -> None:
@@ -407,11 +461,13 @@ def main() -> int:
     try:
         check_tools(args.kinds)
         run_all(args, results)
-    except (BenchError, subprocess.TimeoutExpired, OSError, ValueError) as exc:
+    except (BenchError, subprocess.SubprocessError, OSError, ValueError) as exc:
         print(f"Error: {exc}", file=sys.stderr)
         if results:
             print(table(results))
         return 1
+    finally:
+        POSTGRES.close()
     print()
     print(table(results))
     return 0

@@ -36,7 +36,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import corpus as corpus_mod
-from run import HOST, adapter_command, scratch, start_receiver, stop, tool
+import lag
+from run import HOST, adapter_command, child_env, scratch, start_receiver, stop, tool
 
 MIB = 1 << 20
 
@@ -126,7 +127,7 @@ def slope_mb_per_minute(samples: list[Sample], name: str) -> float:
 def sender(port: int, ae: str, files: list[Path], until: float, counts: Counts) -> None:
     """One storescu after another over ``files`` until ``until``."""
     storescu = tool("storescu")
-    env = {**os.environ, "TCP_NODELAY": "1"}
+    env = child_env()
     while time.monotonic() < until:
         done = subprocess.run(
             [storescu, "-aec", ae, HOST, str(port), *map(str, files)],
@@ -155,6 +156,7 @@ def monitor(config: Path, pid: int, args: argparse.Namespace, until: float, coun
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
                 check=False,
+                env=child_env(),
             )
             counts.add("status_calls")
             counts.add("status_failures", int(done.returncode not in (0, 1)))
@@ -187,19 +189,21 @@ def soak(args: argparse.Namespace, work: Path) -> str:
         for worker in workers:
             worker.join()
         samples.append(sample(started.proc.pid, began))
-        stored = _rows_and_events(started.ledger)
+        stored = _rows_and_events(started.ledger_url)
     finally:
         stop(started.proc)
     return report(args, samples, counts, stored)
 
 
-def _rows_and_events(ledger: Path | None) -> tuple[int, int]:
-    import sqlite3
-
-    assert ledger is not None
-    with sqlite3.connect(f"file:{ledger}?mode=ro", uri=True) as db:
-        rows = db.execute("SELECT count(*) FROM instances").fetchone()[0]
-        events = db.execute("SELECT count(*) FROM events").fetchone()[0]
+def _rows_and_events(ledger_url: str | None) -> tuple[int, int]:
+    assert ledger_url is not None
+    ledger = lag.reader(ledger_url)
+    try:
+        with ledger.connect() as connection:
+            rows = connection.exec_driver_sql("SELECT count(*) FROM instances").scalar_one()
+            events = connection.exec_driver_sql("SELECT count(*) FROM events").scalar_one()
+    finally:
+        ledger.dispose()
     return rows, events
 
 

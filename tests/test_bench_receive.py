@@ -9,6 +9,7 @@ from types import ModuleType
 import pytest
 
 from tests.conftest import require_tool
+from tests.postgres import require_postgres
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "bench" / "run.py"
@@ -18,14 +19,13 @@ def _cells(line: str) -> list[str]:
     return [cell.strip() for cell in line.strip().strip("|").split("|")]
 
 
-def test_receive_bench_prints_both_modes_with_ratios_and_lag(tmp_path: Path) -> None:
-    require_tool("storescu")
-    require_tool("storescp")
+def _bench(tmp_path: Path, receivers: str) -> list[dict[str, str]]:
+    """Run the bench on 5 CT and 10 small instances, once each; its table's rows."""
     done = subprocess.run(
         [
             *(sys.executable, str(SCRIPT), "--corpus", str(tmp_path / "corpus")),
             *("--workdir", str(tmp_path / "work"), "--ct", "5", "--small", "10", "--repeat", "1"),
-            *("--receivers", "storescp,minimal,adapter"),
+            *("--receivers", receivers),
         ],
         capture_output=True,
         text=True,
@@ -36,9 +36,16 @@ def test_receive_bench_prints_both_modes_with_ratios_and_lag(tmp_path: Path) -> 
     lines = [line for line in done.stdout.splitlines() if line.startswith("| ")]  # no |---|
     header = _cells(lines[0])
     assert header[:3] == ["corpus", "assocs", "receiver"]
-    assert {"adapter/storescp", "adapter/minimal", "adapter/orthanc"} <= set(header)
     assert header[-3:] == ["lag ms median", "lag ms p99", "drain ms"]
-    rows = [dict(zip(header, _cells(line), strict=True)) for line in lines[1:]]
+    assert not list((tmp_path / "work").iterdir())  # every scratch folder removed
+    return [dict(zip(header, _cells(line), strict=True)) for line in lines[1:]]
+
+
+def test_receive_bench_prints_both_modes_with_ratios_and_lag(tmp_path: Path) -> None:
+    require_tool("storescu")
+    require_tool("storescp")
+    rows = _bench(tmp_path, "storescp,minimal,adapter")
+    assert {"adapter/storescp", "adapter/minimal", "adapter/orthanc"} <= set(rows[0])
     assert {(r["corpus"], r["assocs"], r["receiver"]) for r in rows} == {
         (corpus, assocs, receiver)
         for corpus in ("ct", "small")
@@ -51,7 +58,24 @@ def test_receive_bench_prints_both_modes_with_ratios_and_lag(tmp_path: Path) -> 
             assert (row[column] != "") == is_adapter, row
         assert row["adapter/orthanc"] == ""  # left out
         assert float(row["inst/s"]) > 0 and float(row["MB/s"]) >= 0
-    assert not list((tmp_path / "work").iterdir())  # every scratch folder removed
+
+
+def test_receive_bench_measures_the_adapter_on_a_postgresql_ledger(tmp_path: Path) -> None:
+    require_tool("storescu")
+    require_tool("storescp")
+    require_postgres()
+    rows = _bench(tmp_path, "storescp,adapter,adapter-pg")
+    assert [(r["corpus"], r["assocs"], r["receiver"]) for r in rows] == [
+        (corpus, assocs, receiver)
+        for corpus in ("ct", "small")
+        for assocs in ("1", "4")
+        for receiver in ("storescp", "adapter", "adapter-pg")
+    ]
+    for row in rows:
+        is_adapter = row["receiver"] != "storescp"
+        for column in ("adapter/storescp", "lag ms median", "lag ms p99", "drain ms"):
+            assert (row[column] != "") == is_adapter, row
+        assert row["adapter/minimal"] == ""  # left out
 
 
 def _load_run(monkeypatch: pytest.MonkeyPatch) -> ModuleType:
@@ -75,4 +99,19 @@ def test_missing_orthanc_is_one_error_line(
     assert run.main() == 1
     err = capsys.readouterr().err
     assert err.startswith("Error: Orthanc not found") and err.count("\n") == 1
+    assert not list(tmp_path.iterdir())  # failed before building any corpus
+
+
+def test_missing_postgresql_is_one_error_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    require_tool("storescu")
+    run = _load_run(monkeypatch)
+    monkeypatch.setattr(run.pgcluster, "available", lambda: False)
+    argv = ["run.py", "--corpus", str(tmp_path), "--receivers", "adapter,adapter-pg"]
+    monkeypatch.setattr(sys, "argv", argv)
+    assert run.main() == 1
+    err = capsys.readouterr().err
+    assert err.startswith("Error: PostgreSQL is not installed") and err.count("\n") == 1
+    assert "leave adapter-pg out with --receivers" in err
     assert not list(tmp_path.iterdir())  # failed before building any corpus

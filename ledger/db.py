@@ -19,8 +19,18 @@ BUSY_TIMEOUT_MS = 30_000
 
 
 def make_engine(url: str) -> Engine:
-    """Create the process's engine for ``url``; a SQLite file's folder is created."""
-    engine = create_engine(url)
+    """Create the process's engine for ``url``; a SQLite file's folder is created.
+
+    On PostgreSQL psycopg prepares no statements (``prepare_threshold``
+    None): after five runs of a prepared statement the server may settle on
+    a generic plan, and for intake's look-ups (``path IN (...)``,
+    ``sop_instance_uid IN (...)``) that plan scans the whole table; a new
+    ledger then took 0.4 s per batch of 500 (``bench/ledger_scale.py``).
+    """
+    arguments = (
+        {"prepare_threshold": None} if make_url(url).get_backend_name() == "postgresql" else {}
+    )
+    engine = create_engine(url, connect_args=arguments)
     if engine.dialect.name == "sqlite":
         database = engine.url.database
         if database and database != ":memory:":

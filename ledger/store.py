@@ -390,10 +390,13 @@ class Ledger:
         one = text("SELECT * FROM studies WHERE called_ae = :ae AND study_instance_uid = :study")
         keys: dict[tuple[str, str], None] = {}  # insertion-ordered set
         with self.engine.connect() as connection:
-            for called_ae, study in connection.execute(newest) if limit > 0 else ():
-                keys[called_ae, study] = None
-                if len(keys) == limit:
-                    break
+            # Streamed: PostgreSQL would otherwise send every row before the first.
+            walk = connection.execution_options(stream_results=True, yield_per=200)
+            with walk.execute(newest) as rows:
+                for called_ae, study in rows if limit > 0 else ():
+                    keys[called_ae, study] = None
+                    if len(keys) == limit:
+                        break
             return [
                 dict(connection.execute(one, {"ae": ae, "study": study}).one()._mapping)
                 for ae, study in keys

@@ -47,10 +47,14 @@ from reclaim.outbox_files import ExportReclaimer
 from reclaim.spool_files import Reclaimer
 from scp.process import ScpProcess
 from spool.layout import SpoolLayout
+from spool.writer import SpoolWriter
 from tasks.runner import TaskRunner
 from watchers.intake import Intake, IntakeWorker
 from watchers.reconcile import Reconciler
 from watchers.spool_watcher import SpoolWatcher
+from web.app import build_app
+from web.auth import Authenticator, AuthFileError
+from web.server import HttpListener
 
 log = logging.getLogger("adapter")
 TASK_TICK_SECONDS = 0.25  # how soon a due job or export is handed to its lane
@@ -107,6 +111,7 @@ class Adapter:
         # group, tasks, reclaim, reconcile, outbox, heartbeat, watchdog: a thread each
         self.scheduler = schedule.make_scheduler(8)
         self._notifying = threading.Lock()
+        self.http = self._http_listener() if config.http.port else None
         self.metrics = (
             MetricsServer(self, config.metrics.host, config.metrics.port)
             if config.metrics.port
@@ -172,6 +177,8 @@ class Adapter:
         self._schedule_ticks()
         self.scheduler.start()
         self.server.start()
+        if self.http is not None:
+            self.http.start()
         if self.metrics is not None:
             self.metrics.start()
         listeners = [f"{self.config.dicom.host}:{self.server.port}"] if self.server.port else []
@@ -282,6 +289,19 @@ class Adapter:
             counts.append("jobs and exports unknown (the ledger does not answer)")
         return ", ".join(counts)
 
+    def _http_listener(self) -> HttpListener:
+        """The HTTP listener: STOW-RS writes through a writer of its own into the same spool,
+        under the same ``min_free`` and ``max_instance_size`` as the SCP's."""
+        writer = SpoolWriter(
+            self.layout, self.config.storage.min_free, self.config.dicom.max_instance_size
+        )
+        try:
+            auth = Authenticator(self.config.http.users, self.config.http.tokens)
+        except AuthFileError as exc:  # a line that cannot be read: the config is at fault
+            raise ConfigError(str(self.config.path), "http", None, str(exc)) from None
+        app = build_app(self.config.http, lambda: self.config.aes, writer, auth)
+        return HttpListener(app, self.config.http)
+
     def _schedule_ticks(self) -> None:
         """The periodic jobs whose pace the config sets; again after a reload.
 
@@ -334,6 +354,8 @@ class Adapter:
             notify("STOPPING=1")
         if self.metrics is not None:
             self.metrics.stop()
+        if self.http is not None:
+            self.http.stop()
         self.server.stop()
         if self.scheduler.running:
             self.scheduler.shutdown(wait=True)

@@ -18,6 +18,7 @@ import click
 
 from cli.common import config_option
 from cli.config_cmd import config_group
+from cli.http_cmd import http_group
 from cli.ledger_cmd import db, ledger_group
 from cli.run import run
 from cli.sample import sample
@@ -50,6 +51,7 @@ for command in (
     echo_command,
     sample,
     config_group,
+    http_group,
     ledger_group,
     db,
 ):

@@ -105,6 +105,37 @@ class WatcherConfig:
 
 
 @dataclass(frozen=True)
+class HttpConfig:
+    """``[http]``: the one HTTP listener (DICOMweb STOW-RS; ``port`` 0: none)."""
+
+    host: str
+    port: int
+    public_url: str | None = None  # the base of the URLs the responses give
+    certificate: Path | None = None  # with private_key: HTTPS
+    private_key: Path | None = None
+    ca_certificates: Path | None = None  # set: a client certificate it signed is required
+    tls_minimum_version: str = "1.2"
+    tls_ciphers: str = DEFAULT_TLS_CIPHERS
+    users: Path | None = None  # name:role:scrypt hash lines (``dicom-adapter http add-user``)
+    tokens: Path | None = None  # name:role:sha256 lines (``dicom-adapter http add-token``)
+    max_request_size: int = 8 * 2**30  # bytes of one request body; 0: no limit
+    max_parts: int = 10_000  # instances in one STOW-RS request
+    timeout: float = 60.0  # seconds a request body may stall before it is cut off
+
+    @property
+    def tls(self) -> bool:
+        return self.certificate is not None
+
+    @property
+    def base_url(self) -> str:
+        """Where clients reach the listener: ``public_url``, or what host and port say."""
+        if self.public_url:
+            return self.public_url.rstrip("/")
+        host = {"0.0.0.0": "127.0.0.1", "::": "[::1]"}.get(self.host, self.host)
+        return f"{'https' if self.tls else 'http'}://{host}:{self.port}"
+
+
+@dataclass(frozen=True)
 class NodeConfig:
     name: str  # this adapter's name in the ledger (``nodes``) and the metrics
     lease: float  # seconds a running task stays this node's without a renewal
@@ -202,6 +233,7 @@ class Config:
     path: Path
     node: NodeConfig
     dicom: DicomConfig
+    http: HttpConfig
     storage: StorageConfig
     ledger: LedgerConfig
     watcher: WatcherConfig

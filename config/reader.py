@@ -24,6 +24,7 @@ from config.model import (
     Config,
     DestinationConfig,
     DicomConfig,
+    HttpConfig,
     LedgerConfig,
     LogConfig,
     MetricsConfig,
@@ -108,6 +109,9 @@ class _Reader:
         self.report_all(rules.listener_tls_problems(sections["dicom"]))
         if sections["dicom"].get("tls_port"):
             self.check_tls_loads("dicom", sections["dicom"], server_side=True)
+        self.report_all(rules.http_problems(sections["http"]))
+        if sections["http"].get("port") and sections["http"].get("certificate"):
+            self.check_tls_loads("http", sections["http"], server_side=True)
         aes, sources, destinations = self.labelled(parser, sections["dicom"])
         if not any(section.startswith("ae:") for section in parser.sections()):
             self.report(None, None, "no [ae:NAME] section: the adapter would answer to no AE title")
@@ -120,6 +124,7 @@ class _Reader:
                 lease=sections["node"]["lease"],
             ),
             dicom=DicomConfig(**sections["dicom"]),
+            http=HttpConfig(**sections["http"]),
             storage=StorageConfig(**sections["storage"]),
             ledger=LedgerConfig(**sections["ledger"]),
             watcher=WatcherConfig(**sections["watcher"]),

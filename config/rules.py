@@ -67,6 +67,37 @@ def listener_tls_problems(values: dict[str, Any]) -> list[Problem]:
     return problems
 
 
+def http_problems(values: dict[str, Any]) -> list[Problem]:
+    """HTTPS needs a certificate and its key together; off loopback the listener needs
+    HTTPS and a users or tokens file, so no password or patient data crosses the network
+    in clear and nobody stores anonymously."""
+    problems = []
+    if (values.get("certificate") is None) != (values.get("private_key") is None):
+        missing = "private_key" if values.get("private_key") is None else "certificate"
+        problems.append(Problem("http", missing, "is required with the other (HTTPS needs both)"))
+    if not values.get("port") or _is_loopback(values.get("host") or ""):
+        return problems
+    if values.get("certificate") is None:
+        problems.append(
+            Problem(
+                "http",
+                "certificate",
+                f"is required: host = {values['host']} is reachable from the network, "
+                "so the listener needs HTTPS (certificate and private_key)",
+            )
+        )
+    if values.get("users") is None and values.get("tokens") is None:
+        problems.append(
+            Problem(
+                "http",
+                "users",
+                f"is required (or tokens): host = {values['host']} is reachable from the "
+                "network, so nobody may use the listener without signing in",
+            )
+        )
+    return problems
+
+
 def source_tls_problems(
     section: str, values: dict[str, Any], dicom: dict[str, Any]
 ) -> list[Problem]:

@@ -35,7 +35,7 @@ TLS_KEYS: dict[str, tuple[Parser, Any]] = {
     "tls_ciphers": (values.tls_ciphers, DEFAULT_TLS_CIPHERS),
 }
 LABELLED = ("ae", "source", "destination")  # sections that carry a name: [kind:NAME]
-UNLABELLED = ("node", "dicom", "storage", "ledger", "watcher", "tasks", "log", "metrics")
+UNLABELLED = ("node", "dicom", "http", "storage", "ledger", "watcher", "tasks", "log", "metrics")
 
 SCHEMA: dict[str, dict[str, tuple[Parser, Any]]] = {
     "node": {
@@ -61,6 +61,17 @@ SCHEMA: dict[str, dict[str, tuple[Parser, Any]]] = {
         **TLS_KEYS,
         "require_client_certificate": (values.boolean, "false"),
         "tls_reject_unknown_sources": (values.boolean, None),  # None: as reject_unknown_sources
+    },
+    "http": {
+        "host": (values.host, "127.0.0.1"),
+        "port": (values.integer(0, 65535), "0"),
+        "public_url": (values.http_url, None),  # None: from host, port and TLS
+        **TLS_KEYS,
+        "users": (values.resolved_path, None),
+        "tokens": (values.resolved_path, None),
+        "max_request_size": (values.size, "8GiB"),
+        "max_parts": (values.integer(1, 1_000_000), "10000"),
+        "timeout": (values.seconds, "60"),
     },
     "storage": {
         "spool": (values.resolved_path, "var/spool"),

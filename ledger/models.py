@@ -60,6 +60,7 @@ class Instance(Base):
     calling_ae: Mapped[str | None] = mapped_column(String(16))
     called_ae: Mapped[str | None] = mapped_column(String(16))
     peer_address: Mapped[str | None] = mapped_column(String(64))
+    http_user: Mapped[str | None] = mapped_column(String(64))  # STOW-RS: who stored it
     path: Mapped[str] = mapped_column(Text)
     size: Mapped[int | None] = mapped_column(Integer)
     # SHA-256 of the dataset bytes after the file meta: what the peer sent.

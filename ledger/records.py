@@ -26,6 +26,7 @@ class NewInstance:
     calling_ae: str | None
     peer_address: str | None
     group_key: str | None
+    http_user: str | None = None  # who stored it over STOW-RS (calling_ae is None then)
 
 
 @dataclass(frozen=True)
@@ -52,6 +53,7 @@ class InstanceRecord:
     missing_since: datetime | None
     group_key: str | None
     job_id: int | None
+    http_user: str | None = None
 
 
 @dataclass(frozen=True)

@@ -29,6 +29,9 @@ SUCCESS = 0x0000
 OUT_OF_RESOURCES = 0xA700
 # Error: Cannot Understand: unusable UIDs or an unparsable data set.
 CANNOT_UNDERSTAND = 0xC210
+# STOW-RS only (implementation specific, docs/conformance.md; Azure's DICOM service uses
+# it too): the instance belongs to another study than the one the request's URL names.
+OTHER_STUDY = 0xA901
 
 
 @dataclass(frozen=True)
@@ -43,12 +46,19 @@ class Accepted:
 
 
 def accept(
-    writer: SpoolWriter, incoming: IncomingFile, sop_class_uid: str, sop_instance_uid: str
+    writer: SpoolWriter,
+    incoming: IncomingFile,
+    sop_class_uid: str,
+    sop_instance_uid: str,
+    *,
+    study_instance_uid: str | None = None,
 ) -> Accepted:
     """Judge ``incoming`` against the UIDs its sender named, and publish it if kept.
 
-    A refused instance's temporary file is removed.  Unexpected errors are
-    the caller's (the SCP answers them 0xC211, STOW-RS 0x0110).
+    ``study_instance_uid``: the study a STOW-RS request's URL names, which the
+    instance must belong to.  A refused instance's temporary file is removed.
+    Unexpected errors are the caller's (the SCP answers them 0xC211, STOW-RS
+    0x0110).
     """
     if incoming.failed is not None:
         incoming.path.unlink(missing_ok=True)
@@ -68,6 +78,10 @@ def accept(
     if verdict.refusal is not None:
         incoming.path.unlink(missing_ok=True)
         return Accepted(CANNOT_UNDERSTAND, verdict.refusal, identity=identity)
+    if study_instance_uid is not None and identity.study_instance_uid != study_instance_uid:
+        incoming.path.unlink(missing_ok=True)
+        reason = f"of study {identity.study_instance_uid}, not {study_instance_uid} as the URL says"
+        return Accepted(OTHER_STUDY, reason, identity=identity)
     try:
         path = writer.publish(
             incoming,

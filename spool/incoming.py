@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from io import BytesIO
 from pathlib import Path
 from typing import BinaryIO
+from urllib.parse import quote
 
 from spool.header import HeaderValues
 from spool.part10 import PREAMBLE, encode_meta
@@ -50,9 +51,18 @@ WRITE_BUFFER = 256 * 1024
 class Provenance:
     """Where an instance came from (PS3.10 7.1 Source/Sending/Receiving AE, address)."""
 
-    calling_ae: str
+    calling_ae: str  # empty over HTTP
     called_ae: str
     peer_address: str  # "ip:port"
+    scheme: str = "dicom"  # "http" or "https" for STOW-RS
+    user: str | None = None  # the HTTP user who stored it
+
+    @property
+    def address(self) -> str:
+        """Sending Presentation Address (0002,0027): ``dicom://ip:port``, or for STOW-RS
+        ``https://user@ip:port`` (a URI's user information names who sent it)."""
+        user = f"{quote(self.user, safe='')}@" if self.user else ""
+        return f"{self.scheme}://{user}{self.peer_address}"
 
 
 @dataclass(frozen=True)
@@ -232,7 +242,7 @@ def meta_group(uids: MetaUids, provenance: Provenance) -> bytes:
             (0x00020016, b"AE", calling),
             (0x00020017, b"AE", calling),
             (0x00020018, b"AE", provenance.called_ae.encode("ascii", "replace")),
-            (0x00020027, b"UR", f"dicom://{provenance.peer_address}".encode("ascii", "replace")),
+            (0x00020027, b"UR", provenance.address.encode("ascii", "replace")),
             (PRIVATE_INFORMATION_CREATOR_UID, b"UI", RECEIVED_LENGTH_UID.encode()),
             (PRIVATE_INFORMATION, b"OB", bytes(_LENGTH_BYTES)),  # filled in by sync()
         ]

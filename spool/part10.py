@@ -38,12 +38,32 @@ def dataset_offset(handle: BinaryIO) -> int:
     """
     handle.seek(0)
     head = handle.read(PREAMBLE + 4 + _FIRST_READ)
+    if len(head) == PREAMBLE + 4 + _FIRST_READ:
+        head += handle.read(_MAX_META)
+    end = meta_end(head, complete=True)
+    assert end is not None  # complete: the file's end ends the walk
+    return end
+
+
+def meta_end(head: bytes, *, complete: bool = False) -> int | None:
+    """Where the file meta group ends in ``head``, a Part 10 file's first bytes; None if
+    ``head`` does not reach that far yet (unless ``complete``: ``head`` is all there is).
+
+    Raises
+    ------
+    ValueError
+        No ``DICM`` prefix, or a file meta group longer than 64 KiB.
+    """
+    if len(head) < PREAMBLE + 4:
+        if complete:
+            raise ValueError("no DICM prefix after the 128-byte preamble")
+        return None
     if head[PREAMBLE : PREAMBLE + 4] != b"DICM":
         raise ValueError("no DICM prefix after the 128-byte preamble")
     offset = PREAMBLE + 4
     while True:
-        if len(head) < offset + 12 and len(head) == PREAMBLE + 4 + _FIRST_READ:
-            head += handle.read(_MAX_META)
+        if len(head) < offset + 12 and not complete:
+            return None  # the next element's header may not have arrived
         if len(head) < offset + 8 or head[offset : offset + 2] != b"\x02\x00":
             return offset
         if head[offset + 4 : offset + 6] in _LONG_LENGTH_VRS:
@@ -52,6 +72,23 @@ def dataset_offset(handle: BinaryIO) -> int:
             offset += 8 + int.from_bytes(head[offset + 6 : offset + 8], "little")
         if offset > PREAMBLE + 4 + _MAX_META:
             raise ValueError("file meta group longer than 64 KiB")
+
+
+def meta_values(head: bytes, end: int) -> dict[int, bytes]:
+    """The file meta elements in ``head[132:end]`` (as :func:`meta_end` found them): tag ->
+    value bytes, padding left on."""
+    values = {}
+    offset = PREAMBLE + 4
+    while offset + 8 <= end:
+        tag = int.from_bytes(head[offset : offset + 2], "little") << 16
+        tag |= int.from_bytes(head[offset + 2 : offset + 4], "little")
+        if head[offset + 4 : offset + 6] in _LONG_LENGTH_VRS:
+            length, start = int.from_bytes(head[offset + 8 : offset + 12], "little"), offset + 12
+        else:
+            length, start = int.from_bytes(head[offset + 6 : offset + 8], "little"), offset + 8
+        values[tag] = head[start : start + length]
+        offset = start + length
+    return values
 
 
 def _tag_bytes(tag: int) -> bytes:

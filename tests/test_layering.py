@@ -40,6 +40,7 @@ RULES: dict[str, set[str] | None] = {
     # builds every config-derived part (lanes, groupers, admission) for adapter.py
     "derived": {"config", "ledger", "processors", "exporters", "scp", "tasks"},
     "scp": {"spool", "dimse", "arenas"},  # arenas: set in the SCP's own process
+    "web": {"config", "spool"},  # the HTTP listener: STOW-RS into the spool, as the SCP
     "logs": {"spool"},  # spool.text makes every log line one line
     "samples": {"spool"},  # spool.incoming makes the UIDs
     # validates AE titles and UIDs (spool.names) and duplicates policies

@@ -21,6 +21,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
+from urllib.parse import unquote
 
 from pydicom.uid import UID_dictionary
 
@@ -66,6 +67,7 @@ class Header:
     calling_ae: str | None
     peer_address: str | None
     group_key: str | None
+    http_user: str | None = None
 
 
 @dataclass(frozen=True)
@@ -141,7 +143,7 @@ def _header(
     if verdict.refusal is not None:
         raise NotAnInstance(verdict.refusal)
     warnings += verdict.warnings
-    address = values.text(SENDING_PRESENTATION_ADDRESS)
+    peer, http_user = sender(values.text(SENDING_PRESENTATION_ADDRESS))
     return Header(
         size=size,
         sha256=digest,
@@ -152,11 +154,22 @@ def _header(
         transfer_syntax_uid=_fit(values.text(TRANSFER_SYNTAX_UID), "transfer_syntax_uid", warnings),
         patient_id=_fit(_text(values, PATIENT_ID, "Patient ID", warnings), "patient_id", warnings),
         calling_ae=_fit(values.text(SOURCE_AE_TITLE), "calling_ae", warnings),
-        peer_address=_fit(
-            address.removeprefix("dicom://") if address else None, "peer_address", warnings
-        ),
+        peer_address=_fit(peer, "peer_address", warnings),
         group_key=_text(values, group_tag, "the group_by element", warnings),
+        http_user=_fit(http_user, "http_user", warnings),
     )
+
+
+def sender(address: str | None) -> tuple[str | None, str | None]:
+    """(peer address, HTTP user) from a Sending Presentation Address our meta wrote:
+    ``dicom://ip:port``, or ``https://user@ip:port`` for STOW-RS."""
+    if not address:
+        return None, None
+    scheme, found, rest = address.partition("://")
+    if not found or scheme not in ("dicom", "http", "https"):
+        return address, None
+    user, at, peer = rest.rpartition("@")
+    return peer, unquote(user) if at else None
 
 
 def _fit(value: str | None, column: str, warnings: list[str]) -> str | None:

@@ -1,0 +1,190 @@
+"""Who may use the HTTP listener: a users file (HTTP Basic) and a tokens file (Bearer).
+
+Both are plain text an admin can read and edit, one ``name:role:secret``
+line each, ``#`` for comments, mode 0600:
+
+- ``[http] users``: the secret is a salted scrypt hash in the modular-crypt
+  style (``$scrypt$ln=17,r=8,p=1$<salt>$<hash>``, base64), made by
+  ``dicom-adapter http add-user``; the parameters are in each line, so they
+  can be raised later without breaking older lines.
+- ``[http] tokens``: the secret is the SHA-256 of a random token, made by
+  ``dicom-adapter http add-token``, which prints the token once.  A token
+  is random and long, so a fast hash is enough; a password is not.
+
+Roles: ``admin`` (every action) or ``user`` (storing, reading).  Basic
+sends the password with every request and scrypt is slow on purpose
+(about 0.3 s and 128 MiB), so hashes are checked one at a time (a peer
+cannot make memory grow with parallel guesses) and a password that matched
+is remembered for a few minutes, as an HMAC under a key that lives only in
+this process.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import os
+import secrets
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+ROLES = ("admin", "user")
+SCRYPT_LOG_N, SCRYPT_R, SCRYPT_P = 17, 8, 1  # OWASP's scrypt minimum
+_SCRYPT_MAXMEM = 256 * 2**20  # 128 * r * N bytes are needed; hashlib's default is 32 MiB
+_REMEMBER_SECONDS = 300.0
+
+
+class AuthFileError(ValueError):
+    """A users or tokens file line that cannot be read; the message names the line."""
+
+
+@dataclass(frozen=True)
+class User:
+    name: str
+    role: str
+
+    @property
+    def admin(self) -> bool:
+        return self.role == "admin"
+
+
+def hash_password(password: str, salt: bytes | None = None) -> str:
+    """The users-file secret for ``password``: scrypt with a new random salt."""
+    salt = salt if salt is not None else os.urandom(16)
+    digest = _scrypt(password, salt, SCRYPT_LOG_N, SCRYPT_R, SCRYPT_P)
+    return f"$scrypt$ln={SCRYPT_LOG_N},r={SCRYPT_R},p={SCRYPT_P}${_b64(salt)}${_b64(digest)}"
+
+
+def new_token() -> tuple[str, str]:
+    """A new bearer token and the tokens-file secret for it (its SHA-256, hex)."""
+    token = secrets.token_urlsafe(32)
+    return token, hashlib.sha256(token.encode()).hexdigest()
+
+
+def read_entries(path: Path) -> dict[str, tuple[str, str]]:
+    """name -> (role, secret) from a users or tokens file; none if it does not exist yet.
+
+    Raises
+    ------
+    AuthFileError
+        A line that is not ``name:role:secret`` with a known role.
+    """
+    if not path.exists():
+        return {}
+    entries = {}
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        name, _, rest = line.partition(":")
+        role, _, secret = rest.partition(":")
+        if not name or role not in ROLES or not secret:
+            expected = "expected name:role:secret, role admin or user"
+            raise AuthFileError(f"{path} line {number}: {expected}")
+        entries[name] = (role, secret)
+    return entries
+
+
+def write_entry(path: Path, name: str, role: str, secret: str) -> None:
+    """Add ``name`` to a users or tokens file, or replace its line; the file stays 0600."""
+    if ":" in name or not name.strip() or name != name.strip():
+        rule = "a name may not be empty, contain ':', or begin or end in a space"
+        raise AuthFileError(f"{rule}: {name!r}")
+    if role not in ROLES:
+        raise AuthFileError(f"role must be one of {', '.join(ROLES)}, not {role!r}")
+    lines = path.read_text(encoding="utf-8").splitlines() if path.exists() else []
+    kept = [line for line in lines if line.partition(":")[0] != name]
+    kept.append(f"{name}:{role}:{secret}")
+    temporary = path.with_name(f".{path.name}.new")
+    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
+        handle.write("\n".join(kept) + "\n")
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(temporary, path)
+
+
+class Authenticator:
+    """Checks Authorization headers against the users and tokens files, read at start."""
+
+    def __init__(self, users: Path | None, tokens: Path | None) -> None:
+        self.users = read_entries(users) if users is not None else {}
+        self.tokens = {
+            secret: User(name, role)
+            for name, (role, secret) in (read_entries(tokens) if tokens else {}).items()
+        }
+        self._checking = threading.Lock()  # one slow hash at a time
+        self._key = os.urandom(32)
+        self._remembered: dict[bytes, tuple[User, float]] = {}
+
+    @property
+    def required(self) -> bool:
+        """Whether anyone is configured: then every request must sign in."""
+        return bool(self.users or self.tokens)
+
+    def check(self, authorization: str | None) -> User | None:
+        """The user an ``Authorization`` header proves, or None."""
+        if not authorization:
+            return None
+        scheme, _, credentials = authorization.partition(" ")
+        if scheme.lower() == "bearer":
+            digest = hashlib.sha256(credentials.strip().encode()).hexdigest()
+            matches = (u for s, u in self.tokens.items() if hmac.compare_digest(s, digest))
+            return next(matches, None)
+        if scheme.lower() != "basic":
+            return None
+        try:
+            name, _, password = base64.b64decode(credentials, validate=True).decode().partition(":")
+        except (binascii.Error, UnicodeDecodeError):
+            return None
+        return self._password(name, password)
+
+    def _password(self, name: str, password: str) -> User | None:
+        entry = self.users.get(name)
+        if entry is None:
+            return None
+        role, secret = entry
+        key = hmac.new(self._key, f"{name}\0{password}".encode(), "sha256").digest()
+        remembered = self._remembered.get(key)
+        if remembered is not None and remembered[1] > time.monotonic():
+            return remembered[0]
+        with self._checking:
+            matched = _verify(password, secret)
+        if not matched:
+            return None
+        user = User(name, role)
+        now = time.monotonic()
+        self._remembered = {k: v for k, v in self._remembered.items() if v[1] > now}
+        self._remembered[key] = (user, now + _REMEMBER_SECONDS)
+        return user
+
+
+def _verify(password: str, secret: str) -> bool:
+    """Whether ``password`` matches a ``$scrypt$...`` secret (False for any other form)."""
+    try:
+        _, kind, parameters, salt, digest = secret.split("$")
+        settings = dict(item.split("=") for item in parameters.split(","))
+        log_n, r, p = int(settings["ln"]), int(settings["r"]), int(settings["p"])
+        if kind != "scrypt" or not (10 <= log_n <= SCRYPT_LOG_N and 1 <= r <= 8 and p == 1):
+            return False
+        computed = _scrypt(password, _unb64(salt), log_n, r, p)
+        return hmac.compare_digest(computed, _unb64(digest))
+    except (ValueError, KeyError, binascii.Error):
+        return False
+
+
+def _scrypt(password: str, salt: bytes, log_n: int, r: int, p: int) -> bytes:
+    return hashlib.scrypt(
+        password.encode(), salt=salt, n=2**log_n, r=r, p=p, maxmem=_SCRYPT_MAXMEM, dklen=32
+    )
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode().rstrip("=")
+
+
+def _unb64(text: str) -> bytes:
+    return base64.b64decode(text + "=" * (-len(text) % 4))

@@ -27,9 +27,8 @@ def make_engine(url: str) -> Engine:
     ``sop_instance_uid IN (...)``) that plan scans the whole table; a new
     ledger then took 0.4 s per batch of 500 (``bench/ledger_scale.py``).
     """
-    arguments = (
-        {"prepare_threshold": None} if make_url(url).get_backend_name() == "postgresql" else {}
-    )
+    psycopg = make_url(url).get_driver_name() == "psycopg"
+    arguments = {"prepare_threshold": None} if psycopg else {}
     engine = create_engine(url, connect_args=arguments)
     if engine.dialect.name == "sqlite":
         database = engine.url.database

@@ -32,6 +32,13 @@ def wanted(ignored: Collection[str], allowed: Collection[str]) -> ColumnElement[
     return true()
 
 
+def group_lock(called_ae: str, group_key: str) -> int:
+    """The 64-bit lock key of one group's claim (a hash: two groups sharing one only
+    make one of them wait for the next tick)."""
+    digest = hashlib.sha256(f"{called_ae}\0{group_key}".encode()).digest()
+    return int.from_bytes(digest[:8], "big", signed=True)
+
+
 def idempotency_key(
     processor: str, called_ae: str, group_key: str, sop_instance_uids: Collection[str]
 ) -> str:
@@ -138,11 +145,15 @@ class Processing:
     ) -> TaskRecord | None:
         """Claim every wanted ``received`` instance of a group into a new ``pending`` job.
 
-        The members are locked as they are read; those another claim (on any
-        node) holds this moment are skipped, so two claims never share an
-        instance and never wait for each other.
+        None when there is none, or when another node is claiming this group
+        this moment: the group is skipped, not waited for (its lock is taken
+        without waiting, ``Ledger.group_lock``), and never split between two
+        jobs (row locks skipped one by one would split it).  Its members are
+        then locked as they are read.
         """
         with self.ledger.transaction(now, shared=True) as tx:
+            if not tx.try_lock(group_lock(called_ae, group_key)):
+                return None
             connection = tx.connection
             members = list(
                 connection.execute(
@@ -154,7 +165,7 @@ class Processing:
                         wanted(ignored, allowed),
                     )
                     .order_by(INSTANCES.c.id)
-                    .with_for_update(skip_locked=True)
+                    .with_for_update()
                 )
             )
             if not members:

@@ -251,6 +251,15 @@ class LedgerTransaction:
         statement = update(INSTANCES).where(INSTANCES.c.id == instance_id)
         self.connection.execute(statement.values(**values, updated_at=self.now))
 
+    def try_lock(self, key: int) -> bool:
+        """Take ``key``'s lock to the end of this transaction, without waiting: False if
+        another transaction (another node's) holds it.  On PostgreSQL a transaction
+        advisory lock; SQLite's one writer already excludes every other, so True."""
+        if self.connection.dialect.name != "postgresql":
+            return True
+        query = text("SELECT pg_try_advisory_xact_lock(:key)")
+        return bool(self.connection.execute(query, {"key": key}).scalar_one())
+
     def _events(self, rows: list[tuple[int, str, str | None, str]]) -> None:
         self.connection.execute(
             insert(EVENTS),

@@ -218,13 +218,18 @@ class Tasks:
     ) -> TaskRecord | None:
         """pending -> running, one more attempt, held by ``node`` for ``lease_seconds``.
 
-        None when the task is no longer pending, or another node is taking it
-        this moment (its row locked: skipped, not waited for).
+        None when the task is no longer pending, no longer due (another node
+        ran it since and it waits for its next attempt), or another node is
+        taking it this moment (its row locked: skipped, not waited for).
         """
         with self.ledger.transaction(now, shared=True) as tx:
             pending = tx.connection.execute(
                 select(TASKS.c.id)
-                .where(TASKS.c.id == task_id, TASKS.c.state == TaskState.PENDING)
+                .where(
+                    TASKS.c.id == task_id,
+                    TASKS.c.state == TaskState.PENDING,
+                    TASKS.c.next_attempt_at <= tx.now,  # not put off since it was listed
+                )
                 .with_for_update(skip_locked=True)
             ).first()
             if pending is None:

@@ -71,8 +71,11 @@ def outcomes(exports: Exports, export_id: int, kinds: list[str]) -> list[ItemOut
 
 
 def attempt(exports: Exports, export_id: int, kinds: list[str], retry_at=LATER):
-    Tasks(exports.ledger).start(export_id, T0)
-    return exports.settle(export_id, outcomes(exports, export_id, kinds), retry_at, T0)
+    """One attempt, started when the export is due (``T0`` at the earliest)."""
+    due = Tasks(exports.ledger).get(export_id).next_attempt_at
+    when = max(T0, due) if due is not None else T0
+    Tasks(exports.ledger).start(export_id, when)
+    return exports.settle(export_id, outcomes(exports, export_id, kinds), retry_at, when)
 
 
 def file_states(exports: Exports, export_id: int) -> list[str]:

@@ -91,7 +91,8 @@ def test_job_lifecycle_and_its_history(processing: Processing) -> None:
     processing.settle(job.id, "exit 3", T0 + timedelta(seconds=10), T0)
     assert Tasks(processing.ledger).get(job.id).state == "pending"
     assert Tasks(processing.ledger).due(T0 + timedelta(seconds=5)) == []
-    Tasks(processing.ledger).start(job.id, T0)
+    assert Tasks(processing.ledger).start(job.id, T0 + timedelta(seconds=5)) is None  # not due
+    Tasks(processing.ledger).start(job.id, T0 + timedelta(seconds=10))
     processing.settle(job.id, "exit 3 again", None, T0)
     failed = Tasks(processing.ledger).get(job.id)
     assert (failed.state, failed.attempts, failed.last_error) == ("failed", 2, "exit 3 again")

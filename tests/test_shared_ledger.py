@@ -23,7 +23,7 @@ from sqlalchemy import select, text
 from ledger.db import make_engine
 from ledger.migrate import upgrade
 from ledger.models import utcnow
-from ledger.processing import Processing
+from ledger.processing import Processing, group_lock
 from ledger.store import INSTANCES, RECONCILER, WRITER, Ledger
 from ledger.tasks import TASKS, LeaseLost, Tasks
 from spool.layout import SpoolLayout
@@ -201,9 +201,10 @@ def test_on_postgresql_a_claim_skips_what_another_holds_and_waits_for_nothing(
     processing, tasks = Processing(ledger), Tasks(ledger)
     other = make_engine(ledger_url)
     with other.connect() as held, held.begin():
-        # Another node's claim of group 9.0, half done: its rows locked, its
-        # shared writer lock taken (as Ledger.transaction(shared=True) does).
+        # Another node's claim of group 9.0, half done: its shared writer lock
+        # (as Ledger.transaction(shared=True) takes), its group's lock, its rows.
         held.execute(text("SELECT pg_advisory_xact_lock_shared(:key)"), {"key": WRITER})
+        held.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": group_lock(AE, "9.0")})
         locked = held.execute(
             select(INSTANCES.c.id).where(INSTANCES.c.group_key == "9.0").with_for_update()
         ).all()
@@ -220,3 +221,27 @@ def test_on_postgresql_a_claim_skips_what_another_holds_and_waits_for_nothing(
     assert again is not None and again.item_count == 3  # the other claim never committed
     other.dispose()
     ledger.engine.dispose()
+
+
+def test_two_nodes_closing_one_big_group_at_once_never_split_it(ledger_url: str) -> None:
+    """Both nodes' groupers close the same group on the same timer: one job takes it all.
+
+    (Row locks skipped one by one split such groups: each claim took the rows
+    the other had not locked yet.)
+    """
+    ledger = _ledger_of_groups(ledger_url, groups=8, per_group=2000)
+    engines = [make_engine(ledger_url) for _ in range(2)]
+    claimers = [Processing(Ledger(engine)) for engine in engines]
+    barrier = threading.Barrier(2)
+
+    def claim(number: int) -> None:
+        for group in range(8):
+            barrier.wait()
+            claimers[number].claim_group(AE, f"9.{group}", "command", "quiet")
+
+    _side_by_side(2, claim)
+    jobs = Tasks(ledger).listing()
+    assert sorted(job.item_count for job in jobs) == [2000] * 8
+    assert {row.state for row in ledger.instances()} == {"claimed"}
+    for engine in [*engines, ledger.engine]:
+        engine.dispose()

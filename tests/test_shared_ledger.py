@@ -131,10 +131,13 @@ def _ledger_of_groups(ledger_url: str, groups: int, per_group: int) -> Ledger:
     upgrade(engine)
     ledger = Ledger(engine)
     with ledger.transaction() as tx:
-        for group in range(groups):
-            for n in range(per_group):
-                path = f"/spool/{AE}/{group}/{n}.dcm"
-                tx.add(new_instance(path, AE, f"1.{group}.{n}", f"9.{group}"), "received")
+        tx.add_many(
+            [
+                (new_instance(f"/spool/{AE}/{g}/{n}.dcm", AE, f"1.{g}.{n}", f"9.{g}"), "received")
+                for g in range(groups)
+                for n in range(per_group)
+            ]
+        )
     return ledger
 
 

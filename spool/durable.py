@@ -1,8 +1,18 @@
-"""fsync helpers: a rename or a new link is only durable once its directory is synced."""
+"""fsync helpers: a rename or a new link is only durable once its directory is synced.
 
+And a rename that never replaces: :func:`rename_no_replace`.
+"""
+
+import ctypes
+import errno
 import os
 import shutil
 from pathlib import Path
+
+_AT_FDCWD = -100
+_RENAME_NOREPLACE = 1  # linux/fs.h
+_LIBC = ctypes.CDLL(None, use_errno=True)
+_RENAMEAT2 = getattr(_LIBC, "renameat2", None)  # glibc 2.28+
 
 
 def fsync_dir(folder: Path) -> None:
@@ -69,3 +79,34 @@ def move_no_replace(source: Path, target: Path) -> bool:
     if source.parent != target.parent:
         fsync_dir(source.parent)
     return True
+
+
+def rename_no_replace(source: Path, target: Path) -> None:
+    """Rename ``source`` to ``target`` unless ``target`` exists: FileExistsError then.
+
+    ``os.rename`` replaces a file already there, and checking first leaves a
+    gap: another writer (the SCP and the HTTP listener, or two nodes on a
+    shared spool) publishing the same instance at the same moment would
+    silently replace an acknowledged copy.  Linux's ``renameat2`` with
+    ``RENAME_NOREPLACE`` decides in the kernel; a filesystem without it
+    (NFS) gets a hard link, which fails on an existing name too, then the
+    source's removal.
+    """
+    if _RENAMEAT2 is not None:
+        done = _RENAMEAT2(
+            _AT_FDCWD, os.fsencode(source), _AT_FDCWD, os.fsencode(target), _RENAME_NOREPLACE
+        )
+        if done == 0:
+            return
+        error = ctypes.get_errno()
+        if error == errno.EEXIST:
+            raise FileExistsError(error, os.strerror(error), str(target))
+        if error not in (errno.EINVAL, errno.ENOSYS):
+            raise OSError(error, os.strerror(error), str(source))
+    link_then_unlink(source, target)
+
+
+def link_then_unlink(source: Path, target: Path) -> None:
+    """:func:`rename_no_replace` where the filesystem cannot rename without replacing."""
+    os.link(source, target)
+    os.unlink(source)

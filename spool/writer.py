@@ -15,7 +15,7 @@ import threading
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from spool.durable import fsync_dir, make_dirs_durable
+from spool.durable import fsync_dir, make_dirs_durable, rename_no_replace
 from spool.incoming import IncomingFile, Provenance
 from spool.layout import SpoolLayout
 
@@ -89,10 +89,16 @@ class SpoolWriter:
         return final
 
     def _rename_into(self, temporary: Path, folder: Path, sop_instance_uid: str) -> Path:
-        """Rename without replacing an existing copy; the lock covers our own threads."""
+        """Rename without ever replacing a copy already there, whoever wrote it (another
+        writer, another node): the next free copy name.  The lock spares our own threads
+        a race for the same names."""
         with self._naming:
             copy = 0
-            while (final := folder / self.layout.instance_name(sop_instance_uid, copy)).exists():
-                copy += 1
-            os.rename(temporary, final)
-        return final
+            while True:
+                final = folder / self.layout.instance_name(sop_instance_uid, copy)
+                try:
+                    rename_no_replace(temporary, final)
+                except FileExistsError:
+                    copy += 1
+                    continue
+                return final

@@ -24,6 +24,7 @@ import requests
 from dicomweb_client import DICOMwebClient
 
 from config import check_config
+from spool.part10 import PREAMBLE, encode_meta
 from tests.conftest import RunningAdapter, free_port, require_tool, write_config
 from tests.dicom import dataset_bytes, make_instance, make_study
 from web.auth import hash_password, write_entry
@@ -328,3 +329,43 @@ def reset_peak() -> bool:
     except OSError:
         return False
     return True
+
+
+def test_a_users_file_set_but_not_made_yet_still_keeps_everyone_out(
+    start_adapter: Callable[[Path], RunningAdapter], tmp_path: Path
+) -> None:
+    path, port = http_config(tmp_path, f"users = {tmp_path / 'not-made-yet'}\n")
+    running = start_adapter(path)
+    instance = make_instance(tmp_path / "a.dcm").read_bytes()
+    body, content_type = multipart([("application/dicom", instance)])
+    url = f"http://127.0.0.1:{port}/dicomweb/{AE}/studies"
+    answer = requests.post(url, data=body, headers={"Content-Type": content_type}, timeout=30)
+    assert answer.status_code == 401
+    guessed = requests.post(
+        url, data=body, headers={"Content-Type": content_type}, auth=("root", "root"), timeout=30
+    )
+    assert guessed.status_code == 401
+    assert running.rows() == []
+
+
+def test_a_part_whose_meta_names_no_sop_instance_is_refused(
+    start_adapter: Callable[[Path], RunningAdapter], tmp_path: Path
+) -> None:
+    path, port = http_config(tmp_path)
+    running = start_adapter(path)
+    original = make_instance(tmp_path / "a.dcm")
+    meta = encode_meta(
+        [
+            (0x00020001, b"OB", b"\x00\x01"),
+            (0x00020002, b"UI", CT_IMAGE_STORAGE.encode()),
+            (0x00020010, b"UI", b"1.2.840.10008.1.2.1"),
+        ]
+    )
+    part = bytes(PREAMBLE) + b"DICM" + meta + dataset_bytes(original)
+    body, content_type = multipart([("application/dicom", part)])
+    url = f"http://127.0.0.1:{port}/dicomweb/{AE}/studies"
+    answer = requests.post(url, data=body, headers={"Content-Type": content_type}, timeout=30)
+    assert answer.status_code == 409
+    [failed] = pydicom.Dataset.from_json(answer.text).OtherFailuresSequence
+    assert failed.FailureReason == CANNOT_UNDERSTAND
+    assert running.rows() == []

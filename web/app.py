@@ -15,6 +15,7 @@ import asyncio
 import logging
 from collections.abc import Callable, Collection
 
+from anyio import CapacityLimiter, to_thread
 from pydicom import Dataset
 from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
@@ -34,6 +35,7 @@ log = logging.getLogger(__name__)
 DICOM_JSON = "application/dicom+json"
 RETRY_AFTER_SECONDS = 60  # said with a 503 when the spool is under min_free
 CHALLENGE = 'Basic realm="dicom-adapter", charset="UTF-8"'
+MAX_WAITING_SIGN_INS = 4  # password checks queued beyond this are refused 503
 
 
 class Refused(Exception):
@@ -75,6 +77,7 @@ class StowService:
         self.aes = aes
         self.writer = writer
         self.auth = auth
+        self._hashing = CapacityLimiter(1)  # password hashes, one at a time
 
     async def store(self, request: Request) -> Response:
         client = f"{request.client.host}:{request.client.port}" if request.client else "unknown"
@@ -112,10 +115,20 @@ class StowService:
         return Response(body, status, media_type=DICOM_JSON)
 
     async def _user(self, request: Request) -> User | None:
-        """The signed-in user; Refused 401 when someone must sign in and nobody did."""
+        """The signed-in user; Refused 401 when someone must sign in and nobody did.
+
+        A password to hash (slow on purpose) waits for the one hashing worker,
+        not for the pool that streams bodies; when several already wait, the
+        request is refused 503 rather than queued behind a guesser.
+        """
         if not self.auth.required:
             return None
-        user = await run_in_threadpool(self.auth.check, request.headers.get("authorization"))
+        header = request.headers.get("authorization")
+        user = self.auth.quick(header)
+        if user is None and self.auth.needs_hashing(header):
+            if self._hashing.statistics().tasks_waiting >= MAX_WAITING_SIGN_INS:
+                raise Refused(503, "too many sign-ins at once", {"Retry-After": "5"})
+            user = await to_thread.run_sync(self.auth.check, header, limiter=self._hashing)
         if user is None:
             raise Refused(401, "sign in first", {"WWW-Authenticate": CHALLENGE})
         return user

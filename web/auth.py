@@ -14,9 +14,12 @@ line each, ``#`` for comments, mode 0600:
 Roles: ``admin`` (every action) or ``user`` (storing, reading).  Basic
 sends the password with every request and scrypt is slow on purpose
 (about 0.3 s and 128 MiB), so hashes are checked one at a time (a peer
-cannot make memory grow with parallel guesses) and a password that matched
-is remembered for a few minutes, as an HMAC under a key that lives only in
-this process.
+cannot make memory grow with parallel guesses; the HTTP side runs them on
+a worker of their own and refuses a queue of them), and a password that
+matched is remembered for a few minutes, as an HMAC under a key that lives
+only in this process.  A name nobody has costs the same hash, so timing
+does not tell which names exist.  With a users or tokens file configured
+everyone must sign in, even while the file is missing or empty.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ import secrets
 import threading
 import time
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 
 ROLES = ("admin", "user")
@@ -111,55 +115,76 @@ class Authenticator:
     """Checks Authorization headers against the users and tokens files, read at start."""
 
     def __init__(self, users: Path | None, tokens: Path | None) -> None:
+        # Configured: sign-in is required, even before the first add-user.
+        self.required = users is not None or tokens is not None
         self.users = read_entries(users) if users is not None else {}
         self.tokens = {
             secret: User(name, role)
             for name, (role, secret) in (read_entries(tokens) if tokens else {}).items()
         }
         self._checking = threading.Lock()  # one slow hash at a time
+        self._remembering = threading.Lock()
         self._key = os.urandom(32)
         self._remembered: dict[bytes, tuple[User, float]] = {}
 
-    @property
-    def required(self) -> bool:
-        """Whether anyone is configured: then every request must sign in."""
-        return bool(self.users or self.tokens)
-
-    def check(self, authorization: str | None) -> User | None:
-        """The user an ``Authorization`` header proves, or None."""
-        if not authorization:
-            return None
-        scheme, _, credentials = authorization.partition(" ")
-        if scheme.lower() == "bearer":
-            digest = hashlib.sha256(credentials.strip().encode()).hexdigest()
+    def quick(self, authorization: str | None) -> User | None:
+        """The user a token or a recently matched password proves, without hashing."""
+        parsed = _parse(authorization)
+        if isinstance(parsed, str):
+            digest = hashlib.sha256(parsed.encode()).hexdigest()
             matches = (u for s, u in self.tokens.items() if hmac.compare_digest(s, digest))
             return next(matches, None)
-        if scheme.lower() != "basic":
+        if parsed is None:
             return None
-        try:
-            name, _, password = base64.b64decode(credentials, validate=True).decode().partition(":")
-        except (binascii.Error, UnicodeDecodeError):
-            return None
-        return self._password(name, password)
+        with self._remembering:
+            remembered = self._remembered.get(self._memo(*parsed))
+        return remembered[0] if remembered and remembered[1] > time.monotonic() else None
 
-    def _password(self, name: str, password: str) -> User | None:
-        entry = self.users.get(name)
-        if entry is None:
-            return None
-        role, secret = entry
-        key = hmac.new(self._key, f"{name}\0{password}".encode(), "sha256").digest()
-        remembered = self._remembered.get(key)
-        if remembered is not None and remembered[1] > time.monotonic():
-            return remembered[0]
+    def needs_hashing(self, authorization: str | None) -> bool:
+        """Whether :meth:`check` would hash a password (slow) for this header."""
+        return isinstance(_parse(authorization), tuple) and self.quick(authorization) is None
+
+    def check(self, authorization: str | None) -> User | None:
+        """The user an ``Authorization`` header proves, or None; may hash (slow)."""
+        user = self.quick(authorization)
+        parsed = _parse(authorization)
+        if user is not None or not isinstance(parsed, tuple):
+            return user
+        name, password = parsed
+        role, secret = self.users.get(name, ("", ""))
         with self._checking:
-            matched = _verify(password, secret)
-        if not matched:
+            matched = _verify(password, secret or _decoy())  # the same cost for anyone
+        if not matched or not secret:
             return None
         user = User(name, role)
         now = time.monotonic()
-        self._remembered = {k: v for k, v in self._remembered.items() if v[1] > now}
-        self._remembered[key] = (user, now + _REMEMBER_SECONDS)
+        with self._remembering:
+            self._remembered = {k: v for k, v in self._remembered.items() if v[1] > now}
+            self._remembered[self._memo(name, password)] = (user, now + _REMEMBER_SECONDS)
         return user
+
+    def _memo(self, name: str, password: str) -> bytes:
+        return hmac.new(self._key, f"{name}\0{password}".encode(), "sha256").digest()
+
+
+def _parse(authorization: str | None) -> str | tuple[str, str] | None:
+    """A bearer token, a Basic (name, password), or None for anything else."""
+    scheme, _, credentials = (authorization or "").partition(" ")
+    if scheme.lower() == "bearer" and credentials.strip():
+        return credentials.strip()
+    if scheme.lower() != "basic":
+        return None
+    try:
+        name, found, password = base64.b64decode(credentials, validate=True).decode().partition(":")
+    except (binascii.Error, UnicodeDecodeError):
+        return None
+    return (name, password) if found and name else None
+
+
+@cache
+def _decoy() -> str:
+    """A hash no password matches, checked for a name nobody has (made once, when needed)."""
+    return hash_password(secrets.token_urlsafe(16))
 
 
 def _verify(password: str, secret: str) -> bool:

@@ -202,9 +202,14 @@ class StowParts:
             _text(meta.get(MEDIA_STORAGE_SOP_INSTANCE_UID)),
             _text(meta.get(TRANSFER_SYNTAX_UID)),
         )
-        if not part.uids.transfer_syntax_uid:
-            part.refusal = "its file meta names no Transfer Syntax UID (0002,0010)"
-            return
+        for value, element in (
+            (part.uids.sop_class_uid, "Media Storage SOP Class UID (0002,0002)"),
+            (part.uids.sop_instance_uid, "Media Storage SOP Instance UID (0002,0003)"),
+            (part.uids.transfer_syntax_uid, "Transfer Syntax UID (0002,0010)"),
+        ):
+            if not value:
+                part.refusal = f"its file meta names no {element}"
+                return
         part.incoming = self.writer.open_incoming(self.provenance)
         part.incoming.write_header(part.uids)
         part.incoming.write(head[end_of_meta:])

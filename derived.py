@@ -13,7 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from config import AeConfig, Config
-from exporters.cstore import Peer
+from exporters.base import Sender
+from exporters.cstore import CStoreSender, Peer
 from exporters.outbox import STAGING
 from ledger.exports import Exports
 from ledger.processing import Processing
@@ -41,6 +42,7 @@ class Derived:
     retention: dict[str, float]  # processed AE -> seconds a submitted file is kept
     superseded_retention: float
     outboxes: dict[str, Path]  # destination -> its outbox folder
+    senders: dict[str, str]  # destination -> its export tasks' submitter (cstore, stow)
     export_retention: dict[str, float]  # destination -> seconds a delivered file is kept
     staging_roots: dict[str, Path]  # destination -> its outbox's staging folder
 
@@ -48,11 +50,13 @@ class Derived:
 def derive(config: Config, processing: Processing, exports: Exports) -> Derived:
     """Build every config-derived part from ``config``; nothing running is touched."""
     processed = config.processed_aes
+    senders = {name: sender_for(config, name) for name in config.destinations}
+    submitters = {name: sender.name for name, sender in senders.items()}
     lanes: dict[LaneKey, Lane] = {
         (TaskKind.PROCESS, name): ProcessLane(
             processing,
             config.storage.jobs,
-            submitter_for(ae, config, exports),
+            submitter_for(ae, config, exports, submitters),
             ae.group_by,
             Retries(ae.retries, ae.retry_delay),
         )
@@ -61,7 +65,7 @@ def derive(config: Config, processing: Processing, exports: Exports) -> Derived:
     lanes.update(
         {
             (TaskKind.EXPORT, name): ExportLane(
-                exports, peer_for(config, name), Retries(d.retries, d.retry_delay)
+                exports, senders[name], Retries(d.retries, d.retry_delay)
             )
             for name, d in config.destinations.items()
         }
@@ -78,6 +82,7 @@ def derive(config: Config, processing: Processing, exports: Exports) -> Derived:
         retention={name: ae.retention for name, ae in processed.items()},
         superseded_retention=config.storage.superseded_retention,
         outboxes=outboxes,
+        senders=submitters,
         export_retention={name: d.retention for name, d in config.destinations.items()},
         staging_roots={name: folder / STAGING for name, folder in outboxes.items()},
     )
@@ -103,6 +108,11 @@ def admission_policy(config: Config) -> AdmissionPolicy:
     )
 
 
+def sender_for(config: Config, name: str) -> Sender:
+    """How ``[destination:NAME]`` is sent to and echoed, by its ``type``."""
+    return CStoreSender(peer_for(config, name))
+
+
 def peer_for(config: Config, name: str) -> Peer:
     destination = config.destinations[name]
     return Peer(
@@ -117,12 +127,17 @@ def peer_for(config: Config, name: str) -> Peer:
     )
 
 
-def submitter_for(ae: AeConfig, config: Config, exports: Exports) -> Submitter:
-    """The submitter an ``[ae:]`` section's ``processor`` names."""
+def submitter_for(
+    ae: AeConfig, config: Config, exports: Exports, senders: dict[str, str]
+) -> Submitter:
+    """The submitter an ``[ae:]`` section's ``processor`` names (``senders``: each
+    destination's export submitter, for ``forward``)."""
     if ae.processor == "forward":
         assert ae.destinations is not None  # config checks it
         return ForwardSubmitter(
-            exports, {name: config.destinations[name].outbox for name in ae.destinations}
+            exports,
+            {name: config.destinations[name].outbox for name in ae.destinations},
+            {name: senders[name] for name in ae.destinations},
         )
     if ae.processor == "command":
         assert ae.command is not None  # config checks it

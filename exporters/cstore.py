@@ -25,14 +25,25 @@ from __future__ import annotations
 import logging
 import ssl
 from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import ClassVar
 
 from dimse.commands import VERIFICATION
+from exporters.base import Attempt, ExportError
 from exporters.dimse_scu import Association, AssociationRejected, Peer
 from exporters.wire import AssociationLost
 from ledger.records import ItemOutcome, ItemRecord
 from spool.part10 import dataset_offset
 
-__all__ = ["MAX_CONTEXTS", "ExportError", "Peer", "echo", "send", "status_outcome"]
+__all__ = [
+    "MAX_CONTEXTS",
+    "CStoreSender",
+    "ExportError",
+    "Peer",
+    "echo",
+    "send",
+    "status_outcome",
+]
 
 log = logging.getLogger(__name__)
 
@@ -43,14 +54,6 @@ IMPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2"
 # understand), statuses a resend cannot change (PS3.7 C.4): SOP class not
 # supported, not authorised.
 _REFUSED_CODES = frozenset({0x0122, 0x0124})
-
-
-class ExportError(Exception):
-    """The association could not be made; ``retryable`` says whether trying later may help."""
-
-    def __init__(self, message: str, retryable: bool = True) -> None:
-        super().__init__(message)
-        self.retryable = retryable
 
 
 def status_outcome(item_id: int, status: int) -> ItemOutcome:
@@ -177,3 +180,24 @@ def _send_one(assoc: Association, file: ItemRecord) -> ItemOutcome:
         except AssociationLost as exc:
             return ItemOutcome(file.id, None, f"not delivered: {exc}", retry=True)
     return status_outcome(file.id, status)
+
+
+@dataclass(frozen=True)
+class CStoreSender:
+    """A ``type = dicom`` destination, as an export lane's :class:`exporters.base.Sender`."""
+
+    peer: Peer
+    name: ClassVar[str] = "cstore"
+
+    @property
+    def where(self) -> str:
+        return f"{self.peer.ae_title}@{self.peer.host}:{self.peer.port}"
+
+    def send(self, files: list[ItemRecord]) -> Attempt:
+        return Attempt(send(self.peer, files))
+
+    def echo(self) -> str:
+        status = echo(self.peer)
+        if status != 0:
+            raise ExportError(f"C-ECHO answered {status!r}")
+        return "C-ECHO Success"

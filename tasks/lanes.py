@@ -35,9 +35,14 @@ class Retries:
     retries: int
     retry_delay_seconds: float
 
-    def retry_at(self, attempts: int, now: datetime) -> datetime | None:
-        """When to try again after ``attempts`` failed attempts; None when out of retries."""
-        return backoff.retry_at(attempts, self.retries, self.retry_delay_seconds, now)
+    def retry_at(
+        self, attempts: int, now: datetime, asked_seconds: float | None = None
+    ) -> datetime | None:
+        """When to try again after ``attempts`` failed attempts; None when out of retries.
+        ``asked_seconds``: how long the destination asked to be left alone."""
+        return backoff.retry_at(
+            attempts, self.retries, self.retry_delay_seconds, now, asked_seconds
+        )
 
 
 class Lane(Protocol):
@@ -111,5 +116,5 @@ class ExportLane:
             error = f"not delivered: {type(exc).__name__}: {exc}"
             attempt = Attempt([ItemOutcome(f.id, None, error, retry=True) for f in files])
         now = utcnow()
-        retry_at = self.retries.retry_at(task.attempts, now)
+        retry_at = self.retries.retry_at(task.attempts, now, attempt.retry_after_seconds)
         self.exports.settle(task.id, attempt.outcomes, retry_at, now, attempt=task.attempts)

@@ -16,6 +16,8 @@ from config import AeConfig, Config
 from exporters.base import Sender
 from exporters.cstore import CStoreSender, Peer
 from exporters.outbox import STAGING
+from exporters.stow import StowSender
+from exporters.web_client import WebPeer
 from ledger.exports import Exports
 from ledger.processing import Processing
 from ledger.states import TaskKind
@@ -110,11 +112,28 @@ def admission_policy(config: Config) -> AdmissionPolicy:
 
 def sender_for(config: Config, name: str) -> Sender:
     """How ``[destination:NAME]`` is sent to and echoed, by its ``type``."""
+    destination = config.destinations[name]
+    if destination.type == "dicomweb":
+        assert destination.url is not None  # config checks it
+        return StowSender(
+            WebPeer(
+                url=destination.url,
+                username=destination.username,
+                password_file=destination.password_file,
+                token_file=destination.token_file,
+                tls=destination.tls_settings,
+                timeout=destination.timeout,
+                max_request_size=destination.max_request_size,
+                max_parts=destination.max_parts,
+            )
+        )
     return CStoreSender(peer_for(config, name))
 
 
 def peer_for(config: Config, name: str) -> Peer:
     destination = config.destinations[name]
+    # config checks a type = dicom destination has all three
+    assert destination.ae_title and destination.host and destination.port
     return Peer(
         ae_title=destination.ae_title,
         host=destination.host,

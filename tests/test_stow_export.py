@@ -14,7 +14,7 @@ import json
 import subprocess
 import sys
 import tracemalloc
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 from pathlib import Path
@@ -29,9 +29,10 @@ from exporters.stow_answer import read_answer
 from exporters.web_client import WebPeer, retry_after_seconds
 from ledger.records import ItemOutcome
 from tasks import backoff
-from tests.conftest import ROOT, free_port, port_open, wait_for
+from tests.conftest import ROOT, RunningAdapter, free_port, port_open, wait_for, write_config
 from tests.dicom import make_large_multiframe, make_study
 from tests.test_dimse_scu import records
+from tests.test_exports import drop, tasks_for, wait_state
 
 DATA_SET_DOES_NOT_MATCH = 0xA900
 OUT_OF_RESOURCES = 0xA700
@@ -270,3 +271,29 @@ def test_retry_after_is_seconds_or_a_date_within_an_hour() -> None:
     assert retry_after_seconds(format_datetime(now + timedelta(seconds=90), usegmt=True), now) == 90
     assert retry_after_seconds("999999", now) == 3600
     assert retry_after_seconds("soon", now) is None and retry_after_seconds(None, now) is None
+
+
+def test_an_instance_the_destination_refuses_stays_on_disk_and_fails_alone(
+    start_adapter: Callable[[Path], RunningAdapter], fake_stow: FakeStow, tmp_path: Path
+) -> None:
+    """Outbox files to a DICOMweb destination that refuses one: the others are delivered
+    and reclaimed, the refused one is ``failed`` with its FailureReason and kept."""
+    files = make_study(tmp_path / "results", 3)
+    refused = uid(files[1])
+    fake_stow.script(refuse={refused: DATA_SET_DOES_NOT_MATCH})
+    destination = f"[destination:WEB]\ntype = dicomweb\nurl = {fake_stow.url}\nretention = 0\n"
+    storage = "min_free = 0\nreclaim_interval = 0.2"
+    running = start_adapter(write_config(tmp_path, free_port(), destination, storage=storage))
+    drop(files, tmp_path / "var" / "outbox" / "WEB", "results", settled=True)
+    wait_for(lambda: tasks_for(running, "WEB"), timeout=10)
+    [task] = tasks_for(running, "WEB")
+    task = wait_state(running, task.id, "failed")
+    assert (task.submitter, task.item_count, task.failed_count) == ("stow", 3, 1)
+    items = {item.sop_instance_uid: item for item in running.adapter.exports.items(task.id)}
+    assert (items[refused].state, items[refused].status) == ("failed", DATA_SET_DOES_NOT_MATCH)
+    assert items[refused].error == "destination answered 0xA900"
+    delivered = [item for uid_, item in items.items() if uid_ != refused]
+    assert {(item.state, item.status) for item in delivered} == {("sent", 0)}
+    wait_for(lambda: not any(Path(item.path).exists() for item in delivered), timeout=10)
+    assert Path(items[refused].path).read_bytes() == files[1].read_bytes()  # kept, as it was
+    assert sorted(fake_stow.received()) == sorted(uid(path) for path in (files[0], files[2]))

@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 from pydicom.filereader import read_file_meta_info
 
+from config import TlsSettings
 from exporters.base import ExportError
 from exporters.multipart import content_type
 from exporters.stow import StowSender
@@ -33,6 +34,8 @@ from tests.conftest import ROOT, RunningAdapter, free_port, port_open, wait_for,
 from tests.dicom import make_large_multiframe, make_study
 from tests.test_dimse_scu import records
 from tests.test_exports import drop, tasks_for, wait_state
+from tests.test_tls import Pki
+from tests.test_tls import pki as certificates
 
 DATA_SET_DOES_NOT_MATCH = 0xA900
 OUT_OF_RESOURCES = 0xA700
@@ -41,12 +44,15 @@ OUT_OF_RESOURCES = 0xA700
 class FakeStow:
     """One ``fake_stow.py`` process: its base URL, its script, what it received."""
 
-    def __init__(self, folder: Path, port: int) -> None:
+    def __init__(self, folder: Path, port: int, tls: tuple[Path, Path, Path] | None = None) -> None:
+        """``tls``: HTTPS with this certificate and key, requiring a client certificate the
+        CA signed."""
         self.folder, self.port = folder, port
-        self.url = f"http://127.0.0.1:{port}/dicom-web"
+        self.url = f"{'https' if tls else 'http'}://127.0.0.1:{port}/dicom-web"
         folder.mkdir(parents=True, exist_ok=True)
+        script = ROOT / "tests" / "peers" / "fake_stow.py"
         self.process = subprocess.Popen(
-            [sys.executable, str(ROOT / "tests" / "peers" / "fake_stow.py"), str(port), str(folder)]
+            [sys.executable, str(script), str(port), str(folder), *map(str, tls or ())]
         )
         wait_for(lambda: port_open(port) or self.process.poll() is not None, timeout=20)
         assert self.process.poll() is None
@@ -225,6 +231,31 @@ def test_a_large_file_streams_in_bounded_memory(fake_stow: FakeStow, tmp_path: P
     assert outcomes == [ItemOutcome(1, 0, None)]
     assert peak < 2 * 1024 * 1024, peak  # 256 KiB reads (0.9 MiB peak measured), not 64 MiB
     assert fake_stow.received()[uid(path)] == path.read_bytes()
+
+
+pki = certificates  # test_tls's throwaway CAs and certificates, as a fixture here too
+
+
+def test_https_is_verified_as_for_a_tls_dicom_destination(tmp_path: Path, pki: Pki) -> None:
+    """The server's certificate must chain to ``ca_certificates``; ours is shown when set."""
+    tls = (pki["server"], pki["server-key"], pki["ca"])
+    server = FakeStow(tmp_path / "server", free_port(), tls)
+    try:
+        files = make_study(tmp_path / "study", 1)
+        ours = TlsSettings(pki["client"], pki["client-key"], pki["ca"])
+        sent = StowSender(WebPeer(server.url, tls=ours)).send(records(files)).outcomes
+        assert sent == [ItemOutcome(1, 0, None)]
+        assert server.received() == {uid(files[0]): files[0].read_bytes()}
+        distrusted = TlsSettings(pki["client"], pki["client-key"], pki["other-ca"])
+        [outcome] = StowSender(WebPeer(server.url, tls=distrusted)).send(records(files)).outcomes
+        assert (outcome.retry, outcome.attempted) == (True, False)
+        assert "not attempted: TLS failed" in (outcome.error or "")
+        assert "certificate verify failed" in (outcome.error or "")
+        anonymous = TlsSettings(None, None, pki["ca"])  # the server requires our certificate
+        [outcome] = StowSender(WebPeer(server.url, tls=anonymous)).send(records(files)).outcomes
+        assert outcome.retry and outcome.error and outcome.status is None
+    finally:
+        server.stop()
 
 
 def test_echo_queries_the_service_and_says_why_not(fake_stow: FakeStow, tmp_path: Path) -> None:

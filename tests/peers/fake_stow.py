@@ -1,4 +1,5 @@
-"""A scripted STOW-RS origin server, run as its own process: ``python fake_stow.py PORT FOLDER``.
+"""A scripted STOW-RS origin server, run as its own process: ``python fake_stow.py PORT FOLDER``
+(``... CERT KEY CA``: over HTTPS, requiring a client certificate the CA signed).
 
 It answers what ``FOLDER/script.json`` says at the time of each request,
 so a test can make it refuse one instance, answer 503 with Retry-After,
@@ -21,6 +22,7 @@ sender is the sender.
 from __future__ import annotations
 
 import json
+import ssl
 import sys
 import tempfile
 from pathlib import Path
@@ -129,4 +131,14 @@ app = Starlette(
 )
 
 if __name__ == "__main__":
-    uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[1]), log_level="warning", http="h11")
+    tls: dict[str, Any] = {}
+    if len(sys.argv) > 5:
+        tls = {
+            "ssl_certfile": sys.argv[3],
+            "ssl_keyfile": sys.argv[4],
+            "ssl_ca_certs": sys.argv[5],
+            "ssl_cert_reqs": ssl.CERT_REQUIRED,
+        }
+    uvicorn.run(
+        app, host="127.0.0.1", port=int(sys.argv[1]), log_level="warning", http="h11", **tls
+    )

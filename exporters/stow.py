@@ -97,12 +97,15 @@ class StowSender:
         url = f"{self.peer.url}/studies?limit=1"
         with self.peer.connect() as pool:
             try:
-                response = pool.request("GET", url, headers=self.peer.headers())
+                response = pool.request(
+                    "GET", url, headers=self.peer.headers(), preload_content=False
+                )
+                body = response.read(MAX_ANSWER_BYTES)
             except HTTPError as exc:
                 raise ExportError(transport_problem(exc, self.peer.timeout)[0]) from None
         if response.status in (200, 204):
             return f"QIDO-RS answered {response.status}"
-        raise ExportError(refusal(response, response.data[:MAX_ANSWER_BYTES]))
+        raise ExportError(refusal(response, body))
 
     def _post(
         self, pool: urllib3.PoolManager, headers: dict[str, str], batch: list[ItemRecord]

@@ -136,6 +136,7 @@ class Adapter:
         self.intake.intake.duplicates = derived.duplicates
         self.intake.intake.group_by = derived.group_by
         self.outbox.outboxes = derived.outboxes
+        self.outbox.senders = derived.senders
         self.export_reclaimer.retention = derived.export_retention
         self.export_reclaimer.staging_roots = derived.staging_roots
 

@@ -13,8 +13,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from config import AeConfig, Config
-from exporters.cstore import Peer
+from exporters.base import Sender
+from exporters.cstore import CStoreSender, Peer
 from exporters.outbox import STAGING
+from exporters.stow import StowSender
+from exporters.web_client import WebPeer
 from ledger.exports import Exports
 from ledger.processing import Processing
 from ledger.states import TaskKind
@@ -41,6 +44,7 @@ class Derived:
     retention: dict[str, float]  # processed AE -> seconds a submitted file is kept
     superseded_retention: float
     outboxes: dict[str, Path]  # destination -> its outbox folder
+    senders: dict[str, str]  # destination -> its export tasks' submitter (cstore, stow)
     export_retention: dict[str, float]  # destination -> seconds a delivered file is kept
     staging_roots: dict[str, Path]  # destination -> its outbox's staging folder
 
@@ -48,11 +52,13 @@ class Derived:
 def derive(config: Config, processing: Processing, exports: Exports) -> Derived:
     """Build every config-derived part from ``config``; nothing running is touched."""
     processed = config.processed_aes
+    senders = {name: sender_for(config, name) for name in config.destinations}
+    submitters = {name: sender.name for name, sender in senders.items()}
     lanes: dict[LaneKey, Lane] = {
         (TaskKind.PROCESS, name): ProcessLane(
             processing,
             config.storage.jobs,
-            submitter_for(ae, config, exports),
+            submitter_for(ae, config, exports, submitters),
             ae.group_by,
             Retries(ae.retries, ae.retry_delay),
         )
@@ -61,7 +67,7 @@ def derive(config: Config, processing: Processing, exports: Exports) -> Derived:
     lanes.update(
         {
             (TaskKind.EXPORT, name): ExportLane(
-                exports, peer_for(config, name), Retries(d.retries, d.retry_delay)
+                exports, senders[name], Retries(d.retries, d.retry_delay)
             )
             for name, d in config.destinations.items()
         }
@@ -78,6 +84,7 @@ def derive(config: Config, processing: Processing, exports: Exports) -> Derived:
         retention={name: ae.retention for name, ae in processed.items()},
         superseded_retention=config.storage.superseded_retention,
         outboxes=outboxes,
+        senders=submitters,
         export_retention={name: d.retention for name, d in config.destinations.items()},
         staging_roots={name: folder / STAGING for name, folder in outboxes.items()},
     )
@@ -103,8 +110,30 @@ def admission_policy(config: Config) -> AdmissionPolicy:
     )
 
 
+def sender_for(config: Config, name: str) -> Sender:
+    """How ``[destination:NAME]`` is sent to and echoed, by its ``type``."""
+    destination = config.destinations[name]
+    if destination.type == "dicomweb":
+        assert destination.url is not None  # config checks it
+        return StowSender(
+            WebPeer(
+                url=destination.url,
+                username=destination.username,
+                password_file=destination.password_file,
+                token_file=destination.token_file,
+                tls=destination.tls_settings,
+                timeout=destination.timeout,
+                max_request_size=destination.max_request_size,
+                max_parts=destination.max_parts,
+            )
+        )
+    return CStoreSender(peer_for(config, name))
+
+
 def peer_for(config: Config, name: str) -> Peer:
     destination = config.destinations[name]
+    # config checks a type = dicom destination has all three
+    assert destination.ae_title and destination.host and destination.port
     return Peer(
         ae_title=destination.ae_title,
         host=destination.host,
@@ -117,12 +146,17 @@ def peer_for(config: Config, name: str) -> Peer:
     )
 
 
-def submitter_for(ae: AeConfig, config: Config, exports: Exports) -> Submitter:
-    """The submitter an ``[ae:]`` section's ``processor`` names."""
+def submitter_for(
+    ae: AeConfig, config: Config, exports: Exports, senders: dict[str, str]
+) -> Submitter:
+    """The submitter an ``[ae:]`` section's ``processor`` names (``senders``: each
+    destination's export submitter, for ``forward``)."""
     if ae.processor == "forward":
         assert ae.destinations is not None  # config checks it
         return ForwardSubmitter(
-            exports, {name: config.destinations[name].outbox for name in ae.destinations}
+            exports,
+            {name: config.destinations[name].outbox for name in ae.destinations},
+            {name: senders[name] for name in ae.destinations},
         )
     if ae.processor == "command":
         assert ae.command is not None  # config checks it

@@ -10,29 +10,20 @@ storage option is left out so Orthanc's own defaults apply.
 
 Orthanc 1.10 has no bind-address option: it listens on all interfaces. The
 ports are fresh ones and ``RemoteAccessAllowed`` is false, so its REST API
-answers only 127.0.0.1.
+answers only 127.0.0.1. Finding and waiting for Orthanc is
+``tests/peers/orthanc.py``'s, shared with the tests.
 """
 
 from __future__ import annotations
 
 import json
-import shutil
-import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
-BINARY = "Orthanc"
-FALLBACK = Path("/usr/sbin/Orthanc")  # the Debian package's place, often off a user's PATH
+from tests.peers.orthanc import find_binary, get_json, wait_http
+
+__all__ = ["AE_TITLE", "command", "count_instances", "find_binary", "wait_http", "write_config"]
+
 AE_TITLE = "ORTHANC"
-
-
-def find_binary() -> str | None:
-    """The Orthanc executable, or None when it is not installed."""
-    found = shutil.which(BINARY)
-    if found is not None:
-        return found
-    return str(FALLBACK) if FALLBACK.is_file() else None
 
 
 def write_config(work: Path, dicom_port: int, http_port: int) -> Path:
@@ -66,33 +57,9 @@ def command(binary: str, config: Path) -> list[str]:
     return [binary, str(config)]
 
 
-def _get(http_port: int, route: str) -> dict[str, object]:
-    url = f"http://127.0.0.1:{http_port}{route}"
-    with urllib.request.urlopen(url, timeout=5) as response:
-        return json.load(response)
-
-
-def wait_http(http_port: int, timeout: float) -> None:
-    """Wait until the REST API answers; Orthanc opens its DICOM port first.
-
-    Raises
-    ------
-    TimeoutError
-        The REST API did not answer within ``timeout`` seconds.
-    """
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            _get(http_port, "/system")
-            return
-        except (OSError, urllib.error.URLError, ValueError):
-            time.sleep(0.05)
-    raise TimeoutError(f"Orthanc's REST API (port {http_port}) did not answer in {timeout:.0f}s")
-
-
 def count_instances(http_port: int) -> int:
     """Instances Orthanc holds (``GET /statistics``): its files are named by hash, not UID."""
-    count = _get(http_port, "/statistics")["CountInstances"]
+    count = get_json(http_port, "/statistics")["CountInstances"]
     if not isinstance(count, int):
         raise ValueError(f"Orthanc's /statistics gave CountInstances {count!r}")
     return count

@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # for tests.pgcluster
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # for tests.pgcluster, tests.peers
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # these scripts first
 
 import corpus as corpus_mod

@@ -1,8 +1,9 @@
 """``dicom-adapter send`` and ``dicom-adapter echo``: reach a configured destination.
 
 ``send`` queues files in the ledger for the running service to export;
-``echo`` checks the destination answers.  The exporters are imported when
-the command runs, so the other commands do not wait for pynetdicom.
+``echo`` checks the destination answers (C-ECHO, or a QIDO-RS request for
+a DICOMweb one).  The exporters are imported when the command runs, so the
+other commands do not wait for them.
 """
 
 from __future__ import annotations
@@ -28,30 +29,29 @@ from ledger.wording import plural
 @click.argument("name")
 @config_option
 def echo_command(name: str, config_path: Path | None) -> None:
-    """C-ECHO a configured destination; one line, exit 0 if it answered Success.
+    """Check a configured destination answers; one line, exit 0 if it did.
+
+    C-ECHO for a DICOM destination, a QIDO-RS query for a DICOMweb one.
 
     \b
     Example:
       dicom-adapter echo PACS
     """
-    from derived import peer_for
-    from exporters import cstore
-    from exporters.cstore import ExportError
+    from derived import sender_for
+    from exporters.base import ExportError
 
     config = load(config_path)
     if name not in config.destinations:
         raise click.ClickException(f"no [destination:{name}] in {config.path}")
-    peer = peer_for(config, name)
-    where = f"{name} ({peer.ae_title}@{peer.host}:{peer.port})"
+    sender = sender_for(config, name)
+    where = f"{name} ({sender.where})"
     started = time.monotonic()
     try:
-        status = cstore.echo(peer)
+        answer = sender.echo()
     except ExportError as exc:
         raise click.ClickException(f"{where}: {exc}") from None
     took = (time.monotonic() - started) * 1000
-    if status != 0:
-        raise click.ClickException(f"{where}: C-ECHO answered {status!r}")
-    click.echo(f"{where}: C-ECHO Success in {took:.0f} ms")
+    click.echo(f"{where}: {answer} in {took:.0f} ms")
 
 
 @click.command("send")
@@ -71,11 +71,13 @@ def send_command(
     Example:
       dicom-adapter send --dest PACS --wait results/
     """
+    from derived import sender_for
     from exporters.files import NotDicom, spec_for
 
     config = load(config_path)
     if destination not in config.destinations:
         raise click.ClickException(f"no [destination:{destination}] in {config.path}")
+    submitter = sender_for(config, destination).name
     files = sorted(
         {f for p in paths for f in ([p] if p.is_file() else p.rglob("*")) if f.is_file()}
     )
@@ -93,7 +95,7 @@ def send_command(
     engine = make_engine(config.ledger.url)
     upgrade(engine)
     exports = Exports(Ledger(engine))
-    export_id = exports.create(destination, "send", specs)
+    export_id = exports.create(destination, "send", specs, submitter=submitter)
     click.echo(f"queued {plural(len(specs), 'file')} as export {export_id} for {destination}")
     if wait:
         task = _wait_for_export(Tasks(exports.ledger), export_id, timeout)

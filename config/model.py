@@ -183,32 +183,55 @@ class AeConfig:
 
 @dataclass(frozen=True)
 class DestinationConfig:
-    """One ``[destination:NAME]``: a DICOM peer the adapter sends to."""
+    """One ``[destination:NAME]``: a peer the adapter sends to, over DICOM or DICOMweb."""
 
     name: str
-    ae_title: str
-    host: str
-    port: int
-    calling_ae: str | None  # None: the adapter's own [dicom] ae_title
     outbox: Path
-    acse_timeout: float
-    dimse_timeout: float
-    network_timeout: float
     retries: int
     retry_delay: float
     retention: float
+    type: str = "dicom"  # dicom: C-STORE; dicomweb: STOW-RS
+    # type = dicom (ae_title, host and port are set then)
+    ae_title: str | None = None
+    host: str | None = None
+    port: int | None = None
+    calling_ae: str | None = None  # None: the adapter's own [dicom] ae_title
+    acse_timeout: float = 30.0
+    dimse_timeout: float = 60.0
+    network_timeout: float = 60.0
     tls: bool = False
+    # TLS, both types (type = dicomweb: when url is https)
     certificate: Path | None = None
     private_key: Path | None = None
     ca_certificates: Path | None = None
     verify_hostname: bool = True
     tls_minimum_version: str = "1.2"
     tls_ciphers: str = DEFAULT_TLS_CIPHERS
+    # type = dicomweb (url is set then)
+    url: str | None = None  # the service's base URL: STOW-RS posts to {url}/studies
+    username: str | None = None  # with password_file: HTTP Basic
+    password_file: Path | None = None  # read at each attempt, never kept in config.ini
+    token_file: Path | None = None  # a bearer token, read at each attempt
+    timeout: float = 60.0  # seconds to connect, and that a read or write may wait
+    max_request_size: int = 512 * 2**20  # bytes of files in one STOW-RS request; 0: no limit
+    max_parts: int = 100  # files in one STOW-RS request
+
+    @property
+    def secured(self) -> bool:
+        """Reached over TLS: ``tls = true``, or an https ``url``."""
+        if self.type == "dicomweb":
+            return (self.url or "").startswith("https://")
+        return self.tls
+
+    @property
+    def signs_in(self) -> bool:
+        """Sends a password or a token (``type = dicomweb``)."""
+        return self.password_file is not None or self.token_file is not None
 
     @property
     def tls_settings(self) -> TlsSettings | None:
-        """How to secure the connection; None without ``tls = true``."""
-        if not self.tls:
+        """How to secure the connection; None when it is not over TLS."""
+        if not self.secured:
             return None
         return TlsSettings(
             self.certificate,

@@ -168,7 +168,10 @@ class _Reader:
                         None,
                         "a destination name may only use letters, digits, '_', '.', '-'",
                     )
-                if values.get("tls"):
+                self.report_all(
+                    rules.destination_problems(section, values, parser.options(section))
+                )
+                if rules.destination_secured(values):
                     self.report_all(rules.destination_tls_problems(section, values))
                     self.check_tls_loads(section, values, server_side=False)
                 if values.get("outbox") is None:

@@ -8,10 +8,12 @@ but is likely not what the admin meant.
 from __future__ import annotations
 
 import ipaddress
+import urllib.parse
+from collections.abc import Collection
 from typing import Any, NamedTuple
 
 from config.model import Config
-from config.schema import PROCESSOR_NEEDS
+from config.schema import DESTINATION_KEYS, DESTINATION_NEEDS, PROCESSOR_NEEDS
 from config.tls import TlsSettings, why_context_fails
 from config.values import PORT_RANGE
 
@@ -117,11 +119,51 @@ def source_tls_problems(
     return []
 
 
+def destination_problems(
+    section: str, values: dict[str, Any], given: Collection[str]
+) -> list[Problem]:
+    """A ``[destination:NAME]`` has the keys its ``type`` needs and none of the other
+    type's (``given``: the keys written in the file), and one way to sign in."""
+    kind = values.get("type")
+    if kind is None:  # a bad type is reported with the section's keys
+        return []
+    problems = [
+        Problem(section, key, f"is a key of type = {other}, and this destination is {kind}")
+        for other, keys in DESTINATION_KEYS.items()
+        if other != kind
+        for key in keys
+        if key in given
+    ]
+    problems += [
+        Problem(section, key, f"is required with type = {kind}")
+        for key in DESTINATION_NEEDS[kind]
+        if key not in given
+    ]
+    if kind == "dicomweb":
+        problems += _sign_in_problems(section, given)
+    return problems
+
+
+def _sign_in_problems(section: str, given: Collection[str]) -> list[Problem]:
+    """HTTP Basic needs a user name and a password file; a bearer token excludes them."""
+    if "token_file" in given and ({"username", "password_file"} & set(given)):
+        return [Problem(section, "token_file", "give username and password_file, or token_file")]
+    for key, other in (("username", "password_file"), ("password_file", "username")):
+        if key in given and other not in given:
+            return [Problem(section, other, f"is required with {key}")]
+    return []
+
+
+def destination_secured(values: dict[str, Any]) -> bool:
+    """Whether the destination is reached over TLS: ``tls = true`` (DICOM), an https URL."""
+    if values.get("type") == "dicomweb":
+        return str(values.get("url") or "").startswith("https://")
+    return bool(values.get("tls"))
+
+
 def destination_tls_problems(section: str, values: dict[str, Any]) -> list[Problem]:
     """A client certificate comes with its key."""
-    if values.get("tls") and (values.get("certificate") is None) != (
-        values.get("private_key") is None
-    ):
+    if (values.get("certificate") is None) != (values.get("private_key") is None):
         return [Problem(section, "private_key", "give certificate and private_key together")]
     return []
 
@@ -157,6 +199,12 @@ def config_warnings(config: Config) -> list[str]:
             "is set, so a peer can bypass the TLS listener's checks there "
             "(port = 0 listens on TLS alone)"
         )
+    for destination in config.destinations.values():
+        if _sends_secret_in_clear(destination.url, destination.signs_in):
+            warnings.append(
+                f"[destination:{destination.name}] url: {destination.url} is not https, so "
+                "its password or token crosses the network in clear"
+            )
     if dicom.ae_title not in config.aes:
         warnings.append(
             f"[dicom] ae_title: {dicom.ae_title} is our calling AE title for exports, and is "
@@ -164,6 +212,13 @@ def config_warnings(config: Config) -> list[str]:
             f"(add [ae:{dicom.ae_title}] to answer it too)"
         )
     return warnings
+
+
+def _sends_secret_in_clear(url: str | None, signs_in: bool) -> bool:
+    """A DICOMweb destination signing in over plain HTTP to another machine."""
+    if url is None or not signs_in or not url.startswith("http://"):
+        return False
+    return not _is_loopback(urllib.parse.urlsplit(url).hostname or "")
 
 
 def _is_loopback(host: str) -> bool:

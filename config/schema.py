@@ -25,6 +25,31 @@ PROCESSOR_NEEDS = {
     "forward": "destinations",
 }
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+DESTINATION_TYPES = ("dicom", "dicomweb")  # DIMSE C-STORE, DICOMweb STOW-RS
+# Keys of one destination type only (the others, outbox, retries and TLS, are for both),
+# and the keys a destination of that type cannot work without.
+DESTINATION_KEYS = {
+    "dicom": (
+        "ae_title",
+        "host",
+        "port",
+        "calling_ae",
+        "acse_timeout",
+        "dimse_timeout",
+        "network_timeout",
+        "tls",
+    ),
+    "dicomweb": (
+        "url",
+        "username",
+        "password_file",
+        "token_file",
+        "timeout",
+        "max_request_size",
+        "max_parts",
+    ),
+}
+DESTINATION_NEEDS = {"dicom": ("ae_title", "host", "port"), "dicomweb": ("url",)}
 REQUIRED = object()
 # Keys of both TLS ends: [dicom] (the listener) and [destination:NAME].
 TLS_KEYS: dict[str, tuple[Parser, Any]] = {
@@ -110,9 +135,11 @@ SCHEMA: dict[str, dict[str, tuple[Parser, Any]]] = {
         "destinations": (values.names, None),
     },
     "destination": {
-        "ae_title": (dicom_values.calling_ae_title, REQUIRED),
-        "host": (values.host, REQUIRED),
-        "port": (values.integer(1, 65535), REQUIRED),
+        "type": (values.choice(DESTINATION_TYPES), "dicom"),
+        # type = dicom; ae_title, host and port are required then (config.rules)
+        "ae_title": (dicom_values.calling_ae_title, None),
+        "host": (values.host, None),
+        "port": (values.integer(1, 65535), None),
         "calling_ae": (dicom_values.calling_ae_title, None),
         "outbox": (values.resolved_path, None),  # default var/outbox/<NAME>
         "acse_timeout": (values.seconds, "30"),
@@ -124,6 +151,14 @@ SCHEMA: dict[str, dict[str, tuple[Parser, Any]]] = {
         "tls": (values.boolean, "false"),
         **TLS_KEYS,
         "verify_hostname": (values.boolean, "true"),
+        # type = dicomweb; url is required then
+        "url": (values.service_url, None),
+        "username": (values.user_name, None),
+        "password_file": (values.secret_file, None),
+        "token_file": (values.secret_file, None),
+        "timeout": (values.seconds, "60"),
+        "max_request_size": (values.size, "512MiB"),
+        "max_parts": (values.integer(1, 10_000), "100"),
     },
     "source": {
         "ae_title": (dicom_values.calling_ae_title, REQUIRED),

@@ -13,6 +13,8 @@ import ipaddress
 import os
 import re
 import shlex
+import stat
+import urllib.parse
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -209,6 +211,39 @@ def readable_file(text: str, folder: Path) -> Path:
     if not os.access(path, os.R_OK):
         raise ValueError(f"cannot be read: {path}")
     return path
+
+
+def secret_file(text: str, folder: Path) -> Path:
+    """A readable file holding a secret (a password, a token), that not every user of the
+    machine may read: the secret stays out of config.ini and out of other users' reach."""
+    path = readable_file(text, folder)
+    if path.stat().st_mode & stat.S_IROTH:
+        raise ValueError(f"{path} is readable by every user of the machine: chmod o-r it")
+    return path
+
+
+def user_name(text: str, _: Path) -> str:
+    """An HTTP Basic user name: not empty, no ``:`` (RFC 7617), no control characters."""
+    if not text or ":" in text or any(ord(c) < 0x20 or ord(c) == 0x7F for c in text):
+        raise ValueError(f"must be a user name without ':' or control characters, not {text!r}")
+    return text
+
+
+def service_url(text: str, _: Path) -> str:
+    """A DICOMweb service's base URL, as ``http[s]://host[:port]/path``, without a trailing
+    ``/``, a query or credentials (those go in ``username`` and ``password_file``)."""
+    try:
+        url = urllib.parse.urlsplit(text)
+        url.port  # noqa: B018 - raises ValueError for a port out of range
+    except ValueError:
+        raise ValueError(f"must be an http:// or https:// URL, not {text!r}") from None
+    if url.scheme not in ("http", "https") or not url.hostname or " " in text:
+        raise ValueError(f"must be an http:// or https:// URL, not {text!r}")
+    if url.username is not None or url.password is not None:
+        raise ValueError("must not hold a user name or password: give username and password_file")
+    if url.query or url.fragment:
+        raise ValueError(f"must be the service's base URL, without '?' or '#': {text!r}")
+    return text.rstrip("/")
 
 
 def http_url(text: str, _: Path) -> str:

@@ -1,1 +1,1 @@
-"""Exporters: sending files to DICOM destinations."""
+"""Exporters: sending files to destinations, DICOM (C-STORE) and DICOMweb (STOW-RS)."""

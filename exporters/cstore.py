@@ -16,7 +16,8 @@ Warning statuses, PS3.4 Annex B), worth another attempt (0xA7xx, anything
 unknown, an association lost or never made for a transient reason, and any
 file not attempted because of that), or refused for good (0xA9xx, 0xCxxx,
 0x0122, 0x0124, no accepted presentation context, a permanent rejection, a
-file that can no longer be read).  Nothing here deletes anything: what
+file that can no longer be read); the statuses' classes are
+:mod:`exporters.outcomes`.  Nothing here deletes anything: what
 becomes of a file is the ledger's decision, from its outcome.
 """
 
@@ -25,40 +26,31 @@ from __future__ import annotations
 import logging
 import ssl
 from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import ClassVar
 
 from dimse.commands import VERIFICATION
+from exporters.base import Attempt, ExportError
 from exporters.dimse_scu import Association, AssociationRejected, Peer
+from exporters.outcomes import status_outcome
 from exporters.wire import AssociationLost
 from ledger.records import ItemOutcome, ItemRecord
 from spool.part10 import dataset_offset
 
-__all__ = ["MAX_CONTEXTS", "ExportError", "Peer", "echo", "send", "status_outcome"]
+__all__ = [
+    "MAX_CONTEXTS",
+    "CStoreSender",
+    "ExportError",
+    "Peer",
+    "echo",
+    "send",
+    "status_outcome",
+]
 
 log = logging.getLogger(__name__)
 
 MAX_CONTEXTS = 128  # odd context IDs 1..255 (PS3.8 9.3.2.2)
-DELIVERED = frozenset({0x0000, 0xB000, 0xB006, 0xB007})
 IMPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2"
-# Besides 0xA9xx (data set does not match the SOP class) and 0xCxxx (cannot
-# understand), statuses a resend cannot change (PS3.7 C.4): SOP class not
-# supported, not authorised.
-_REFUSED_CODES = frozenset({0x0122, 0x0124})
-
-
-class ExportError(Exception):
-    """The association could not be made; ``retryable`` says whether trying later may help."""
-
-    def __init__(self, message: str, retryable: bool = True) -> None:
-        super().__init__(message)
-        self.retryable = retryable
-
-
-def status_outcome(item_id: int, status: int) -> ItemOutcome:
-    """The outcome a DIMSE status means for a file (the classes in the module docstring)."""
-    if status in DELIVERED:
-        return ItemOutcome(item_id, status, None)
-    refused = status & 0xF000 == 0xC000 or status & 0xFF00 == 0xA900 or status in _REFUSED_CODES
-    return ItemOutcome(item_id, status, f"destination answered 0x{status:04X}", retry=not refused)
 
 
 def associate(peer: Peer, pairs: list[tuple[str, str]]) -> Association:
@@ -177,3 +169,24 @@ def _send_one(assoc: Association, file: ItemRecord) -> ItemOutcome:
         except AssociationLost as exc:
             return ItemOutcome(file.id, None, f"not delivered: {exc}", retry=True)
     return status_outcome(file.id, status)
+
+
+@dataclass(frozen=True)
+class CStoreSender:
+    """A ``type = dicom`` destination, as an export lane's :class:`exporters.base.Sender`."""
+
+    peer: Peer
+    name: ClassVar[str] = "cstore"
+
+    @property
+    def where(self) -> str:
+        return f"{self.peer.ae_title}@{self.peer.host}:{self.peer.port}"
+
+    def send(self, files: list[ItemRecord]) -> Attempt:
+        return Attempt(send(self.peer, files))
+
+    def echo(self) -> str:
+        status = echo(self.peer)
+        if status != 0:
+            raise ExportError(f"C-ECHO answered {status!r}")
+        return "C-ECHO Success"

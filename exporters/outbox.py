@@ -23,7 +23,7 @@ import uuid
 from pathlib import Path
 
 from exporters.files import NotDicom, spec_for
-from ledger.exports import Exports
+from ledger.exports import SENDER, Exports
 from ledger.records import ItemSpec
 from ledger.store import OUTBOX
 from spool.layout import SpoolLayout
@@ -35,10 +35,17 @@ STAGING = ".sending"
 
 
 class OutboxScanner:
-    def __init__(self, exports: Exports, outboxes: dict[str, Path], settle_seconds: float) -> None:
+    def __init__(
+        self,
+        exports: Exports,
+        outboxes: dict[str, Path],
+        settle_seconds: float,
+        senders: dict[str, str] | None = None,
+    ) -> None:
         self.exports = exports
         self.outboxes = outboxes  # destination -> folder
         self.settle_seconds = settle_seconds
+        self.senders = senders or {}  # destination -> its export tasks' submitter (cstore)
 
     def ensure(self) -> None:
         for folder in self.outboxes.values():
@@ -61,7 +68,7 @@ class OutboxScanner:
                 staging = folder / STAGING / f"o-{uuid.uuid4().hex[:12]}"
                 specs = self._stage(folder, staging, files)
                 if specs:
-                    self.exports.create(destination, "outbox", specs)
+                    self._create(destination, specs)
                     created += 1
         return created
 
@@ -76,9 +83,13 @@ class OutboxScanner:
                     continue
                 specs = self._specs(folder, [p for p in orphan.rglob("*") if _not_a_folder(p)])
                 if specs:
-                    self.exports.create(destination, "outbox", specs)
+                    self._create(destination, specs)
                     adopted += 1
         return adopted
+
+    def _create(self, destination: str, specs: list[ItemSpec]) -> None:
+        submitter = self.senders.get(destination, SENDER)
+        self.exports.create(destination, "outbox", specs, submitter=submitter)
 
     def _complete_files(self, folder: Path, settled_before: float) -> list[Path]:
         found = []

@@ -28,7 +28,9 @@ from ledger.wording import plural
 
 log = logging.getLogger(__name__)
 _ITEM_FIELDS = [f.name for f in fields(ItemRecord)]
-SENDER = "cstore"  # the submitter of every export task until DICOMweb brings a second
+# An export task's submitter: how its destination is reached (``cstore`` for a
+# ``type = dicom`` destination, ``stow`` for ``type = dicomweb``).
+SENDER = "cstore"
 
 
 def to_item(row: Any) -> ItemRecord:
@@ -48,14 +50,16 @@ class Exports:
         files: list[ItemSpec],
         parent_id: int | None = None,
         now: datetime | None = None,
+        *,
+        submitter: str = SENDER,
     ) -> int:
-        """A new ``pending`` export task for ``files``, due now."""
+        """A new ``pending`` export task for ``files``, due now, to be sent by ``submitter``."""
         with self.ledger.transaction(now) as tx:
             task_id = tasks.add(
                 tx,
                 TaskKind.EXPORT,
                 destination,
-                SENDER,
+                submitter,
                 origin,
                 len(files),
                 f"{plural(len(files), 'file')} from {origin} for {destination}",
@@ -69,6 +73,18 @@ class Exports:
                 ],
             )
         return task_id
+
+    def reroute(self, task_id: int, submitter: str, now: datetime | None = None) -> None:
+        """The task's destination is reached another way now (its ``type`` changed): the
+        task is carried out by ``submitter`` from this attempt on, with a history row."""
+        with self.ledger.transaction(now, shared=True) as tx:
+            before, state = tx.connection.execute(
+                select(TASKS.c.submitter, TASKS.c.state).where(TASKS.c.id == task_id)
+            ).one()
+            tasks.set_values(tx, task_id, submitter=submitter)
+            reason = f"its destination is now reached by {submitter}, not {before}"
+            tasks.note(tx, task_id, state, state, reason)
+        log.info("export %d: %s", task_id, reason)
 
     def for_job(self, job_id: int, destination: str) -> int | None:
         """The export a forward job already made for ``destination``, if any."""

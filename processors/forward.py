@@ -14,7 +14,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from ledger.exports import Exports
+from ledger.exports import SENDER, Exports
 from ledger.records import ItemSpec
 from processors.base import Submission
 from spool.durable import fsync_dir, link_or_copy, make_dirs_durable
@@ -23,9 +23,12 @@ from spool.durable import fsync_dir, link_or_copy, make_dirs_durable
 class ForwardSubmitter:
     name = "forward"
 
-    def __init__(self, exports: Exports, outboxes: dict[str, Path]) -> None:
+    def __init__(
+        self, exports: Exports, outboxes: dict[str, Path], senders: dict[str, str] | None = None
+    ) -> None:
         self.exports = exports
         self.outboxes = outboxes  # destination -> its outbox folder
+        self.senders = senders or {}  # destination -> its export tasks' submitter (cstore)
 
     def submit(self, submission: Submission) -> None:
         for destination, outbox in self.outboxes.items():
@@ -52,4 +55,10 @@ class ForwardSubmitter:
                     )
                 )
             fsync_dir(staging)  # the links are the last copies once the spool's are reclaimed
-            self.exports.create(destination, "forward", specs, parent_id=submission.job.id)
+            self.exports.create(
+                destination,
+                "forward",
+                specs,
+                parent_id=submission.job.id,
+                submitter=self.senders.get(destination, SENDER),
+            )

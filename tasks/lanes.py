@@ -1,4 +1,4 @@
-"""How one lane carries out its tasks: a job through its AE's processor, an export by C-STORE.
+"""How one lane carries out its tasks: a job through its AE's processor, an export by its sender.
 
 A lane is everything a task needs that the ledger does not hold: the
 submitter and its retry rule, built from the config by the adapter.  Each
@@ -15,9 +15,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Protocol
 
-from exporters import cstore
-from exporters.cstore import Peer
-from ledger.exports import SENDER, Exports
+from exporters.base import Attempt, Sender
+from ledger.exports import Exports
 from ledger.models import utcnow
 from ledger.processing import Processing
 from ledger.records import ItemOutcome, TaskRecord
@@ -36,13 +35,19 @@ class Retries:
     retries: int
     retry_delay_seconds: float
 
-    def retry_at(self, attempts: int, now: datetime) -> datetime | None:
-        """When to try again after ``attempts`` failed attempts; None when out of retries."""
-        return backoff.retry_at(attempts, self.retries, self.retry_delay_seconds, now)
+    def retry_at(
+        self, attempts: int, now: datetime, asked_seconds: float | None = None
+    ) -> datetime | None:
+        """When to try again after ``attempts`` failed attempts; None when out of retries.
+        ``asked_seconds``: how long the destination asked to be left alone."""
+        return backoff.retry_at(
+            attempts, self.retries, self.retry_delay_seconds, now, asked_seconds
+        )
 
 
 class Lane(Protocol):
-    submitter: str  # the task's submitter this lane carries out
+    def takes(self, task: TaskRecord) -> bool:
+        """Whether this lane carries out ``task`` (else it is left pending)."""
 
     def run(self, task: TaskRecord) -> None:
         """One attempt of a ``running`` task, settled in the ledger before it returns."""
@@ -61,6 +66,10 @@ class ProcessLane:
     @property
     def submitter(self) -> str:
         return self.processor.name
+
+    def takes(self, task: TaskRecord) -> bool:
+        """A job made for another processor waits until its AE has that processor again."""
+        return task.submitter == self.submitter
 
     def run(self, task: TaskRecord) -> None:
         instances = [i for i in self.processing.job_instances(task.id) if i.state == State.CLAIMED]
@@ -81,21 +90,31 @@ class ProcessLane:
 
 @dataclass(frozen=True)
 class ExportLane:
-    """A destination's exports: the task's undelivered files over one association."""
+    """A destination's exports: the task's undelivered files, by its type's sender."""
 
     exports: Exports
-    peer: Peer
+    sender: Sender
     retries: Retries
-    submitter: str = SENDER
+
+    @property
+    def submitter(self) -> str:
+        return self.sender.name
+
+    def takes(self, task: TaskRecord) -> bool:
+        """Every export for this destination: its files are owed to the destination, whichever
+        way it is reached now (a destination whose ``type`` changed still gets its backlog)."""
+        return True
 
     def run(self, task: TaskRecord) -> None:
+        if task.submitter != self.submitter:
+            self.exports.reroute(task.id, self.submitter)
         files = self.exports.to_send(task.id)
         try:
-            outcomes = cstore.send(self.peer, files)
+            attempt = self.sender.send(files)
         except Exception as exc:  # recorded like any failure
             log.exception("export %d to %s: sender raised", task.id, task.target)
             error = f"not delivered: {type(exc).__name__}: {exc}"
-            outcomes = [ItemOutcome(f.id, None, error, retry=True) for f in files]
+            attempt = Attempt([ItemOutcome(f.id, None, error, retry=True) for f in files])
         now = utcnow()
-        retry_at = self.retries.retry_at(task.attempts, now)
-        self.exports.settle(task.id, outcomes, retry_at, now, attempt=task.attempts)
+        retry_at = self.retries.retry_at(task.attempts, now, attempt.retry_after_seconds)
+        self.exports.settle(task.id, attempt.outcomes, retry_at, now, attempt=task.attempts)

@@ -58,7 +58,7 @@ class TaskRunner:
         waiting: dict[LaneKey, list[TaskRecord]] = {}
         for task in self.tasks.due(now):
             lane = self.lanes.get((task.kind, task.target))
-            if lane is None or lane.submitter != task.submitter:
+            if lane is None or not lane.takes(task):
                 continue  # its AE or destination is no longer configured so: left pending
             waiting.setdefault((task.kind, task.target), []).append(task)
         handed = 0

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from config import load_config
+from config import check_config, config_warnings, load_config
 from errors import ConfigError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -291,3 +291,119 @@ def test_config_check_on_the_shipped_config() -> None:
     assert result.stdout == (
         f"{ROOT / 'config.ini'}: OK, 1 AE title (0 with a processor), 0 sources, 0 destinations\n"
     )
+
+
+def secret(tmp_path: Path, name: str, mode: int = 0o600) -> Path:
+    path = tmp_path / name
+    path.write_text("s3cret\n")
+    path.chmod(mode)
+    return path
+
+
+def test_a_dicomweb_destination(tmp_path: Path) -> None:
+    password = secret(tmp_path, "pacs.password", 0o640)
+    config = load_config(
+        write(
+            tmp_path,
+            f"""
+[ae:A]
+[destination:WEB]
+type = dicomweb
+url = https://pacs.example/dicom-web/
+username = edge01
+password_file = {password}
+verify_hostname = false
+max_parts = 20
+[destination:PACS]
+ae_title = PACS
+host = pacs.example
+port = 104
+""",
+        )
+    )
+    web, pacs = config.destinations["WEB"], config.destinations["PACS"]
+    assert (web.type, web.url, web.username, web.password_file) == (
+        "dicomweb",
+        "https://pacs.example/dicom-web",
+        "edge01",
+        password,
+    )
+    assert (web.timeout, web.max_request_size, web.max_parts, web.ae_title) == (
+        60,
+        512 * 2**20,
+        20,
+        None,
+    )
+    assert web.tls_settings is not None and not web.tls_settings.verify_hostname
+    assert (pacs.type, pacs.url, pacs.tls_settings) == ("dicom", None, None)
+
+
+@pytest.mark.parametrize(
+    "keys, problems",
+    [
+        ("type = dicomweb\n", ["url: is required with type = dicomweb"]),
+        (
+            "ae_title = P\n",
+            ["host: is required with type = dicom", "port: is required with type = dicom"],
+        ),
+        (
+            "type = dicomweb\nurl = http://h/dw\nae_title = P\ntls = true\n",
+            [
+                "ae_title: is a key of type = dicom, and this destination is dicomweb",
+                "tls: is a key of type = dicom, and this destination is dicomweb",
+            ],
+        ),
+        (
+            "ae_title = P\nhost = h\nport = 104\nurl = http://h/dw\n",
+            ["url: is a key of type = dicomweb, and this destination is dicom"],
+        ),
+        ("type = dicomweb\nurl = http://h/dw\nusername = u\n", ["password_file: is required"]),
+        ("type = dicomweb\nurl = ftp://h/dw\n", ["url: must be an http:// or https:// URL"]),
+        (
+            "type = dicomweb\nurl = https://u:p@h/dw\n",
+            ["url: must not hold a user name or password"],
+        ),
+        ("type = dicomweb\nurl = https://h/dw?x=1\n", ["url: must be the service's base URL"]),
+        ("type = stow\n", ["type: must be one of"]),
+    ],
+)
+def test_each_destination_type_names_what_it_misses_one_line_each(
+    tmp_path: Path, keys: str, problems: list[str]
+) -> None:
+    path = write(tmp_path, f"[ae:A]\n[destination:P]\n{keys}")
+    found = [str(problem) for problem in check_config(path)]
+    assert len(found) == len(problems), found
+    for line, problem in zip(found, problems, strict=True):
+        assert line.startswith(f"{path} [destination:P] {problem}"), line
+
+
+def test_secret_files_are_checked_and_one_way_to_sign_in(tmp_path: Path) -> None:
+    open_to_all = secret(tmp_path, "everyone", 0o644)
+    token, password = secret(tmp_path, "token"), secret(tmp_path, "password")
+    base = "[ae:A]\n[destination:P]\ntype = dicomweb\nurl = https://h/dw\n"
+    cases = {
+        f"token_file = {open_to_all}\n": f"token_file: {open_to_all} is readable by every user",
+        f"token_file = {tmp_path / 'none'}\n": "token_file: no such file",
+        f"token_file = {token}\nusername = u\npassword_file = {password}\n": (
+            "token_file: give username and password_file, or token_file"
+        ),
+    }
+    for keys, problem in cases.items():
+        [found] = check_config(write(tmp_path, base + keys))
+        assert f"[destination:P] {problem}" in str(found)
+    assert check_config(write(tmp_path, base + f"token_file = {token}\n")) == []
+
+
+def test_a_password_sent_in_clear_off_this_machine_is_warned_of(tmp_path: Path) -> None:
+    password = secret(tmp_path, "password")
+    keys = f"type = dicomweb\nusername = u\npassword_file = {password}\n"
+    aes = "[ae:DICOMADAPTER]\n"
+    remote = load_config(write(tmp_path, f"{aes}[destination:P]\n{keys}url = http://h/dw\n"))
+    assert config_warnings(remote) == [
+        "[destination:P] url: http://h/dw is not https, so its password or token crosses "
+        "the network in clear"
+    ]
+    local = load_config(
+        write(tmp_path, f"{aes}[destination:P]\n{keys}url = http://127.0.0.1:8042/dw\n")
+    )
+    assert config_warnings(local) == []

@@ -17,13 +17,15 @@ import pytest
 from sqlalchemy import text
 
 from errors import IllegalTransition
+from exporters.base import Attempt
 from ledger.db import make_engine
 from ledger.exports import Exports
 from ledger.migrate import upgrade
-from ledger.records import ItemOutcome, ItemSpec
+from ledger.records import ItemOutcome, ItemRecord, ItemSpec
 from ledger.states import TaskKind
 from ledger.store import Ledger
 from ledger.tasks import Tasks
+from tasks.lanes import ExportLane, Retries
 
 T0 = datetime(2026, 11, 27, 12, 0, 0, tzinfo=UTC)
 LATER = T0 + timedelta(seconds=30)
@@ -286,3 +288,37 @@ def test_migration_links_existing_forward_files_to_their_instances(tmp_path: Pat
     assert [f.instance_id for f in Exports(ledger).items(10)] == [41, 42]
     assert delivery.forwarded_not_delivered(ledger) == []
     engine.dispose()
+
+
+class StowLike:
+    """A sender named like the STOW-RS one that delivers every file it is given."""
+
+    name = "stow"
+    where = "https://pacs.example/dicom-web"
+
+    def send(self, files: list[ItemRecord]) -> Attempt:
+        return Attempt([ItemOutcome(f.id, 0, None) for f in files])
+
+    def echo(self) -> str:
+        return "QIDO-RS answered 200"
+
+
+def test_an_export_queued_before_its_destination_changed_type_goes_the_new_way(
+    exports: Exports,
+) -> None:
+    """A backlog for a DIMSE destination that is now DICOMweb is not stranded: its lane takes
+    it, and the task's submitter and history say how it went."""
+    export_id = queue(exports, 2)
+    lane = ExportLane(exports, StowLike(), Retries(3, 30))
+    task = Tasks(exports.ledger).start(export_id, T0)
+    assert task is not None and task.submitter == "cstore" and lane.takes(task)
+    lane.run(task)
+    done = Tasks(exports.ledger).get(export_id)
+    assert (done.state, done.submitter) == ("succeeded", "stow")
+    assert file_states(exports, export_id) == ["sent", "sent"]
+    with exports.ledger.engine.connect() as connection:
+        reasons = connection.execute(
+            text("SELECT reason FROM task_events WHERE task_id = :id ORDER BY id"),
+            {"id": export_id},
+        ).scalars()
+        assert "its destination is now reached by stow, not cstore" in list(reasons)

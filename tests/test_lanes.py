@@ -84,10 +84,11 @@ def test_one_ae_s_40_s_command_does_not_delay_another_ae_s_job(
 class GatedLane:
     """A lane that holds each task until the test lets it go, and counts who runs at once."""
 
-    submitter = "gated"
-
     def __init__(self, tasks: Tasks, record: list[tuple[str, int]], gate: threading.Event) -> None:
         self.tasks, self.record, self.gate = tasks, record, gate
+
+    def takes(self, task: TaskRecord) -> bool:
+        return task.submitter == "gated"
 
     def run(self, task: TaskRecord) -> None:
         self.record.append((task.target, task.id))

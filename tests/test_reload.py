@@ -59,11 +59,11 @@ def test_reload_adds_changes_and_removes_destinations(start_adapter, config_path
     config_path.write_text(base + destination.format(104))
     lane = ("export", "PACS")
     assert adapter.reload()
-    assert adapter.runner.lanes[lane].peer.port == 104
+    assert adapter.runner.lanes[lane].sender.peer.port == 104
     assert adapter.outbox.outboxes["PACS"] == config_path.parent / "var" / "outbox" / "PACS"
     assert (config_path.parent / "var" / "outbox" / "PACS" / ".sending").is_dir()
     config_path.write_text(base + destination.format(11112))
-    assert adapter.reload() and adapter.runner.lanes[lane].peer.port == 11112
+    assert adapter.reload() and adapter.runner.lanes[lane].sender.peer.port == 11112
     config_path.write_text(base)
     assert adapter.reload()
     assert lane not in adapter.runner.lanes and "PACS" not in adapter.outbox.outboxes

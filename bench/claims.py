@@ -45,9 +45,9 @@ from sqlalchemy import text  # noqa: E402
 from ledger.db import make_engine  # noqa: E402  (the project root is on the path first)
 from ledger.migrate import upgrade  # noqa: E402
 from ledger.processing import Processing  # noqa: E402
-from ledger.records import NewInstance  # noqa: E402
 from ledger.store import Ledger, LedgerTransaction, chunked  # noqa: E402
 from ledger.tasks import Tasks  # noqa: E402
+from tests.conftest import new_instance  # noqa: E402
 from tests.pgcluster import MISSING, available, throwaway_cluster  # noqa: E402
 
 AE = "DICOMADAPTER"
@@ -63,31 +63,19 @@ class Outcome:
     problems: tuple[str, ...]  # double claims and the like: none expected
 
 
-def _instance(group: int, n: int) -> NewInstance:
-    study = f"{UID_ROOT}.{group}"
-    return NewInstance(
-        path=f"/spool/{AE}/{study}/{n}.dcm",
-        called_ae=AE,
-        size=1,
-        sha256="0" * 64,
-        sop_instance_uid=f"{study}.{n}",
-        study_instance_uid=study,
-        series_instance_uid=None,
-        sop_class_uid=None,
-        transfer_syntax_uid=None,
-        patient_id=None,
-        calling_ae=None,
-        peer_address=None,
-        group_key=study,
-    )
-
-
 def build(url: str, groups: int, per_group: int) -> list[str]:
     """A ledger at the head with ``groups`` received groups; their keys."""
     engine = make_engine(url)
     upgrade(engine)
     ledger = Ledger(engine)
-    rows = [(_instance(g, n), "received") for g in range(groups) for n in range(per_group)]
+    rows = [
+        (
+            new_instance(f"/spool/{AE}/{g}/{n}.dcm", AE, f"{UID_ROOT}.{g}.{n}", f"{UID_ROOT}.{g}"),
+            "received",
+        )
+        for g in range(groups)
+        for n in range(per_group)
+    ]
     for batch in chunked(rows, 500):
         with ledger.transaction() as tx:
             tx.add_many(batch)

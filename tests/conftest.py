@@ -65,6 +65,27 @@ def new_instance(path: str, called_ae: str, sop: str, study: str) -> NewInstance
     )
 
 
+def side_by_side(count: int, work: Callable[[int], None]) -> None:
+    """``work(0..count-1)`` on as many threads, started together (as nodes would be);
+    raise, on the test's thread, what any of them raised."""
+    errors: list[BaseException] = []
+    start = threading.Barrier(count)
+
+    def run(number: int) -> None:
+        try:
+            start.wait()
+            work(number)
+        except BaseException as exc:  # reported below, on the test's thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(n,)) for n in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    assert errors == []
+
+
 def tmp_files(spool: Path) -> list[Path]:
     """Every temporary file in ``spool/.tmp/``, whichever node's folder it is in."""
     folder = spool / ".tmp"

@@ -10,9 +10,7 @@ the job's instances is left in the spool.
 from __future__ import annotations
 
 import os
-import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 from sqlalchemy import text
@@ -26,32 +24,12 @@ from ledger.store import OUTBOX, RECLAIMER, Ledger
 from ledger.tasks import Tasks
 from reclaim.spool_files import Reclaimer
 from spool.layout import SpoolLayout
-from tests.conftest import new_instance
+from tests.conftest import new_instance, side_by_side
 from tests.dicom import make_study
 from tests.postgres import Cluster
 
 AE = "DICOMADAPTER"
 NODES = ("edge-a", "edge-b")
-
-
-def _side_by_side(work: Callable[[int], None], count: int = 2) -> None:
-    """``work(0..count-1)`` on as many threads, started together; raise what any raised."""
-    errors: list[BaseException] = []
-    start = threading.Barrier(count)
-
-    def run(number: int) -> None:
-        try:
-            start.wait()
-            work(number)
-        except BaseException as exc:  # reported below, on the test's thread
-            errors.append(exc)
-
-    threads = [threading.Thread(target=run, args=(n,)) for n in range(count)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(120)
-    assert errors == []
 
 
 def _submitted_jobs(ledger: Ledger, spool: Path, studies: int, per_study: int) -> list[int]:
@@ -105,7 +83,7 @@ def test_two_nodes_delete_each_file_once_and_each_clears_its_own_job_folders(
         for _ in range(20):
             deleted[number] += reclaimers[number].tick()
 
-    _side_by_side(reclaim)
+    side_by_side(2, reclaim)
     assert sum(deleted) == 30  # each file deleted by one node, once
     assert list(spool.rglob("*.dcm")) == []
     with engines[0].connect() as connection:
@@ -147,7 +125,7 @@ def test_two_nodes_on_one_outbox_queue_each_file_once(
                 for path in make_study(tmp_path / "drafts" / folder.name, 2):
                     os.rename(path, folder / path.name)
 
-    _side_by_side(scan)
+    side_by_side(2, scan)
     with engines[0].connect() as connection:
         items = connection.execute(text("SELECT task_id, path FROM task_items")).all()
     paths = [path for _, path in items]

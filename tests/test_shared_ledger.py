@@ -13,7 +13,6 @@ PostgreSQL none waits for a row another holds.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 
@@ -27,7 +26,7 @@ from ledger.processing import Processing, group_lock
 from ledger.store import INSTANCES, RECONCILER, WRITER, Ledger
 from ledger.tasks import TASKS, LeaseLost, Tasks
 from spool.layout import SpoolLayout
-from tests.conftest import new_instance
+from tests.conftest import new_instance, side_by_side
 from tests.dicom import make_study
 from tests.postgres import Cluster
 from watchers.intake import Intake
@@ -141,26 +140,6 @@ def _ledger_of_groups(ledger_url: str, groups: int, per_group: int) -> Ledger:
     return ledger
 
 
-def _side_by_side(count: int, work: Callable[[int], None]) -> None:
-    """``work(0..count-1)`` on as many threads, started together; raise what any raised."""
-    errors: list[BaseException] = []
-    start = threading.Barrier(count)
-
-    def run(number: int) -> None:
-        try:
-            start.wait()
-            work(number)
-        except BaseException as exc:  # reported below, on the test's thread
-            errors.append(exc)
-
-    threads = [threading.Thread(target=run, args=(n,)) for n in range(count)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(120)
-    assert errors == []
-
-
 def test_four_claimers_at_once_claim_each_instance_and_start_each_task_once(
     ledger_url: str,
 ) -> None:
@@ -179,7 +158,7 @@ def test_four_claimers_at_once_claim_each_instance_and_start_each_task_once(
                     started[number].append(task.id)
             del job
 
-    _side_by_side(4, claim_and_start)
+    side_by_side(4, claim_and_start)
     rows = ledger.instances()
     assert len(rows) == 200 and {row.state for row in rows} == {"claimed"}
     jobs = Tasks(ledger).listing()
@@ -242,7 +221,7 @@ def test_two_nodes_closing_one_big_group_at_once_never_split_it(ledger_url: str)
             barrier.wait()
             claimers[number].claim_group(AE, f"9.{group}", "command", "quiet")
 
-    _side_by_side(2, claim)
+    side_by_side(2, claim)
     jobs = Tasks(ledger).listing()
     assert sorted(job.item_count for job in jobs) == [2000] * 8
     assert {row.state for row in ledger.instances()} == {"claimed"}

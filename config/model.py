@@ -123,8 +123,19 @@ class HttpConfig:
     timeout: float = 60.0  # seconds a request body may stall before it is cut off
 
     @property
-    def tls(self) -> bool:
-        return self.certificate is not None
+    def tls(self) -> TlsSettings | None:
+        """HTTPS settings; None without a certificate.  With ``ca_certificates``, clients
+        must show a certificate those CAs signed."""
+        if self.certificate is None:
+            return None
+        return TlsSettings(
+            self.certificate,
+            self.private_key,
+            self.ca_certificates,
+            self.tls_minimum_version,
+            self.tls_ciphers,
+            require_client_certificate=self.ca_certificates is not None,
+        )
 
     @property
     def base_url(self) -> str:

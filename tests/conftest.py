@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import socket
@@ -84,6 +85,21 @@ def side_by_side(count: int, work: Callable[[int], None]) -> None:
     for thread in threads:
         thread.join(120)
     assert errors == []
+
+
+def proc_status(pid: int | str = "self") -> dict[str, int]:
+    """A process's peak (VmHWM) and current (VmRSS) resident memory, in bytes."""
+    text = Path(f"/proc/{pid}/status").read_text()
+    return {k: int(v) * 1024 for k, v in re.findall(r"^(VmHWM|VmRSS):\s+(\d+) kB$", text, re.M)}
+
+
+def reset_peak() -> bool:
+    """Reset this process's VmHWM (``/proc/self/clear_refs``); False where that is refused."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        return False
+    return True
 
 
 def tmp_files(spool: Path) -> list[Path]:

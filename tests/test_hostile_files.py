@@ -29,7 +29,14 @@ from pydicom.uid import (
 )
 
 from spool.part10 import encode_meta
-from tests.conftest import RunningAdapter, tmp_files, wait_for, write_config
+from tests.conftest import (
+    RunningAdapter,
+    proc_status,
+    reset_peak,
+    tmp_files,
+    wait_for,
+    write_config,
+)
 from tests.dicom import make_instance
 from tests.peers.send import send_files
 from watchers.inspect import NotAnInstance, read_header
@@ -279,29 +286,16 @@ def test_normal_files_cost_little_more_than_pydicom(tmp_path: Path) -> None:
     assert per_file < 0.5e-3, f"{per_file * 1e6:.0f} us per file"
 
 
-def _status(pid: int | str = "self") -> dict[str, int]:
-    text = Path(f"/proc/{pid}/status").read_text()
-    return {k: int(v) * 1024 for k, v in re.findall(r"^(VmHWM|VmRSS):\s+(\d+) kB$", text, re.M)}
-
-
-def _reset_peak() -> bool:
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-    except OSError:
-        return False
-    return True
-
-
 @pytest.mark.parametrize(
     "name", ["deflate-bomb-header", "deflate-bomb-pixels", "deflate-zeros", "ob-claims-4gib"]
 )
 def test_bombs_and_length_claims_stay_in_bounded_memory(hostile_dir: Path, name: str) -> None:
-    if not _reset_peak():
+    if not reset_peak():
         pytest.skip("cannot reset VmHWM (/proc/self/clear_refs)")
-    before = _status()
+    before = proc_status()
     with pytest.raises(NotAnInstance):
         read_header(hostile_dir / f"{name}.dcm")
-    grown = _status()["VmHWM"] - before["VmRSS"]
+    grown = proc_status()["VmHWM"] - before["VmRSS"]
     assert grown < 48 * 2**20, f"{name}: peak RSS grew {grown / 2**20:.1f} MiB"
 
 
@@ -400,7 +394,7 @@ NETWORK_CASES = [
 
 
 def _scp_peak(running: RunningAdapter) -> int:
-    return _status(running.adapter.server._process.pid)["VmHWM"]
+    return proc_status(running.adapter.server._process.pid)["VmHWM"]
 
 
 def test_over_the_network_each_is_refused_and_the_scp_stores_the_next(

@@ -9,7 +9,6 @@ set is byte-identical to what was sent.
 from __future__ import annotations
 
 import base64
-import re
 import shutil
 import socket
 import subprocess
@@ -25,7 +24,14 @@ from dicomweb_client import DICOMwebClient
 
 from config import check_config
 from spool.part10 import PREAMBLE, encode_meta
-from tests.conftest import RunningAdapter, free_port, require_tool, write_config
+from tests.conftest import (
+    RunningAdapter,
+    free_port,
+    proc_status,
+    require_tool,
+    reset_peak,
+    write_config,
+)
 from tests.dicom import dataset_bytes, make_instance, make_study
 from web.auth import hash_password, write_entry
 
@@ -316,19 +322,6 @@ def test_a_2_gb_part_near_the_min_free_floor_is_refused_in_bounded_memory(
     assert grown < 64 * 2**20, f"peak RSS grew {grown / 2**20:.1f} MiB"
     assert running.rows() == []
     assert not list((running.spool / ".tmp").rglob("*.part"))
-
-
-def proc_status() -> dict[str, int]:
-    text = Path("/proc/self/status").read_text()
-    return {k: int(v) * 1024 for k, v in re.findall(r"^(VmHWM|VmRSS):\s+(\d+) kB$", text, re.M)}
-
-
-def reset_peak() -> bool:
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-    except OSError:
-        return False
-    return True
 
 
 def test_a_users_file_set_but_not_made_yet_still_keeps_everyone_out(

@@ -18,7 +18,7 @@ from typing import Any
 
 import uvicorn
 
-from config import HttpConfig, TlsSettings
+from config import HttpConfig
 
 log = logging.getLogger(__name__)
 START_TIMEOUT = 10.0  # seconds for the listener to bind
@@ -31,15 +31,7 @@ class HttpListener:
     def __init__(self, app: Any, http: HttpConfig) -> None:
         self.http = http
         tls = None
-        if http.tls:
-            settings = TlsSettings(
-                http.certificate,
-                http.private_key,
-                http.ca_certificates,
-                http.tls_minimum_version,
-                http.tls_ciphers,
-                require_client_certificate=http.ca_certificates is not None,
-            )
+        if (settings := http.tls) is not None:
             tls = lambda _config, _default: settings.server_context()  # noqa: E731
         self.server = uvicorn.Server(
             uvicorn.Config(

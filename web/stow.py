@@ -108,7 +108,7 @@ class StowParts:
         if part is not None:
             if part.incoming is not None:
                 part.incoming.discard()
-            self._record(part, PartOutcome(CANNOT_UNDERSTAND, "the body ended inside this part"))
+            self._record(PartOutcome(CANNOT_UNDERSTAND, "the body ended inside this part"))
 
     # -- callbacks -------------------------------------------------------------
 
@@ -171,7 +171,7 @@ class StowParts:
         if part.refusal is not None or part.incoming is None or part.uids is None:
             if part.incoming is not None:
                 part.incoming.discard()
-            self._record(part, PartOutcome(CANNOT_UNDERSTAND, part.refusal, *_named(part)))
+            self._record(PartOutcome(CANNOT_UNDERSTAND, part.refusal, *_named(part)))
             return
         try:
             accepted = accept(
@@ -185,7 +185,7 @@ class StowParts:
             accepted = Accepted(PROCESSING_FAILURE, f"storing failed: {one_line(exc)}")
         if not part.incoming.published:
             part.incoming.discard()
-        self._record(part, _outcome(accepted, part.uids))
+        self._record(_outcome(accepted, part.uids))
 
     def _finished(self) -> None:
         self.complete = True
@@ -214,8 +214,7 @@ class StowParts:
         part.incoming.write_header(part.uids)
         part.incoming.write(head[end_of_meta:])
 
-    def _record(self, part: _Part, outcome: PartOutcome) -> None:
-        del part
+    def _record(self, outcome: PartOutcome) -> None:
         self.outcomes.append(outcome)
         self.log(outcome)
 

@@ -27,7 +27,8 @@ RULES: dict[str, set[str] | None] = {
     "privileges": set(),  # Linux capabilities
     "notify": set(),  # sd_notify
     "scheduler": set(),  # APScheduler wiring; the ticks are handed in
-    "dimse": set(),  # our DIMSE codec and upper layer
+    "private_api": set(),  # checks of the libraries' private parts we rely on
+    "dimse": {"private_api"},  # our DIMSE codec and upper layer
     "spool": set(),  # files on disk: layout, names, headers, durable writes
     "ledger": {"errors"},
     "migrations": {"ledger"},  # env.py reads the models' metadata
@@ -40,7 +41,8 @@ RULES: dict[str, set[str] | None] = {
     # builds every config-derived part (lanes, groupers, admission) for adapter.py
     "derived": {"config", "ledger", "processors", "exporters", "scp", "tasks"},
     "scp": {"spool", "dimse", "arenas"},  # arenas: set in the SCP's own process
-    "web": {"config", "spool"},  # the HTTP listener: STOW-RS into the spool, as the SCP
+    # the HTTP listener: STOW-RS into the spool, as the SCP; uvicorn's internals checked
+    "web": {"config", "spool", "private_api"},
     "logs": {"spool"},  # spool.text makes every log line one line
     "samples": {"spool"},  # spool.incoming makes the UIDs
     # validates AE titles and UIDs (spool.names) and duplicates policies

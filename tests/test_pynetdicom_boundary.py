@@ -24,7 +24,8 @@ import pytest
 
 import dimse.pynetdicom_boundary as boundary
 from dimse import upper_layer as ul
-from dimse.pynetdicom_boundary.registry import PynetdicomMismatch, Requirement
+from dimse.pynetdicom_boundary.registry import PynetdicomMismatch
+from private_api import Requirement
 from tests.conftest import RunningAdapter, wait_for
 from tests.dcmtk import echoscu, storescu
 from tests.dicom import make_study

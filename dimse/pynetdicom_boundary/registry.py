@@ -7,13 +7,12 @@ the installed pynetdicom before any hook is used.
 
 from __future__ import annotations
 
-import importlib
-import inspect
 import logging
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+
+from private_api import Requirement
 
 log = logging.getLogger(__name__)
 
@@ -32,36 +31,6 @@ class PynetdicomMismatch(ImportError):
             f"{PINNED_VERSION}: {broken}",
             name="pynetdicom",
         )
-
-
-@dataclass(frozen=True)
-class Requirement:
-    """One private thing a hook relies on, as ``module:Qualified.name``.
-
-    ``params``: for an overridden method, its parameter names as we override
-    them.  ``uses``: a name that function's code must read or write (an
-    instance attribute set in ``__init__``, a module global looked up at call
-    time, a call that must still be made).
-    """
-
-    target: str
-    params: tuple[str, ...] | None = None
-    uses: str | None = None
-
-    def problem(self) -> str | None:
-        """None if the installed pynetdicom still has it; else what is wrong, in a few words."""
-        try:
-            found = _resolve(self.target)
-        except (ImportError, AttributeError):
-            return f"{self.target} is missing"
-        function = found.fget if isinstance(found, property) else found
-        if self.params is not None:
-            params = tuple(inspect.signature(function).parameters)
-            if params != self.params:
-                return f"{self.target} takes ({', '.join(params)}), not ({', '.join(self.params)})"
-        if self.uses is not None and self.uses not in _names_used(function):
-            return f"{self.target} no longer uses {self.uses}"
-        return None
 
 
 @dataclass(frozen=True)
@@ -116,24 +85,3 @@ def check_hooks(installed: str) -> None:
             problem = requirement.problem()
             if problem is not None:
                 raise PynetdicomMismatch(installed, f"hook {hook.name}: {problem}")
-
-
-def _resolve(target: str) -> Any:
-    module_name, _, qualified = target.partition(":")
-    found: Any = importlib.import_module(module_name)
-    for part in qualified.split("."):
-        found = (
-            inspect.getattr_static(found, part) if inspect.isclass(found) else getattr(found, part)
-        )
-    return found
-
-
-def _names_used(function: Any) -> set[str]:
-    """Attribute and global names a function's code (and its nested code) refers to."""
-    pending = [inspect.unwrap(function).__code__]
-    names: set[str] = set()
-    while pending:
-        code = pending.pop()
-        names.update(code.co_names)
-        pending.extend(c for c in code.co_consts if inspect.iscode(c))
-    return names

@@ -29,7 +29,8 @@ from typing import Any
 
 from pynetdicom import _config, dimse_messages
 
-from dimse.pynetdicom_boundary.registry import Requirement, register
+from dimse.pynetdicom_boundary.registry import register
+from private_api import Requirement
 
 _MESSAGES = "pynetdicom.dimse_messages"
 _DECODE = f"{_MESSAGES}:DIMSEMessage.decode_msg"

@@ -15,7 +15,8 @@ from typing import Any, Protocol
 
 from pynetdicom.transport import AssociationSocket
 
-from dimse.pynetdicom_boundary.registry import Requirement, register
+from dimse.pynetdicom_boundary.registry import register
+from private_api import Requirement
 
 _SOCKET = "pynetdicom.transport:AssociationSocket"
 

@@ -38,7 +38,8 @@ from pynetdicom import evt
 from pynetdicom.dimse import DIMSEServiceProvider
 from pynetdicom.dul import DULServiceProvider
 
-from dimse.pynetdicom_boundary.registry import Requirement, register
+from dimse.pynetdicom_boundary.registry import register
+from private_api import Requirement
 
 # Longest a thread blocks with nothing to do before re-checking its timers.
 IDLE_WAIT = 0.01

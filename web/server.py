@@ -5,8 +5,10 @@ large STOW-RS body, hashing a password) can stall a C-STORE; within the
 adapter the listener's event loop runs on its own thread and hands disk
 work to worker threads.  uvicorn is configured for a listener facing
 hospital networks: h11 only, no proxy headers trusted, no server banner,
-idle keep-alive connections closed after 5 s, at most ``limit_concurrency``
-connections, TLS from the same settings as ``[dicom]`` (config.tls).
+idle keep-alive connections closed after 5 s, a request head due within
+``[http] timeout`` of connecting, at most :data:`MAX_CONNECTIONS` connections
+and :data:`MAX_PER_HOST` from one host (``web.uvicorn_boundary``), TLS from
+the same settings as ``[dicom]`` (config.tls).
 """
 
 from __future__ import annotations
@@ -19,10 +21,12 @@ from typing import Any
 import uvicorn
 
 from config import HttpConfig
+from web.uvicorn_boundary import guarded_protocol
 
 log = logging.getLogger(__name__)
 START_TIMEOUT = 10.0  # seconds for the listener to bind
 MAX_CONNECTIONS = 64  # open connections at once; more are answered 503
+MAX_PER_HOST = 16  # open connections from one client host; more are closed at once
 
 
 class HttpListener:
@@ -38,7 +42,7 @@ class HttpListener:
                 app,
                 host=http.host,
                 port=http.port,
-                http="h11",
+                http=guarded_protocol(http.timeout, MAX_PER_HOST),
                 lifespan="off",
                 log_config=None,
                 access_log=False,
@@ -63,6 +67,11 @@ class HttpListener:
                 raise OSError(f"the HTTP listener could not listen on {where}")
             time.sleep(0.01)
         log.info("HTTP listening on %s", self.http.base_url)
+
+    @property
+    def running(self) -> bool:
+        """Serving: started, and its thread has not ended."""
+        return self._thread is not None and self._thread.is_alive()
 
     def stop(self) -> None:
         """Stop accepting; requests under way get a few seconds to finish."""

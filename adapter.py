@@ -98,20 +98,26 @@ class Adapter:
         )
         self.intake = IntakeWorker(intake)
         self.watcher = SpoolWatcher(self.layout, self.intake.submit, config.watcher.settle_seconds)
-        # A temporary file older than two network timeouts belongs to no live transfer.
+        # A temporary file untouched for two network (or HTTP body) timeouts belongs to
+        # no live transfer: each chunk of a C-STORE or a STOW-RS part is written as it comes.
         self.reconciler = Reconciler(
             self.layout,
             self.ledger,
             self.intake.submit,
             config.watcher.settle_seconds,
-            stale_tmp_seconds=max(600.0, 2 * config.dicom.network_timeout),
+            stale_tmp_seconds=max(600.0, 2 * config.dicom.network_timeout, 2 * config.http.timeout),
         )
         derived = derive(config, self.processing, self.exports)
         self.server = ScpProcess(config.dicom, derived.policy, self.layout, config.storage.min_free)
         # group, tasks, reclaim, reconcile, outbox, heartbeat, watchdog: a thread each
         self.scheduler = schedule.make_scheduler(8)
         self._notifying = threading.Lock()
-        self.http = self._http_listener() if config.http.port else None
+        # STOW-RS writes through a writer of its own into the same spool, under the
+        # SCP's min_free (a reload changes both) and max_instance_size.
+        self.http_writer = SpoolWriter(
+            self.layout, config.storage.min_free, config.dicom.max_instance_size
+        )
+        self.http = self._http_listener(self.http_writer) if config.http.port else None
         self.metrics = (
             MetricsServer(self, config.metrics.host, config.metrics.port)
             if config.metrics.port
@@ -218,6 +224,7 @@ class Adapter:
         derived = derive(new, self.processing, self.exports)
         self.layout.ensure(new.aes)
         self.server.min_free = new.storage.min_free
+        self.http_writer.min_free = new.storage.min_free
         self._apply(derived)
         self.outbox.ensure()
         self.config = new
@@ -241,7 +248,12 @@ class Adapter:
         except Exception:
             log.exception("ledger does not answer")
             return False
-        return self.server.running and self.intake.running and self.watcher.running
+        return (
+            self.server.running
+            and self.intake.running
+            and self.watcher.running
+            and (self.http is None or self.http.running)
+        )
 
     def problems(self) -> list[str]:
         """What keeps the running service from doing its job now, one phrase each."""
@@ -252,6 +264,8 @@ class Adapter:
             found.append(problem)
         if not self.watcher.running:
             found.append("the spool watcher has stopped")
+        if self.http is not None and not self.http.running:
+            found.append("the HTTP listener has stopped")
         return found
 
     def _heartbeat_tick(self) -> None:
@@ -290,12 +304,8 @@ class Adapter:
             counts.append("jobs and exports unknown (the ledger does not answer)")
         return ", ".join(counts)
 
-    def _http_listener(self) -> HttpListener:
-        """The HTTP listener: STOW-RS writes through a writer of its own into the same spool,
-        under the same ``min_free`` and ``max_instance_size`` as the SCP's."""
-        writer = SpoolWriter(
-            self.layout, self.config.storage.min_free, self.config.dicom.max_instance_size
-        )
+    def _http_listener(self, writer: SpoolWriter) -> HttpListener:
+        """The HTTP listener, STOW-RS storing through ``writer``."""
         try:
             auth = Authenticator(self.config.http.users, self.config.http.tokens)
         except AuthFileError as exc:  # a line that cannot be read: the config is at fault

@@ -9,12 +9,15 @@ set is byte-identical to what was sent.
 from __future__ import annotations
 
 import base64
+import contextlib
+import logging
 import shutil
 import socket
 import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from io import BytesIO
 from pathlib import Path
 
 import pydicom
@@ -33,7 +36,9 @@ from tests.conftest import (
     write_config,
 )
 from tests.dicom import dataset_bytes, make_instance, make_study
+from web.app import LOGGED_REFUSALS
 from web.auth import hash_password, write_entry
+from web.server import MAX_PER_HOST
 
 AE = "DICOMADAPTER"
 ROOT = Path(__file__).resolve().parent.parent
@@ -149,14 +154,26 @@ def test_requests_refused_whole_say_why(
     assert post(f"{base}/{AE}/studies", instance, "application/dicom").status_code == 415
     assert post(f"{base}/{AE}/studies", b"", content_type).status_code == 400  # no parts
     assert post(f"{base}/{AE}/studies", b"garbage", content_type).status_code == 400
-    three, three_type = multipart([("application/dicom", instance)] * 3)
-    too_many = post(f"{base}/{AE}/studies", three, three_type)
-    assert too_many.status_code == 413 and "max_parts" in too_many.text
     truncated = body[: len(body) // 2]
     cut = post(f"{base}/{AE}/studies", truncated, content_type)
     assert cut.status_code == 409  # the one part was cut short: nothing stored
-    assert pydicom.Dataset.from_json(cut.text).OtherFailuresSequence[0].FailureReason == 0xC000
+    [cut_part] = pydicom.Dataset.from_json(cut.text).FailedSOPSequence  # named by its meta
+    assert cut_part.FailureReason == 0xC000
     assert running.rows() == []
+    # Cut off at the third part: the answer still says what the first two became,
+    # so that a client knows what a retry must send again.
+    first, second = (make_instance(tmp_path / f"{n}.dcm").read_bytes() for n in ("a", "b"))
+    three, three_type = multipart(
+        [("application/dicom", data) for data in (first, second, instance)]
+    )
+    too_many = post(f"{base}/{AE}/studies", three, three_type)
+    assert too_many.status_code == 413
+    assert too_many.headers["Content-Type"] == "application/dicom+json"
+    kept = pydicom.Dataset.from_json(too_many.text).ReferencedSOPSequence
+    assert [item.ReferencedSOPInstanceUID for item in kept] == [
+        pydicom.dcmread(BytesIO(data)).SOPInstanceUID for data in (first, second)
+    ]
+    assert len(running.wait_rows(2, "received")) == 2
     assert not list((running.spool / ".tmp").rglob("*.part"))
 
 
@@ -276,6 +293,126 @@ def test_a_stalled_body_is_cut_off_and_nothing_of_it_is_kept(
         waited = time.monotonic() - began
     assert answer.startswith("HTTP/1.1 408 "), answer
     assert 0.5 < waited < 5
+    assert running.rows() == []
+    assert not list((running.spool / ".tmp").rglob("*.part"))
+
+
+def test_a_connection_without_a_whole_request_head_in_time_is_closed(
+    start_adapter: Callable[[Path], RunningAdapter], tmp_path: Path
+) -> None:
+    path, port = http_config(tmp_path, "timeout = 1\n")
+    start_adapter(path)
+    with (
+        socket.create_connection(("127.0.0.1", port), timeout=10) as silent,
+        socket.create_connection(("127.0.0.1", port), timeout=0.2) as trickling,
+    ):
+        began = time.monotonic()
+        trickling.sendall(b"POST /dicomweb/")
+        while True:  # a byte of the head every 0.2 s, never the end of it
+            try:
+                if trickling.recv(1) == b"":
+                    break
+            except TimeoutError:
+                trickling.sendall(b"a")
+            assert time.monotonic() - began < 10, "a trickled head kept the connection open"
+        assert 0.5 < time.monotonic() - began < 5
+        assert silent.recv(1) == b""  # closed, not held open for ever
+        assert time.monotonic() - began < 5
+
+
+def test_one_host_cannot_take_every_connection(
+    start_adapter: Callable[[Path], RunningAdapter], tmp_path: Path
+) -> None:
+    path, port = http_config(tmp_path, "timeout = 60\n")
+    running = start_adapter(path)
+    with contextlib.ExitStack() as held:
+        for _ in range(MAX_PER_HOST):  # from another loopback address: another host
+            held.enter_context(_connect_from("127.0.0.2", port))
+        with _connect_from("127.0.0.2", port) as one_too_many:
+            assert one_too_many.recv(1) == b""  # closed at once
+        body, content_type = multipart(
+            [("application/dicom", make_instance(tmp_path / "a.dcm").read_bytes())]
+        )
+        url = f"http://127.0.0.1:{port}/dicomweb/{AE}/studies"
+        answer = requests.post(url, data=body, headers={"Content-Type": content_type}, timeout=10)
+        assert answer.status_code == 200
+    running.wait_rows(1, "received")
+
+
+def _connect_from(host: str, port: int) -> socket.socket:
+    connection = socket.create_connection(("127.0.0.1", port), timeout=5, source_address=(host, 0))
+    return connection
+
+
+def test_a_stopped_http_listener_is_a_problem_and_fails_the_liveness_check(
+    start_adapter: Callable[[Path], RunningAdapter], tmp_path: Path
+) -> None:
+    path, _ = http_config(tmp_path)
+    running = start_adapter(path)
+    listener = running.adapter.http
+    assert listener is not None and listener.running
+    assert running.adapter.problems() == []
+    listener.server.should_exit = True  # its thread ends as if uvicorn had died
+    deadline = time.monotonic() + 10
+    while listener.running and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert running.adapter.problems() == ["the HTTP listener has stopped"]
+    assert not running.adapter.alive()
+
+
+def test_a_reload_that_raises_min_free_refuses_stow_rs_at_once(
+    start_adapter: Callable[[Path], RunningAdapter], tmp_path: Path
+) -> None:
+    path, port = http_config(tmp_path)
+    running = start_adapter(path)
+    path.write_text(path.read_text().replace("min_free = 0", "min_free = 99%"))
+    assert running.adapter.reload()
+    body, content_type = multipart(
+        [("application/dicom", make_instance(tmp_path / "a.dcm").read_bytes())]
+    )
+    url = f"http://127.0.0.1:{port}/dicomweb/{AE}/studies"
+    answer = requests.post(url, data=body, headers={"Content-Type": content_type}, timeout=10)
+    assert answer.status_code == 503 and answer.headers["Retry-After"] == "60"
+    assert running.rows() == []
+
+
+def test_a_body_of_junk_parts_logs_a_few_lines_and_counts_the_rest(
+    start_adapter: Callable[[Path], RunningAdapter],
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="web.app")
+    path, port = http_config(tmp_path)
+    start_adapter(path)
+    body, content_type = multipart([("application/dicom", b"junk" * 40)] * 50)
+    url = f"http://127.0.0.1:{port}/dicomweb/{AE}/studies"
+    answer = requests.post(url, data=body, headers={"Content-Type": content_type}, timeout=30)
+    assert answer.status_code == 409
+    assert len(pydicom.Dataset.from_json(answer.text).OtherFailuresSequence) == 50
+    lines = [r.getMessage() for r in caplog.records if r.name == "web.app"]
+    assert sum("STOW-RS part from" in line for line in lines) == LOGGED_REFUSALS
+    assert any(line.endswith(": 0 stored, 50 refused") for line in lines)
+
+
+def test_a_disk_error_while_storing_is_answered_and_leaves_nothing(
+    start_adapter: Callable[[Path], RunningAdapter], tmp_path: Path
+) -> None:
+    path, port = http_config(tmp_path)
+    running = start_adapter(path)
+
+    def disk_fails(*_args: object) -> None:
+        raise OSError(5, "Input/output error")
+
+    running.adapter.http_writer.open_incoming = disk_fails  # type: ignore[method-assign]
+    body, content_type = multipart(
+        [("application/dicom", make_instance(tmp_path / "a.dcm").read_bytes())]
+    )
+    url = f"http://127.0.0.1:{port}/dicomweb/{AE}/studies"
+    answer = requests.post(url, data=body, headers={"Content-Type": content_type}, timeout=30)
+    assert answer.status_code == 500
+    [failed] = pydicom.Dataset.from_json(answer.text).FailedSOPSequence
+    assert failed.FailureReason == 0x0110  # Processing failure, as a C-STORE would say
+    assert failed.ReferencedSOPInstanceUID == pydicom.dcmread(tmp_path / "a.dcm").SOPInstanceUID
     assert running.rows() == []
     assert not list((running.spool / ".tmp").rglob("*.part"))
 

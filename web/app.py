@@ -27,15 +27,17 @@ from starlette.routing import Route
 
 from config import HttpConfig
 from spool.incoming import Provenance
+from spool.text import one_line
 from spool.writer import SpoolWriter
 from web.auth import Authenticator, User
-from web.stow import PartOutcome, StowParts, TooManyParts
+from web.stow import PROCESSING_FAILURE, PartOutcome, StowParts, TooManyParts
 
 log = logging.getLogger(__name__)
 DICOM_JSON = "application/dicom+json"
 RETRY_AFTER_SECONDS = 60  # said with a 503 when the spool is under min_free
 CHALLENGE = 'Basic realm="dicom-adapter", charset="UTF-8"'
 MAX_WAITING_SIGN_INS = 4  # password checks queued beyond this are refused 503
+LOGGED_REFUSALS = 10  # refused parts of one request logged a line each
 
 
 class Refused(Exception):
@@ -81,10 +83,17 @@ class StowService:
 
     async def store(self, request: Request) -> Response:
         client = f"{request.client.host}:{request.client.port}" if request.client else "unknown"
+        parts: StowParts | None = None
         try:
             user = await self._user(request)
             ae = request.path_params["ae"]
             boundary = self._admit(request, ae)
+            if not await run_in_threadpool(self.writer.has_room):  # statvfs: off the event loop
+                raise Refused(
+                    503,
+                    "the spool's free space is under min_free: try again later",
+                    {"Retry-After": str(RETRY_AFTER_SECONDS)},
+                )
             provenance = Provenance(
                 calling_ae="",
                 called_ae=ae,
@@ -93,14 +102,17 @@ class StowService:
                 user=user.name if user else None,
             )
             study = request.path_params.get("study")
-            parts = StowParts(
-                self.writer, provenance, study, self.http.max_parts, lambda o: _log_part(o, client)
-            )
+            parts = StowParts(self.writer, provenance, study, self.http.max_parts, _PartLog(client))
             await self._read(request, boundary, parts)
         except Refused as refused:
             log.warning("STOW-RS from %s refused %d: %s", client, refused.status, refused.text)
             headers = {"Connection": "close", **refused.headers}
-            return PlainTextResponse(refused.text + "\n", refused.status, headers=headers)
+            if parts is None or not parts.outcomes:
+                return PlainTextResponse(refused.text + "\n", refused.status, headers=headers)
+            # Cut off after some parts were decided: say which were kept, so that the
+            # client knows what a retry must send again.
+            body = await run_in_threadpool(_answer, parts.outcomes, None)
+            return Response(body, refused.status, headers=headers, media_type=DICOM_JSON)
         stored = sum(outcome.stored for outcome in parts.outcomes)
         log.info(
             "STOW-RS from %s%s to %s: %d stored, %d refused",
@@ -111,7 +123,8 @@ class StowService:
             len(parts.outcomes) - stored,
         )
         status = 200 if stored == len(parts.outcomes) else 202 if stored else 409
-        body = _response(parts.outcomes, self._study_url(ae, study)).to_json()
+        # Thousands of parts make a large answer: built off the event loop.
+        body = await run_in_threadpool(_answer, parts.outcomes, self._study_url(ae, study))
         return Response(body, status, media_type=DICOM_JSON)
 
     async def _user(self, request: Request) -> User | None:
@@ -149,12 +162,6 @@ class StowService:
         limit = self.http.max_request_size
         if declared is not None and declared.isdigit() and limit and int(declared) > limit:
             raise Refused(413, f"{declared} bytes is over [http] max_request_size ({limit})")
-        if not self.writer.has_room():
-            raise Refused(
-                503,
-                "the spool's free space is under min_free: try again later",
-                {"Retry-After": str(RETRY_AFTER_SECONDS)},
-            )
         return boundary
 
     async def _read(self, request: Request, boundary: bytes, parts: StowParts) -> None:
@@ -182,6 +189,13 @@ class StowService:
             raise Refused(413, str(exc)) from None
         except ClientDisconnect:
             raise Refused(400, "the client went away before the body ended") from None
+        except Refused:
+            raise
+        except Exception as exc:  # from storing a part (a disk error, say): refused, not a bare 500
+            log.exception("STOW-RS storing failed")
+            reason = f"storing failed: {one_line(exc)}"
+            await run_in_threadpool(parts.abandon, PROCESSING_FAILURE, reason)
+            raise Refused(500, reason) from None
         finally:
             if not parts.complete:
                 await run_in_threadpool(parts.abandon)
@@ -190,6 +204,11 @@ class StowService:
 
     def _study_url(self, ae: str, study: str | None) -> str | None:
         return f"{self.http.base_url}/dicomweb/{ae}/studies/{study}" if study else None
+
+
+def _answer(outcomes: list[PartOutcome], study_url: str | None) -> str:
+    """The response body: the Store Instances Response Module as DICOM JSON."""
+    return _response(outcomes, study_url).to_json()
 
 
 def _response(outcomes: list[PartOutcome], study_url: str | None) -> Dataset:
@@ -217,12 +236,27 @@ def _response(outcomes: list[PartOutcome], study_url: str | None) -> Dataset:
     return response
 
 
-def _log_part(outcome: PartOutcome, client: str) -> None:
-    if not outcome.stored:
+class _PartLog:
+    """Logs a request's refused parts, one line each up to :data:`LOGGED_REFUSALS`; the
+    request's own line counts them all, so a body of junk parts cannot flood the log."""
+
+    def __init__(self, client: str) -> None:
+        self.client = client
+        self.refused = 0
+
+    def __call__(self, outcome: PartOutcome) -> None:
+        if outcome.stored:
+            return
+        self.refused += 1
+        if self.refused > LOGGED_REFUSALS:
+            return
         log.warning(
-            "STOW-RS part from %s refused 0x%04X sop=%r: %s",
-            client,
+            "STOW-RS part from %s refused 0x%04X sop=%r: %s%s",
+            self.client,
             outcome.status,
             outcome.sop_instance_uid,
             outcome.reason,
+            " (further refused parts of this request are only counted)"
+            if self.refused == LOGGED_REFUSALS
+            else "",
         )

@@ -102,13 +102,16 @@ class StowParts:
             "on_end": self._finished,
         }
 
-    def abandon(self) -> None:
-        """The body ended (or was cut off) inside a part: it is not kept, nor said stored."""
+    def abandon(
+        self, status: int = CANNOT_UNDERSTAND, reason: str = "the body ended inside this part"
+    ) -> None:
+        """The body ended (or was cut off, or storing failed) inside a part: it is not kept,
+        nor said stored."""
         part, self._part = self._part, None
         if part is not None:
             if part.incoming is not None:
                 part.incoming.discard()
-            self._record(PartOutcome(CANNOT_UNDERSTAND, "the body ended inside this part"))
+            self._record(PartOutcome(status, reason, *_named(part)))
 
     # -- callbacks -------------------------------------------------------------
 

@@ -36,6 +36,8 @@ from tests.conftest import (
     write_config,
 )
 from tests.dicom import dataset_bytes, make_instance, make_study
+from tests.test_tls import Pki
+from tests.test_tls import pki as certificates
 from web.app import LOGGED_REFUSALS
 from web.auth import hash_password, write_entry
 from web.server import MAX_PER_HOST
@@ -415,6 +417,52 @@ def test_a_disk_error_while_storing_is_answered_and_leaves_nothing(
     assert failed.ReferencedSOPInstanceUID == pydicom.dcmread(tmp_path / "a.dcm").SOPInstanceUID
     assert running.rows() == []
     assert not list((running.spool / ".tmp").rglob("*.part"))
+
+
+pki = certificates  # test_tls's throwaway CAs and certificates, as a fixture here too
+
+
+def test_over_https_with_client_certificates_and_sign_in_end_to_end(
+    start_adapter: Callable[[Path], RunningAdapter], tmp_path: Path, pki: Pki
+) -> None:
+    users = tmp_path / "users"
+    write_entry(users, "alice", "user", hash_password("correct horse"))
+    keys = (
+        f"certificate = {pki['server']}\nprivate_key = {pki['server-key']}\n"
+        f"ca_certificates = {pki['ca']}\nusers = {users}\n"
+    )
+    path, port = http_config(tmp_path, keys)
+    running = start_adapter(path)
+    files = make_study(tmp_path / "study", 2)
+    session = requests.Session()
+    session.trust_env = False  # else REQUESTS_CA_BUNDLE, where set, wins over verify
+    session.verify = str(pki["ca"])
+    session.cert = (str(pki["client"]), str(pki["client-key"]))
+    session.auth = ("alice", "correct horse")
+    web = DICOMwebClient(f"https://127.0.0.1:{port}/dicomweb/{AE}", session=session)
+    response = web.store_instances([pydicom.dcmread(f) for f in files])
+    assert len(response.ReferencedSOPSequence) == 2
+    rows = running.wait_rows(2, "received")
+    assert {(row.http_user, row.peer_address[:10]) for row in rows} == {("alice", "127.0.0.1:")}
+    stored = sorted(dataset_bytes(Path(row.path)) for row in rows)
+    assert stored == sorted(dataset_bytes(f) for f in files)
+
+    stranger = requests.Session()  # a certificate from a CA the listener does not trust
+    stranger.trust_env = False
+    stranger.verify = str(pki["ca"])
+    stranger.cert = (str(pki["stranger"]), str(pki["stranger-key"]))
+    stranger.auth = session.auth
+    body, content_type = multipart([("application/dicom", files[0].read_bytes())])
+    # refused in the handshake; under TLS 1.3 the client may see only the connection close
+    with pytest.raises(requests.exceptions.ConnectionError):
+        stranger.post(
+            f"{web.base_url}/studies", data=body, headers={"Content-Type": content_type}, timeout=5
+        )
+    plain = f"http://127.0.0.1:{port}/dicomweb/{AE}/studies"  # not TLS: nothing answers it
+    with pytest.raises(requests.exceptions.ConnectionError):
+        requests.post(plain, data=b"", timeout=5)
+    assert len(running.rows()) == 2
+    session.close()  # else the listener's TLS shutdown waits for it
 
 
 def test_a_2_gb_part_near_the_min_free_floor_is_refused_in_bounded_memory(

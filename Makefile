@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 CONFIG ?= config.ini
 
-.PHONY: run test fuzz invariant soak bench bench-export bench-memory bench-ledger bench-claims bench-reconcile install install-test install-service lint clean
+.PHONY: run test fuzz invariant soak bench bench-export bench-memory bench-ledger bench-claims bench-reconcile bench-stow install install-test install-service lint clean
 
 # setuptools warns on every editable install that folders in the working
 # directory may shadow the package: true of every checkout, so not shown.
@@ -60,6 +60,10 @@ install-service:
 ## Receive benchmark: the adapter (SQLite and PostgreSQL ledgers) against DCMTK storescp, minimal pynetdicom receivers and Orthanc (minutes; see bench/README.md).
 bench: install-test
 	$(BIN)/python bench/run.py --corpus var/bench-corpus
+
+## STOW-RS receive rate (dicomweb-client, curl) against DIMSE (storescu), the same files into the adapter, 200 CT and 1000 small (~3 minutes; see bench/stow.py).
+bench-stow: install-test
+	$(BIN)/python bench/stow.py --corpus var/bench-corpus
 
 ## Export rate of the adapter's SCU against DCMTK storescu, 500 CT and 2000 small (minutes; see bench/export.py).
 bench-export: install-test

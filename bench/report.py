@@ -61,7 +61,7 @@ class Result(Throughput):
         return text
 
 
-def _ms(values: list[float]) -> str:
+def ms(values: list[float]) -> str:
     return f"{statistics.median(values) * 1000:.0f}" if values else ""
 
 
@@ -94,7 +94,7 @@ def table(results: list[Result]) -> str:
         cells = [
             r.corpus, str(r.assocs), r.receiver, str(r.count), f"{r.size / 1e6:.1f}",
             f"{r.median:.2f}", f"{r.rate:.0f}", f"{r.mbps:.1f}", *_ratios(r, by),
-            _ms(r.lag_medians), _ms(r.lag_p99s), _ms(r.drains),
+            ms(r.lag_medians), ms(r.lag_p99s), ms(r.drains),
         ]  # fmt: skip
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)

@@ -188,9 +188,13 @@ class PostgresLedgers:
 POSTGRES = PostgresLedgers()
 
 
-def _adapter(work: Path, port: int, ledger_url: str | None = None) -> Plan:
+def adapter_plan(
+    work: Path, port: int, ledger_url: str | None = None, stow_port: int | None = None
+) -> Plan:
+    """The adapter with every default; ``stow_port`` also opens its HTTP (STOW-RS) listener."""
     ae = "BENCH"
     ledger_url = ledger_url or f"sqlite:///{work / 'ledger.db'}"
+    http = f"[http]\nhost = {HOST}\nport = {stow_port}\n" if stow_port else ""
     config = work / "config.ini"
     config.write_text(
         textwrap.dedent(f"""\
@@ -209,12 +213,13 @@ def _adapter(work: Path, port: int, ledger_url: str | None = None) -> Plan:
         [ae:{ae}]
         processor = none
         """)
+        + http
     )
     return Plan([*adapter_command(), "run", "--config", str(config)], ae, ledger_url=ledger_url)
 
 
 def _adapter_pg(work: Path, port: int) -> Plan:
-    return _adapter(work, port, POSTGRES.new())
+    return adapter_plan(work, port, POSTGRES.new())
 
 
 def _orthanc(work: Path, port: int) -> Plan:
@@ -231,7 +236,7 @@ PLANS: dict[str, Callable[[Path, int], Plan]] = {
     "minimal-nofsync": _minimal_nofsync,
     "minimal": _minimal,
     "orthanc": _orthanc,
-    "adapter": _adapter,
+    "adapter": adapter_plan,
     "adapter-pg": _adapter_pg,
 }
 RECEIVERS = tuple(PLANS)
@@ -245,7 +250,11 @@ def start_receiver(kind: str, work: Path) -> Started:
     if kind not in PLANS:
         raise ValueError(kind)
     port = free_port()
-    plan = PLANS[kind](work, port)
+    return launch(PLANS[kind](work, port), port, work)
+
+
+def launch(plan: Plan, port: int, work: Path) -> Started:
+    """Start ``plan`` in ``work`` and wait until it listens on ``port`` (and any REST API)."""
     log = (work / "receiver.log").open("wb")
     env = child_env()
     proc = subprocess.Popen(
@@ -361,7 +370,7 @@ def scratch(base: Path) -> Iterator[Path]:
         shutil.rmtree(path, ignore_errors=True)
 
 
-def _measure_ledger(ledger: Engine, work: Path, count: int, result: Result) -> None:
+def measure_ledger(ledger: Engine, work: Path, count: int, result: Result) -> None:
     """Drain time (storescu exit to the last row) and per-instance lag, adapter only."""
     result.drains.append(wait_ledger(ledger, count, LEDGER_TIMEOUT))
     lags = lag.instance_lags(ledger, work)
@@ -383,7 +392,7 @@ def _repetition(kind: str, files: list[Path], workdir: Path, result: Result) -> 
             ledger_count(ledger)  # connected before the timing starts, for the drain's polls
         result.times.append(send(started.port, started.ae_title, files, timeout, result.assocs))
         if ledger is not None:
-            _measure_ledger(ledger, work, len(files), result)
+            measure_ledger(ledger, work, len(files), result)
         got = kept(started, work)
     if got != len(files):
         raise BenchError(f"{kind} kept {got}/{len(files)} instances")

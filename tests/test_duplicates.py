@@ -25,11 +25,17 @@ def config_path(tmp_path: Path, port: int, ledger_url: str) -> Path:
     return write_config(tmp_path, port, ledger=ledger_url)
 
 
+VERSION_UIDS = {
+    "study_uid": "1.2.3.4",
+    "series_uid": "1.2.3.4.5",
+    "sop_instance_uid": "1.2.3.4.5.6",
+}
+
+
 def two_versions(tmp_path: Path) -> tuple[Path, Path]:
-    uids = {"study_uid": "1.2.3.4", "series_uid": "1.2.3.4.5", "sop_instance_uid": "1.2.3.4.5.6"}
     return (
-        make_instance(tmp_path / "v1.dcm", patient_id="FIRST", **uids),
-        make_instance(tmp_path / "v2.dcm", patient_id="SECOND", **uids),
+        make_instance(tmp_path / "v1.dcm", patient_id="FIRST", **VERSION_UIDS),
+        make_instance(tmp_path / "v2.dcm", patient_id="SECOND", **VERSION_UIDS),
     )
 
 

@@ -36,6 +36,8 @@ from tests.conftest import (
     write_config,
 )
 from tests.dicom import dataset_bytes, make_instance, make_study
+from tests.test_duplicates import VERSION_UIDS, two_versions
+from tests.test_intake import events_of
 from tests.test_tls import Pki
 from tests.test_tls import pki as certificates
 from web.app import LOGGED_REFUSALS
@@ -47,6 +49,11 @@ ROOT = Path(__file__).resolve().parent.parent
 CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
 STUDY_MISMATCH = 0xA901
 CANNOT_UNDERSTAND = 0xC000
+DUPLICATE_UIDS = {
+    "study_uid": "1.2.3.4",
+    "series_uid": "1.2.3.4.5",
+    "sop_instance_uid": "1.2.3.4.5.6",
+}
 
 
 def http_config(tmp_path: Path, http: str = "") -> tuple[Path, int]:
@@ -463,6 +470,44 @@ def test_over_https_with_client_certificates_and_sign_in_end_to_end(
         requests.post(plain, data=b"", timeout=5)
     assert len(running.rows()) == 2
     session.close()  # else the listener's TLS shutdown waits for it
+
+
+def test_one_http_user_cannot_replace_what_another_stored_from_the_same_host(
+    start_adapter: Callable[[Path], RunningAdapter], tmp_path: Path
+) -> None:
+    """duplicates = replace (the default) replaces only from the same source; over
+    STOW-RS the source is the HTTP user and host, not the host alone."""
+    users = tmp_path / "users"
+    for name in ("alice", "bob"):
+        write_entry(users, name, "user", hash_password(f"{name}'s password"))
+    path, port = http_config(tmp_path, f"users = {users}\n")
+    running = start_adapter(path)
+    first, second = two_versions(tmp_path)
+    third = make_instance(tmp_path / "v3.dcm", patient_id="THIRD", **VERSION_UIDS)
+
+    def store(name: str, file: Path) -> None:
+        session = requests.Session()
+        session.auth = (name, f"{name}'s password")
+        client(port, session).store_instances([pydicom.dcmread(file)])
+
+    store("alice", first)
+    [kept] = running.wait_rows(1)
+    store("bob", second)  # differs, from another user on the same host: set aside
+    rows = running.wait_rows(2)
+    assert [(r.state, r.http_user, r.patient_id) for r in rows] == [
+        ("received", "alice", "FIRST"),
+        ("superseded", "bob", "SECOND"),
+    ]
+    [why, _moved] = [reason for _, _, reason in events_of(running, rows[1].id)]
+    assert "comes from HTTP user bob@127.0.0.1, not from its source HTTP user alice@" in why
+    store("alice", third)  # alice's own newer copy replaces hers
+    rows = running.wait_rows(3)
+    assert [(r.state, r.patient_id) for r in rows] == [
+        ("superseded", "FIRST"),
+        ("superseded", "SECOND"),
+        ("received", "THIRD"),
+    ]
+    assert rows[0].id == kept.id
 
 
 def test_a_2_gb_part_near_the_min_free_floor_is_refused_in_bounded_memory(

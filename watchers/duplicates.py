@@ -6,8 +6,8 @@ differing copy that is not to be the live one is moved aside, into
 ``spool/superseded/<AE>/``, with a ``superseded`` ledger row of its own; it
 goes only when ``[storage] superseded_retention`` says so.  Policies:
 
-* ``replace``: a newer copy from the *same source* (calling AE title and
-  host) takes over while the first is still ``received``: the first moves
+* ``replace``: a newer copy from the *same source* (calling AE title, or
+  HTTP user, and host) takes over while the first is still ``received``: the first moves
   aside.  A differing copy from another source is moved aside instead, so a
   peer can never overwrite what another sent.
 * ``replace-any``: as ``replace``, whatever the source.
@@ -78,15 +78,20 @@ class FileMoves:
                 log.warning("superseded copy %s vanished before it was moved aside", source)
 
 
-def _source(calling_ae: str | None, peer_address: str | None) -> tuple[str | None, str | None]:
-    """Calling AE title and host (the peer's port changes with every association)."""
-    host = peer_address.rsplit(":", 1)[0] if peer_address else None
-    return calling_ae, host
+def _source(copy: InstanceRecord | NewInstance) -> tuple[str | None, str | None, str | None]:
+    """Calling AE title, HTTP user and host (the peer's port changes with every
+    association or connection): two HTTP users on one host are two sources."""
+    host = copy.peer_address.rsplit(":", 1)[0] if copy.peer_address else None
+    return copy.calling_ae, copy.http_user, host
 
 
-def _describe(calling_ae: str | None, peer_address: str | None) -> str:
-    calling, host = _source(calling_ae, peer_address)
-    return "a hand-dropped file" if calling is None and host is None else f"{calling}@{host}"
+def _describe(copy: InstanceRecord | NewInstance) -> str:
+    calling, user, host = _source(copy)
+    if host is None and calling is None:
+        return "a hand-dropped file"
+    if calling is None:  # STOW-RS
+        return f"HTTP user {user}@{host}" if user else f"HTTP from {host}"
+    return f"{calling}@{host}"
 
 
 class Duplicates:
@@ -123,8 +128,7 @@ class Duplicates:
         live = waiting[-1] if waiting else present[-1]  # what the new copy would replace
         allowed = policy == "replace-any" or (
             policy == "replace"
-            and _source(live.calling_ae, live.peer_address)
-            == _source(new.calling_ae, new.peer_address)
+            and _source(live) == _source(new)
         )
         if not allowed:
             return self._set_new_aside(new, live, policy)
@@ -155,13 +159,13 @@ class Duplicates:
 
     def _set_new_aside(self, new: NewInstance, first: InstanceRecord, policy: str) -> int:
         """A differing copy that is not to be live: a ``superseded`` row, its file aside."""
-        source = _describe(new.calling_ae, new.peer_address)
+        source = _describe(new)
         if policy == "ignore":
             why = f"differs from instance {first.id}: kept aside (duplicates=ignore)"
         else:
             why = (
                 f"differs from instance {first.id} and comes from {source}, not from its "
-                f"source {_describe(first.calling_ae, first.peer_address)}: kept aside "
+                f"source {_describe(first)}: kept aside "
                 "(duplicates=replace replaces only from the same source)"
             )
         instance_id = self.tx.add(new, why, state=State.SUPERSEDED)

@@ -18,6 +18,7 @@ import logging
 import os
 import threading
 
+from prometheus_client import generate_latest
 from sqlalchemy import literal, select
 
 import scheduler as schedule
@@ -37,7 +38,7 @@ from ledger.states import TaskKind, TaskState
 from ledger.store import Ledger
 from ledger.tasks import Tasks
 from ledger.wording import plural
-from metrics import MetricsServer
+from metrics import MetricsServer, metrics_registry
 from notify import notify, watchdog_seconds
 from privileges import clear_ambient_capabilities
 from processors.command import kill_leftovers
@@ -52,8 +53,10 @@ from tasks.runner import TaskRunner
 from watchers.intake import Intake, IntakeWorker
 from watchers.reconcile import Reconciler
 from watchers.spool_watcher import SpoolWatcher
+from web.access import Access
 from web.app import build_app
 from web.auth import Authenticator, AuthFileError
+from web.pages import Live, Pages
 from web.server import HttpListener
 
 log = logging.getLogger("adapter")
@@ -310,7 +313,16 @@ class Adapter:
             auth = Authenticator(self.config.http.users, self.config.http.tokens)
         except AuthFileError as exc:  # a line that cannot be read: the config is at fault
             raise ConfigError(str(self.config.path), "http", None, str(exc)) from None
-        app = build_app(self.config.http, lambda: self.config.aes, writer, auth)
+        access = Access(auth, self.config.http.anonymous_pages)
+        metrics = metrics_registry(self)
+        pages = Pages(
+            lambda: self.config,
+            self.ledger,
+            lambda: Live(self.server.active_associations, self.intake.queued),
+            access,
+            lambda: generate_latest(metrics),
+        )
+        app = build_app(self.config.http, lambda: self.config.aes, writer, access, pages)
         return HttpListener(app, self.config.http)
 
     def _schedule_ticks(self) -> None:

@@ -105,12 +105,18 @@ def _by_state(name: str, help_text: str, counts: dict[str, int]) -> GaugeMetricF
     return family
 
 
+def metrics_registry(adapter: Adapter) -> CollectorRegistry:
+    """The adapter's metrics, for ``[metrics]``'s endpoint and the HTTP listener's ``/metrics``."""
+    registry = CollectorRegistry()
+    registry.register(AdapterCollector(adapter))
+    return registry
+
+
 class MetricsServer:
     """The HTTP endpoint; started last, stopped first."""
 
     def __init__(self, adapter: Adapter, host: str, port: int) -> None:
-        self.registry = CollectorRegistry()
-        self.registry.register(AdapterCollector(adapter))
+        self.registry = metrics_registry(adapter)
         self.host, self.port = host, port
         self._server: WSGIServer | None = None
         self._thread: threading.Thread | None = None

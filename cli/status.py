@@ -28,7 +28,6 @@ from ledger.tasks import Tasks
 from ledger.wording import plural
 
 PHI_COLUMNS = frozenset({"patient_id"})  # of the studies view: only with status --phi
-UID_GROUPINGS = frozenset({0x0020000D, 0x0020000E})  # StudyInstanceUID, SeriesInstanceUID
 
 
 @click.command()
@@ -86,9 +85,8 @@ def status(config_path: Path | None, as_json: bool, studies: int, phi: bool) -> 
 
 
 def _group_key_is_a_uid(config: Config, called_ae: str) -> bool:
-    """Groups by Study or Series Instance UID name no patient; by Patient ID they do."""
     ae = config.aes.get(called_ae)
-    return ae is not None and ae.group_by in UID_GROUPINGS
+    return ae is not None and ae.group_key_names_no_patient
 
 
 def _status_text(report: dict[str, Any]) -> str:

@@ -12,6 +12,8 @@ from pathlib import Path
 
 from config.tls import DEFAULT_TLS_CIPHERS, TlsSettings
 
+UID_GROUPINGS = frozenset({0x0020000D, 0x0020000E})  # StudyInstanceUID, SeriesInstanceUID
+
 
 @dataclass(frozen=True)
 class FreeSpaceRule:
@@ -121,6 +123,8 @@ class HttpConfig:
     max_request_size: int = 8 * 2**30  # bytes of one request body; 0: no limit
     max_parts: int = 10_000  # instances in one STOW-RS request
     timeout: float = 60.0  # seconds a request body may stall before it is cut off
+    anonymous_pages: str = "loopback"  # who may read the status pages unsigned (ANONYMOUS_PAGES)
+    show_phi: bool = False  # Patient IDs on the pages, to signed-in users only
 
     @property
     def tls(self) -> TlsSettings | None:
@@ -190,6 +194,12 @@ class AeConfig:
     retry_delay: float
     retention: float
     destinations: tuple[str, ...] | None
+
+    @property
+    def group_key_names_no_patient(self) -> bool:
+        """Groups by Study or Series Instance UID name no patient; by Patient ID they do,
+        so such a group key is patient data (shown only where patient data may be)."""
+        return self.group_by in UID_GROUPINGS
 
 
 @dataclass(frozen=True)

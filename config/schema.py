@@ -25,6 +25,8 @@ PROCESSOR_NEEDS = {
     "forward": "destinations",
 }
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+# Who may read the HTTP listener's status pages without signing in.
+ANONYMOUS_PAGES = ("loopback", "anywhere", "never")
 DESTINATION_TYPES = ("dicom", "dicomweb")  # DIMSE C-STORE, DICOMweb STOW-RS
 # Keys of one destination type only (the others, outbox, retries and TLS, are for both),
 # and the keys a destination of that type cannot work without.
@@ -97,6 +99,8 @@ SCHEMA: dict[str, dict[str, tuple[Parser, Any]]] = {
         "max_request_size": (values.size, "8GiB"),
         "max_parts": (values.integer(1, 1_000_000), "10000"),
         "timeout": (values.seconds, "60"),
+        "anonymous_pages": (values.choice(ANONYMOUS_PAGES), "loopback"),
+        "show_phi": (values.boolean, "false"),
     },
     "storage": {
         "spool": (values.resolved_path, "var/spool"),

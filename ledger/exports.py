@@ -99,6 +99,48 @@ class Exports:
             query = query.where(TASK_ITEMS.c.state == state)
         return [to_item(row) for row in self.ledger.read(query.order_by(TASK_ITEMS.c.id))]
 
+    def discard_item(self, item_id: int, reason: str, now: datetime | None = None) -> ItemRecord:
+        """One undelivered file of a failed export given up on: never sent, and no longer
+        unhealthy.  Its file stays on disk (nothing here deletes).  The last one given up
+        closes the export as ``discarded``.  Raises LookupError for a file that is not
+        an undelivered file of a failed export."""
+        with self.ledger.transaction(now) as tx:
+            found = tx.connection.execute(
+                select(TASK_ITEMS, TASKS.c.state.label("task_state"))
+                .select_from(TASK_ITEMS.join(TASKS, TASKS.c.id == TASK_ITEMS.c.task_id))
+                .where(TASK_ITEMS.c.id == item_id)
+                .with_for_update()
+            ).one_or_none()
+            if found is None:
+                raise LookupError(f"no export file {item_id}")
+            item = to_item(found)
+            if item.state != ItemState.FAILED or found.task_state != TaskState.FAILED:
+                raise LookupError(
+                    f"export file {item_id} is {item.state} in a {found.task_state} export, "
+                    "not undelivered"
+                )
+            tx.connection.execute(
+                update(TASK_ITEMS)
+                .where(TASK_ITEMS.c.id == item_id)
+                .values(state=ItemState.DISCARDED)
+            )
+            state = TaskState.FAILED
+            tasks.note(tx, item.task_id, state, state, f"file {item.path} discarded: {reason}")
+            left = tx.connection.execute(
+                select(func.count()).where(
+                    TASK_ITEMS.c.task_id == item.task_id, TASK_ITEMS.c.state == ItemState.FAILED
+                )
+            ).scalar_one()
+            if not left:
+                tasks.move(
+                    tx,
+                    item.task_id,
+                    TaskState.DISCARDED,
+                    f"every undelivered file discarded: {reason}",
+                )
+                tasks.set_values(tx, item.task_id, next_attempt_at=None)
+        return item
+
     def to_send(self, task_id: int) -> list[ItemRecord]:
         """A task's ``pending`` files, those no attempt has failed on first.
 

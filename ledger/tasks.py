@@ -280,10 +280,12 @@ class Tasks:
                 set_values(tx, task_id, next_attempt_at=tx.now, lease_until=None)
         return len(rows)
 
-    def retry(self, task_id: int, now: datetime | None = None) -> TaskRecord:
+    def retry(
+        self, task_id: int, now: datetime | None = None, reason: str = "retry requested"
+    ) -> TaskRecord:
         """failed -> pending now, its undelivered items with it, with fresh attempts."""
         with self.ledger.transaction(now) as tx:
-            move(tx, task_id, TaskState.PENDING, "retry requested")
+            move(tx, task_id, TaskState.PENDING, reason)
             set_items(tx, task_id, ItemState.FAILED, ItemState.PENDING)
             set_values(tx, task_id, attempts=0, next_attempt_at=tx.now, finished_at=None)
         return self.get(task_id)

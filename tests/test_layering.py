@@ -41,8 +41,9 @@ RULES: dict[str, set[str] | None] = {
     # builds every config-derived part (lanes, groupers, admission) for adapter.py
     "derived": {"config", "ledger", "processors", "exporters", "scp", "tasks"},
     "scp": {"spool", "dimse", "arenas"},  # arenas: set in the SCP's own process
-    # the HTTP listener: STOW-RS into the spool, as the SCP; uvicorn's internals checked
-    "web": {"config", "spool", "private_api"},
+    # the HTTP listener: STOW-RS into the spool, as the SCP; the status pages read the
+    # ledger and health (actions write it); uvicorn's internals checked
+    "web": {"config", "errors", "health", "ledger", "private_api", "spool"},
     "logs": {"spool"},  # spool.text makes every log line one line
     "samples": {"spool"},  # spool.incoming makes the UIDs
     # validates AE titles and UIDs (spool.names) and duplicates policies

@@ -40,9 +40,9 @@ from tests.test_duplicates import VERSION_UIDS, two_versions
 from tests.test_intake import events_of
 from tests.test_tls import Pki
 from tests.test_tls import pki as certificates
-from web.app import LOGGED_REFUSALS
 from web.auth import hash_password, write_entry
 from web.server import MAX_PER_HOST
+from web.stow_service import LOGGED_REFUSALS
 
 AE = "DICOMADAPTER"
 ROOT = Path(__file__).resolve().parent.parent
@@ -390,7 +390,7 @@ def test_a_body_of_junk_parts_logs_a_few_lines_and_counts_the_rest(
     tmp_path: Path,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    caplog.set_level(logging.INFO, logger="web.app")
+    caplog.set_level(logging.INFO, logger="web.stow_service")
     path, port = http_config(tmp_path)
     start_adapter(path)
     body, content_type = multipart([("application/dicom", b"junk" * 40)] * 50)
@@ -398,7 +398,7 @@ def test_a_body_of_junk_parts_logs_a_few_lines_and_counts_the_rest(
     answer = requests.post(url, data=body, headers={"Content-Type": content_type}, timeout=30)
     assert answer.status_code == 409
     assert len(pydicom.Dataset.from_json(answer.text).OtherFailuresSequence) == 50
-    lines = [r.getMessage() for r in caplog.records if r.name == "web.app"]
+    lines = [r.getMessage() for r in caplog.records if r.name == "web.stow_service"]
     assert sum("STOW-RS part from" in line for line in lines) == LOGGED_REFUSALS
     assert any(line.endswith(": 0 stored, 50 refused") for line in lines)
 

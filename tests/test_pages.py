@@ -195,3 +195,21 @@ def test_actions_need_an_admin_a_confirmation_and_the_page_s_token(
         ).status_code
         == 404
     )
+
+
+def test_healthz_says_unhealthy_when_the_ledger_does_not_answer(
+    start_adapter: Callable[[Path], RunningAdapter], tmp_path: Path
+) -> None:
+    path, port = http_config(tmp_path)
+    running = start_adapter(path)
+
+    def down() -> dict[str, str]:
+        raise OSError("could not connect to server: Connection refused")
+
+    running.adapter.ledger.service_state = down  # type: ignore[method-assign]
+    answer = requests.get(f"http://127.0.0.1:{port}/healthz", timeout=30)
+    assert answer.status_code == 503
+    assert answer.json() == {
+        "healthy": False,
+        "problems": ["health unknown: could not connect to server: Connection refused"],
+    }

@@ -47,6 +47,7 @@ from ledger.processing import Processing
 from ledger.states import State, TaskState
 from ledger.store import Ledger
 from ledger.tasks import Tasks
+from spool.text import one_line
 from web.access import Access, Refused
 from web.auth import User
 
@@ -132,7 +133,12 @@ class Pages:
         return self._page(request, "study.html", viewer, {"uid": uid, "detail": detail})
 
     async def healthz(self, request: Request) -> Response:
-        facts = await run_in_threadpool(health, self.config(), self.ledger)
+        try:
+            facts = await run_in_threadpool(health, self.config(), self.ledger)
+        except Exception as exc:  # the ledger down, say: unhealthy, and said why
+            log.warning("healthz: the health facts could not be read: %s", one_line(exc))
+            body = {"healthy": False, "problems": [f"health unknown: {one_line(exc)}"]}
+            return Response(json.dumps(body), 503, media_type="application/json")
         body = {
             "healthy": facts["healthy"],
             "listening": facts["listening"],

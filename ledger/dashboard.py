@@ -71,7 +71,8 @@ class Dashboard:
         return counts
 
     def received_per_minute(self, now: datetime, minutes: int = 60) -> list[int]:
-        """Instances received in each of the last ``minutes`` minutes, oldest first.
+        """Instances received in each of the last ``minutes`` minutes, oldest first
+        (quarantined files are not instances: they are listed, not counted).
 
         Grouped in the database by the minute of the time text, over the
         ``received_at`` index's last hour only.
@@ -79,7 +80,9 @@ class Dashboard:
         start = (now - timedelta(minutes=minutes - 1)).replace(second=0, microsecond=0)
         minute = func.substr(INSTANCES.c.received_at, 1, MINUTE_PREFIX, type_=String)
         query = (
-            select(minute, func.count()).where(INSTANCES.c.received_at >= start).group_by(minute)
+            select(minute, func.count())
+            .where(INSTANCES.c.received_at >= start, INSTANCES.c.state != State.REJECTED)
+            .group_by(minute)
         )
         found = dict(self.ledger.read(query))
         return [

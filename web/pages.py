@@ -222,6 +222,7 @@ class Pages:
         """Everything the overview shows, read in one go on a worker thread."""
         config = self.config()
         now = utcnow()
+        live = self.live()  # before health(): its C-ECHO is an association of its own
         facts = health(config, self.ledger)
         oldest = Processing(self.ledger).oldest_open_group(list(config.processed_aes))
         ae = config.aes.get(oldest.called_ae) if oldest else None
@@ -236,7 +237,7 @@ class Pages:
         return {
             "now": now,
             "health": facts,
-            "live": self.live(),
+            "live": live,
             "states": [str(state) for state in State],
             "counts": self.dashboard.counts_by_ae(),
             "per_minute": per_minute,
@@ -250,13 +251,12 @@ class Pages:
             "quarantined": self.dashboard.quarantined(),
             "listed": LISTED,
             "refresh": REFRESH_SECONDS,
-            "node": config.node.name,
         }
 
     def _page(
         self, request: Request, template: str, viewer: Viewer, facts: dict[str, Any]
     ) -> Response:
-        context = {"viewer": viewer, "now": utcnow(), **facts}
+        context = {"viewer": viewer, "now": utcnow(), "node": self.config().node.name, **facts}
         return self.templates.TemplateResponse(request, template, context, headers=SECURITY_HEADERS)
 
 

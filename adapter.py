@@ -111,14 +111,19 @@ class Adapter:
             stale_tmp_seconds=max(600.0, 2 * config.dicom.network_timeout, 2 * config.http.timeout),
         )
         derived = derive(config, self.processing, self.exports)
-        self.server = ScpProcess(config.dicom, derived.policy, self.layout, config.storage.min_free)
+        self.server = ScpProcess(
+            config.dicom, derived.policy, self.layout, config.storage.min_free, self.intake.submit
+        )
         # group, tasks, reclaim, reconcile, outbox, heartbeat, watchdog: a thread each
         self.scheduler = schedule.make_scheduler(8)
         self._notifying = threading.Lock()
         # STOW-RS writes through a writer of its own into the same spool, under the
         # SCP's min_free (a reload changes both) and max_instance_size.
         self.http_writer = SpoolWriter(
-            self.layout, config.storage.min_free, config.dicom.max_instance_size
+            self.layout,
+            config.storage.min_free,
+            config.dicom.max_instance_size,
+            announce=lambda path: self.intake.submit([path]),
         )
         self.http = self._http_listener(self.http_writer) if config.http.port else None
         self.metrics = (

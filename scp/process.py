@@ -34,6 +34,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from scp.server import StoreServer
@@ -41,6 +42,8 @@ from spool.text import one_line
 from spool.writer import SpoolWriter
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from config import DicomConfig, FreeSpaceRule
     from scp.admission import AdmissionPolicy
     from spool.layout import SpoolLayout
@@ -71,8 +74,10 @@ class ScpProcess:
         policy: AdmissionPolicy,
         layout: SpoolLayout,
         min_free: FreeSpaceRule,
+        published: Callable[[list[Path]], None],
     ) -> None:
         self.dicom = dicom
+        self._published = published  # intake's submit: each stored file, at once
         self._policy = policy
         self._layout = layout
         self._min_free = min_free
@@ -223,6 +228,8 @@ class ScpProcess:
             kind = message[0]
             if kind == "log":
                 self._log(message[1])
+            elif kind == "published":
+                self._published([Path(message[1])])
             elif kind == "tally":
                 self.tally = message[1]
             elif kind == "stopped":
@@ -289,7 +296,13 @@ def serve(conn: Connection) -> None:
     root.setLevel(level)
     logging.getLogger("pynetdicom").setLevel(max(logging.WARNING, level))
 
-    server = StoreServer(dicom, policy, SpoolWriter(layout, min_free, dicom.max_instance_size))
+    writer = SpoolWriter(
+        layout,
+        min_free,
+        dicom.max_instance_size,
+        announce=lambda path: send(("published", os.fspath(path))),
+    )
+    server = StoreServer(dicom, policy, writer)
     try:
         server.start()
     except OSError as exc:

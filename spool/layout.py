@@ -124,6 +124,10 @@ class SpoolLayout:
                     if not name.startswith("."):
                         yield os.path.join(folder, name)
 
+    def is_temporary(self, path: Path) -> bool:
+        """True for a path under ``.tmp/``: a writer's file before it is published."""
+        return path.is_relative_to(self.root / TMP)
+
     def is_candidate(self, path: Path) -> bool:
         """True for a path intake should look at: in an AE folder, no dot part."""
         try:

@@ -2,9 +2,10 @@
 
 The C-STORE dataset has already streamed into an :class:`IncomingFile` in
 ``.tmp/``.  Publishing fsyncs it, renames it into its final place and fsyncs
-the folder; only after that may the SCP answer Success (cf. Orthanc
-``SyncStorageArea``, dcm4che's ``.part`` files).  A failure removes the
-temporary file, so a refused store leaves nothing behind.
+the folder, then announces the path to intake; only after that may the SCP
+answer Success (cf. Orthanc ``SyncStorageArea``, dcm4che's ``.part`` files).
+A failure removes the temporary file, so a refused store leaves nothing
+behind.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import errno
 import os
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -31,11 +33,19 @@ class SpoolWriter:
     """Opens incoming files in ``.tmp/`` and publishes them into place."""
 
     def __init__(
-        self, layout: SpoolLayout, min_free: FreeSpaceRule, max_instance_size: int = 0
+        self,
+        layout: SpoolLayout,
+        min_free: FreeSpaceRule,
+        max_instance_size: int = 0,
+        announce: Callable[[Path], None] | None = None,
     ) -> None:
         self.layout = layout
         self.min_free = min_free
         self.max_instance_size = max_instance_size  # bytes of data set; 0: no limit
+        # Told each published path at once, so intake need not wait for the watcher:
+        # a file renamed into a series folder made a moment before its inotify watch
+        # comes to the watcher only as "created", which waits settle_seconds.
+        self.announce = announce
         self._naming = threading.Lock()
 
     def has_room(self, more: int = 0) -> bool:
@@ -86,6 +96,8 @@ class SpoolWriter:
             if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
                 raise SpoolFull(exc.errno, exc.strerror or str(exc)) from exc
             raise
+        if self.announce is not None:
+            self.announce(final)
         return final
 
     def _rename_into(self, temporary: Path, folder: Path, sop_instance_uid: str) -> Path:

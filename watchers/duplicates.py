@@ -126,10 +126,7 @@ class Duplicates:
             return self._add(new, f"copy of instance {ids}, whose file is gone", policy)
         waiting = [c for c in present if c.state == State.RECEIVED]
         live = waiting[-1] if waiting else present[-1]  # what the new copy would replace
-        allowed = policy == "replace-any" or (
-            policy == "replace"
-            and _source(live) == _source(new)
-        )
+        allowed = policy == "replace-any" or (policy == "replace" and _source(live) == _source(new))
         if not allowed:
             return self._set_new_aside(new, live, policy)
         if not waiting:

@@ -1,8 +1,11 @@
 """The doorbell: a watchdog observer that reports complete files in the spool.
 
 Completeness is the rule (watchdog#313: created events fire before a writer
-finishes).  A rename into place (``on_moved``, how the SCP publishes) or a
-close after writing (``on_closed``, a hand copy) rings at once.  A bare
+finishes).  The adapter's own writers (the SCP, STOW-RS) announce each file
+they publish straight to intake (``SpoolWriter.announce``), so their renames
+out of ``.tmp/`` are not rung again here.  Any other rename into place
+(``on_moved``) or a close after writing (``on_closed``, a hand copy) rings
+at once.  A bare
 ``on_created`` (a file moved in from outside the spool, or a directory tree
 copied in) rings once the file's size and mtime have held still for
 ``settle_seconds`` and no process has it open for writing.  Events are
@@ -52,8 +55,11 @@ class _Doorbell(FileSystemEventHandler):
         self.watcher = watcher
 
     def on_moved(self, event: DirMovedEvent | FileMovedEvent) -> None:
-        if not event.is_directory:
-            self.watcher.ring([Path(os.fsdecode(event.dest_path))])
+        if event.is_directory or self.watcher.layout.is_temporary(
+            Path(os.fsdecode(event.src_path))
+        ):
+            return  # published from .tmp/: its writer announced it to intake already
+        self.watcher.ring([Path(os.fsdecode(event.dest_path))])
 
     def on_closed(self, event: FileClosedEvent) -> None:
         self.watcher.ring([Path(os.fsdecode(event.src_path))])

@@ -175,3 +175,20 @@ def test_patient_ids_are_logged_only_with_log_phi(
     running.wait_rows(1)
     wait_for(lambda: "received id=" in caplog.text)
     assert ("SECRET-PATIENT-42" in caplog.text) is log_phi
+
+
+def test_stored_files_are_recorded_at_once_even_in_new_series_folders(
+    start_adapter, tmp_path: Path, port: int
+) -> None:
+    """The SCP announces each file it publishes; intake does not wait for the watcher,
+    which hears of a file renamed into a folder made a moment before only as "created"
+    and lets it settle (here 30 s) first."""
+    config = write_config(tmp_path, port)
+    config.write_text(config.read_text().replace("settle_seconds = 0.5", "settle_seconds = 30"))
+    running = start_adapter(config)
+    began = time.monotonic()
+    for series in range(3):  # three new series folders
+        [file] = make_study(tmp_path / f"s{series}", 1, series_uid=f"1.2.3.{series}")
+        assert send(running, file) == 0
+    running.wait_rows(3, "received")
+    assert time.monotonic() - began < 10

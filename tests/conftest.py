@@ -167,6 +167,13 @@ def write_config(
     return path
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Every test of a ``test_bench_*.py`` file is a ``bench`` test, left out of ``make test``."""
+    for item in items:
+        if item.path.name.startswith("test_bench_"):
+            item.add_marker(pytest.mark.bench)
+
+
 @pytest.fixture
 def port() -> int:
     return free_port()

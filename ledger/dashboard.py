@@ -13,8 +13,9 @@ from __future__ import annotations
 from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
-from sqlalchemy import String, func, select
+from sqlalchemy import String, Table, func, select
 
 from ledger.exports import to_item
 from ledger.records import InstanceRecord, ItemRecord, TaskRecord
@@ -92,13 +93,7 @@ class Dashboard:
 
     def failed_tasks(self) -> list[TaskRecord]:
         """Failed jobs and exports, newest first (at most :data:`LISTED`)."""
-        query = (
-            select(TASKS)
-            .where(TASKS.c.state == TaskState.FAILED)
-            .order_by(TASKS.c.id.desc())
-            .limit(LISTED)
-        )
-        return [to_task(row) for row in self.ledger.read(query)]
+        return [to_task(row) for row in self._newest(TASKS, TaskState.FAILED)]
 
     def undelivered(self) -> list[Undelivered]:
         """Files failed exports did not deliver, newest first (at most :data:`LISTED`)."""
@@ -111,23 +106,13 @@ class Dashboard:
         )
         items = [to_item(row) for row in self.ledger.read(query)]
         task_ids = sorted({item.task_id for item in items})
-        tasks = {
-            task.id: task
-            for task in map(
-                to_task, self.ledger.read(select(TASKS).where(TASKS.c.id.in_(task_ids)))
-            )
-        }
+        rows = self.ledger.read(select(TASKS).where(TASKS.c.id.in_(task_ids)))
+        tasks = {task.id: task for task in map(to_task, rows)}
         return [Undelivered(item, tasks[item.task_id]) for item in items]
 
     def quarantined(self) -> list[InstanceRecord]:
         """Files quarantined as not instances (``rejected``), newest first."""
-        query = (
-            select(INSTANCES)
-            .where(INSTANCES.c.state == State.REJECTED)
-            .order_by(INSTANCES.c.id.desc())
-            .limit(LISTED)
-        )
-        return [to_record(row) for row in self.ledger.read(query)]
+        return [to_record(row) for row in self._newest(INSTANCES, State.REJECTED)]
 
     def study_sources(self, called_ae: str, study: str) -> list[str]:
         """Who sent a study: calling AE titles, or ``HTTP user@host`` for STOW-RS."""
@@ -207,3 +192,9 @@ class Dashboard:
         ]
         timeline.sort(key=lambda story: story.at)
         return StudyDetail(instances, sorted(tasks, key=lambda task: task.id), timeline)
+
+    def _newest(self, table: Table, state: str) -> list[Any]:
+        """The newest :data:`LISTED` rows of ``table`` in ``state`` (its state index, then
+        its id descending)."""
+        query = select(table).where(table.c.state == state).order_by(table.c.id.desc())
+        return self.ledger.read(query.limit(LISTED))

@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 CONFIG ?= config.ini
 
-.PHONY: run test fuzz invariant soak bench bench-export bench-memory bench-ledger bench-claims bench-reconcile bench-stow install install-test install-service lint clean
+.PHONY: run test fuzz invariant soak bench bench-export bench-memory bench-ledger bench-claims bench-reconcile bench-stow bench-page install install-test install-service lint clean
 
 # setuptools warns on every editable install that folders in the working
 # directory may shadow the package: true of every checkout, so not shown.
@@ -85,6 +85,11 @@ bench-claims: install-test
 ## One reconcile pass over a spool of 1,000,000 files against `find` (~10 minutes, builds the spool in $TMPDIR).
 bench-reconcile: install
 	$(BIN)/python bench/reconcile_scale.py --files 1000000
+
+## The status page over a ledger of 1,000,000 instances: `GET /`, a study page and /healthz from a
+## running adapter, and each read of the overview alone (SQLite; --backend postgresql for the other).
+bench-page: install
+	$(BIN)/python bench/page_scale.py --instances 1000000
 
 lint: install-test
 	$(BIN)/ruff check .

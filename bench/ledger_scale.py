@@ -250,13 +250,17 @@ def fates(studies: list[Study]) -> list[tuple[Study, str]]:
     return result
 
 
-def advance(ledger: Ledger, studies: list[Study]) -> int:
-    """Move studies on as the grouper, dispatcher and reclaimer would; moves made."""
+def advance(ledger: Ledger, fated: list[tuple[Study, str]]) -> int:
+    """Move studies on as the grouper, dispatcher and reclaimer would; moves made.
+
+    ``fated`` is oldest first, as :func:`fates` gives it (``bench/page_scale.py``
+    passes its own): a reclaimed study's release must not reach a newer submitted one.
+    """
     processing = Processing(ledger)
     moves = 0
     finished: dict[str, datetime] = {}  # called AE -> latest finish to release
     reclaim: list[int] = []
-    for study, fate in fates(studies):
+    for study, fate in fated:
         done_at = study.arrived_at + timedelta(minutes=30)
         job = processing.claim_group(study.called_ae, study.uid, "folder", "bench", done_at)
         if job is None:
@@ -395,7 +399,7 @@ def build(
     clock = Clock({study.uid: study.arrived_at for study in studies})
     seconds = ingest(ledger, arrivals(studies, total, per_study, folder / "spool"), batch, clock)
     started = time.perf_counter()
-    moves = advance(ledger, studies)
+    moves = advance(ledger, fates(studies))
     engine.dispose()
     return seconds, time.perf_counter() - started, moves
 

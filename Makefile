@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 CONFIG ?= config.ini
 
-.PHONY: run test fuzz invariant soak bench bench-export bench-memory bench-ledger bench-claims bench-reconcile bench-stow bench-page install install-test install-service lint clean
+.PHONY: run test fuzz invariant soak bench bench-export bench-memory bench-ledger bench-claims bench-reconcile bench-stow bench-page bench-check install install-test install-service lint clean
 
 # setuptools warns on every editable install that folders in the working
 # directory may shadow the package: true of every checkout, so not shown.
@@ -90,6 +90,10 @@ bench-reconcile: install
 ## running adapter, and each read of the overview alone (SQLite; --backend postgresql for the other).
 bench-page: install
 	$(BIN)/python bench/page_scale.py --instances 1000000
+
+## A tiny run of every bench/ script, checking each still runs and prints its table (a minute or two; not in `make test`).
+bench-check: install-test
+	$(BIN)/pytest -m bench
 
 lint: install-test
 	$(BIN)/ruff check .

@@ -127,6 +127,19 @@ class Dashboard:
             for calling, user in self.ledger.read(query)
         )
 
+    def patient_ids(self, job_ids: Collection[int]) -> set[str]:
+        """The Patient IDs of these jobs' instances (``ix_instances_job_id``): text a job
+        or its exports wrote (a command's stderr, say) may name them."""
+        found: set[str] = set()
+        for chunk in chunked(sorted(job_ids)):
+            query = (
+                select(INSTANCES.c.patient_id)
+                .where(INSTANCES.c.job_id.in_(chunk), INSTANCES.c.patient_id.is_not(None))
+                .distinct()
+            )
+            found.update(patient_id for (patient_id,) in self.ledger.read(query))
+        return found
+
     def study(self, called_aes: Collection[str], study: str) -> StudyDetail:
         """One study's instances (each AE's, through ``ix_instances_study``), the jobs that
         took them and the exports that sent them, and every event of these, in order."""

@@ -200,10 +200,14 @@ class ScpProcess:
             self._process.wait(5)
 
     def _first_word(self) -> tuple[Any, ...] | None:
-        """The child's "listening" or "failed", passing on the log records before it."""
+        """The child's "listening" or "failed", passing on the log records (and any file
+        stored from the listen backlog) before it."""
         deadline = time.monotonic() + START_TIMEOUT
         while self._conn.poll(max(0.0, deadline - time.monotonic())):  # type: ignore[union-attr]
             message = self._receive()
+            if message is not None and message[0] == "published":  # stored from the backlog
+                self._published([Path(message[1])])
+                continue
             if message is None or message[0] != "log":
                 return message
             self._log(message[1])

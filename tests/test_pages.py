@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import requests
+from sqlalchemy.exc import OperationalError
 from starlette.requests import Request
 
 from ledger.db import make_engine
@@ -22,12 +23,12 @@ from ledger.migrate import upgrade
 from ledger.states import TaskState
 from ledger.store import Ledger
 from ledger.tasks import Tasks
-from tests.conftest import RunningAdapter
+from tests.conftest import RunningAdapter, free_port, wait_for, write_config
 from tests.dicom import make_study
 from tests.test_exports_ledger import REFUSED, attempt, queue
 from tests.test_stow import client, http_config
 from web.access import Access, Refused
-from web.auth import Authenticator, hash_password, write_entry
+from web.auth import Authenticator, AuthFileError, hash_password, write_entry
 
 PATIENT = "PAT-PAGES-4711"
 
@@ -213,3 +214,57 @@ def test_healthz_says_unhealthy_when_the_ledger_does_not_answer(
         "healthy": False,
         "problems": ["health unknown: could not connect to server: Connection refused"],
     }
+
+
+def test_patient_ids_in_job_text_are_blanked_out_for_viewers_without_phi(
+    start_adapter: Callable[[Path], RunningAdapter], tmp_path: Path
+) -> None:
+    """A job grouped by Patient ID names the patient in its events, and a failing command
+    may print it: the timeline and the errors blank it out unless PHI may be shown."""
+    users = users_file(tmp_path)
+    aes = (
+        "[ae:DICOMADAPTER]\nprocessor = command\ngroup_by = 0010,0020\ntimeout = 0.5\n"
+        "retries = 0\ncommand = /bin/sh -c 'echo cannot submit for patient {group_key} >&2; "
+        "exit 1'\n"
+    )
+    port = free_port()
+    path = write_config(
+        tmp_path, free_port(), f"[http]\nport = {port}\nusers = {users}\nshow_phi = true\n", aes=aes
+    )
+    running = start_adapter(path)
+    uid = store_study(port, tmp_path, USER)
+    wait_for(lambda: Tasks(running.ledger).listing(state=TaskState.FAILED), timeout=30)
+    base = f"http://127.0.0.1:{port}"
+    for url in (f"{base}/", f"{base}/studies/{uid}"):
+        anonymous = requests.get(url, timeout=30).text
+        assert PATIENT not in anonymous and "[patient data]" in anonymous
+        assert PATIENT in requests.get(url, headers=USER, timeout=30).text  # show_phi, signed in
+
+
+def test_the_pages_answer_503_in_one_line_when_the_ledger_does_not_answer(
+    start_adapter: Callable[[Path], RunningAdapter], tmp_path: Path
+) -> None:
+    path, port = http_config(tmp_path)
+    running = start_adapter(path)
+
+    def down(*_args: object) -> None:
+        raise OperationalError("SELECT", {}, Exception("could not connect to server"))
+
+    running.adapter.ledger.read = down  # type: ignore[method-assign]
+    try:
+        answer = requests.get(f"http://127.0.0.1:{port}/studies/1.2.3", timeout=30)
+    finally:
+        del running.adapter.ledger.read  # the service's own ticks read it too
+    assert (answer.status_code, answer.text) == (
+        503,
+        "the ledger does not answer: try again shortly\n",
+    )
+
+
+def test_a_user_name_longer_than_the_ledger_keeps_is_refused(tmp_path: Path) -> None:
+    """instances.http_user holds 64 characters: longer names would share a source."""
+    with pytest.raises(AuthFileError, match="longer than 64 characters"):
+        write_entry(tmp_path / "users", "a" * 65, "user", hash_password("x"))
+    (tmp_path / "hand-made").write_text(f"{'b' * 65}:user:{hash_password('x')}\n")
+    with pytest.raises(AuthFileError, match=r"line 1: .*at most 64 characters"):
+        Authenticator(tmp_path / "hand-made", None)

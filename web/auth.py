@@ -40,6 +40,7 @@ ROLES = ("admin", "user")
 SCRYPT_LOG_N, SCRYPT_R, SCRYPT_P = 17, 8, 1  # OWASP's scrypt minimum
 _SCRYPT_MAXMEM = 256 * 2**20  # 128 * r * N bytes are needed; hashlib's default is 32 MiB
 _REMEMBER_SECONDS = 300.0
+MAX_NAME = 64  # instances.http_user holds the name whole: two users are two sources
 
 
 class AuthFileError(ValueError):
@@ -85,8 +86,11 @@ def read_entries(path: Path) -> dict[str, tuple[str, str]]:
             continue
         name, _, rest = line.partition(":")
         role, _, secret = rest.partition(":")
-        if not name or role not in ROLES or not secret:
-            expected = "expected name:role:secret, role admin or user"
+        if not name or len(name) > MAX_NAME or role not in ROLES or not secret:
+            expected = (
+                f"expected name:role:secret, a name of at most {MAX_NAME} characters, "
+                "role admin or user"
+            )
             raise AuthFileError(f"{path} line {number}: {expected}")
         entries[name] = (role, secret)
     return entries
@@ -94,8 +98,11 @@ def read_entries(path: Path) -> dict[str, tuple[str, str]]:
 
 def write_entry(path: Path, name: str, role: str, secret: str) -> None:
     """Add ``name`` to a users or tokens file, or replace its line; the file stays 0600."""
-    if ":" in name or not name.strip() or name != name.strip():
-        rule = "a name may not be empty, contain ':', or begin or end in a space"
+    if ":" in name or not name.strip() or name != name.strip() or len(name) > MAX_NAME:
+        rule = (
+            f"a name may not be empty, longer than {MAX_NAME} characters (the ledger's "
+            "http_user), contain ':', or begin or end in a space"
+        )
         raise AuthFileError(f"{rule}: {name!r}")
     if role not in ROLES:
         raise AuthFileError(f"role must be one of {', '.join(ROLES)}, not {role!r}")

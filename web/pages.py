@@ -31,6 +31,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy.exc import SQLAlchemyError
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, RedirectResponse, Response
@@ -44,7 +45,8 @@ from ledger.dashboard import LISTED, Dashboard
 from ledger.exports import Exports
 from ledger.models import parse_time, utcnow
 from ledger.processing import Processing
-from ledger.states import State, TaskState
+from ledger.records import TaskRecord
+from ledger.states import State, TaskKind, TaskState
 from ledger.store import Ledger
 from ledger.tasks import Tasks
 from spool.text import one_line
@@ -54,7 +56,11 @@ from web.auth import User
 log = logging.getLogger(__name__)
 REFRESH_SECONDS = 5
 RECENT_STUDIES = 10
-UID = re.compile(r"[0-9.]{1,64}")  # a Study Instance UID, as the page links to it
+LISTED_INSTANCES = 1000  # rows of a study page's instances (it says how many more)
+LISTED_EVENTS = 2000  # the newest events of a study page's timeline
+MIN_REDACTED = 3  # shortest Patient ID or group key blanked out of text
+# A Study Instance UID as recorded (a peer's may break the UID rules); only ever a parameter.
+UID = re.compile(r"[^/]{1,64}")
 SECURITY_HEADERS = {
     "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; "
     "img-src 'self' data:; form-action 'self'; frame-ancestors 'none'",
@@ -103,7 +109,9 @@ class Pages:
         self.access = access
         self.metrics_text = metrics
         self.templates = Jinja2Templates(directory=Path(__file__).parent / "templates")
-        self.templates.env.filters.update(age=_age, short_uid=_short_uid, size=_size)
+        self.templates.env.filters.update(
+            age=_age, short_uid=_short_uid, size=_size, redact=_redact
+        )
 
     def routes(self) -> list[Route]:
         return [
@@ -120,7 +128,7 @@ class Pages:
     async def overview(self, request: Request) -> Response:
         viewer = await self._viewer(request)
         facts = await run_in_threadpool(self._overview, viewer)
-        return self._page(request, "overview.html", viewer, facts)
+        return await self._page(request, "overview.html", viewer, facts)
 
     async def study(self, request: Request) -> Response:
         viewer = await self._viewer(request)
@@ -130,7 +138,18 @@ class Pages:
         detail = await run_in_threadpool(self.dashboard.study, self.config().aes, uid)
         if not detail.instances:
             raise Refused(404, f"no study {uid} in the ledger")
-        return self._page(request, "study.html", viewer, {"uid": uid, "detail": detail})
+        hidden: set[str] = set()
+        if not viewer.show_phi:
+            hidden = {row.patient_id for row in detail.instances if row.patient_id}
+            hidden |= await run_in_threadpool(self._patient_keys, detail.tasks)
+        facts = {
+            "uid": uid,
+            "detail": detail,
+            "instances": detail.instances[:LISTED_INSTANCES],
+            "timeline": detail.timeline[-LISTED_EVENTS:],
+            "hidden": hidden,
+        }
+        return await self._page(request, "study.html", viewer, facts)
 
     async def healthz(self, request: Request) -> Response:
         try:
@@ -172,7 +191,7 @@ class Pages:
             "verb": request.path_params["verb"],
             "csrf": self.access.csrf_token(user, action),
         }
-        return self._page(request, "confirm.html", viewer, facts)
+        return await self._page(request, "confirm.html", viewer, facts)
 
     async def act(self, request: Request) -> Response:
         user, action, subject = await self._action(request)
@@ -234,6 +253,13 @@ class Pages:
             study["last_received_at"] = parse_time(str(study["last_received_at"]))
             studies.append(study)
         per_minute = self.dashboard.received_per_minute(now)
+        failed = self.dashboard.failed_tasks()
+        undelivered = self.dashboard.undelivered()
+        hidden = (
+            set()
+            if viewer.show_phi
+            else self._patient_keys(failed + [entry.task for entry in undelivered])
+        )
         return {
             "now": now,
             "health": facts,
@@ -246,18 +272,36 @@ class Pages:
             "oldest_key_shown": oldest is not None
             and (viewer.show_phi or (ae is not None and ae.group_key_names_no_patient)),
             "studies": studies,
-            "failed": self.dashboard.failed_tasks(),
-            "undelivered": self.dashboard.undelivered(),
+            "failed": failed,
+            "undelivered": undelivered,
+            "hidden": hidden,
             "quarantined": self.dashboard.quarantined(),
             "listed": LISTED,
             "refresh": REFRESH_SECONDS,
         }
 
-    def _page(
+    def _patient_keys(self, tasks: list[TaskRecord]) -> set[str]:
+        """What may name a patient in these tasks' text: the Patient IDs of their jobs'
+        instances, and group keys taken from a patient-level attribute."""
+        aes = self.config().aes
+        jobs = {task.id if task.kind == TaskKind.PROCESS else task.parent_id for task in tasks}
+        keys = {
+            task.group_key
+            for task in tasks
+            if task.group_key
+            and not (task.target in aes and aes[task.target].group_key_names_no_patient)
+        }
+        return keys | self.dashboard.patient_ids({job for job in jobs if job is not None})
+
+    async def _page(
         self, request: Request, template: str, viewer: Viewer, facts: dict[str, Any]
     ) -> Response:
-        context = {"viewer": viewer, "now": utcnow(), "node": self.config().node.name, **facts}
-        return self.templates.TemplateResponse(request, template, context, headers=SECURITY_HEADERS)
+        """The page rendered on a worker thread: a large study is a large page."""
+        context = {"viewer": viewer, "now": utcnow(), "node": self.config().node.name}
+        context |= {"hidden": set(), **facts}
+        return await run_in_threadpool(
+            self.templates.TemplateResponse, request, template, context, headers=SECURITY_HEADERS
+        )
 
 
 def _answering(
@@ -268,6 +312,16 @@ def _answering(
     async def route(request: Request) -> Response:
         try:
             return await handler(request)
+        except SQLAlchemyError as exc:  # the ledger down: one line, not a traceback a refresh
+            log.warning(
+                "%s %s: the ledger does not answer: %s",
+                request.method,
+                request.url.path,
+                one_line(exc),
+            )
+            return PlainTextResponse(
+                "the ledger does not answer: try again shortly\n", 503, headers={"Retry-After": "5"}
+            )
         except Refused as refused:
             if refused.status >= 500 or refused.status in (401, 403):
                 log.warning(
@@ -304,6 +358,18 @@ def _bars(per_minute: list[int]) -> list[Bar]:
         minutes_ago = len(per_minute) - 1 - i
         bars.append(Bar(i * BAR_WIDTH, CHART_HEIGHT - height, height, count, minutes_ago))
     return bars
+
+
+def _redact(text: str | None, hidden: set[str]) -> str | None:
+    """``text`` with each of ``hidden`` (Patient IDs, patient group keys) blanked out, for
+    a viewer who may not see patient data; values under 3 characters are left, as they
+    would blank out ordinary numbers."""
+    if not text:
+        return text
+    for value in sorted(hidden, key=len, reverse=True):
+        if len(value) >= MIN_REDACTED:
+            text = text.replace(value, "[patient data]")
+    return text
 
 
 def _age(moment: datetime | None) -> str:

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import Any
 
 import uvicorn
@@ -32,6 +33,8 @@ from private_api import Requirement
 
 log = logging.getLogger(__name__)
 
+LOG_INTERVAL_SECONDS = 10.0  # at most one line per host this often for closed connections
+MAX_REMEMBERED_HOSTS = 4096
 PINNED_VERSION = "0.55"  # major.minor; keep equal to pyproject.toml's uvicorn>=0.55,<0.56
 _H11 = "uvicorn.protocols.http.h11_impl:H11Protocol"
 REQUIRES = (
@@ -73,6 +76,8 @@ def guarded_protocol(head_timeout: float, per_host: int) -> type[asyncio.Protoco
     """uvicorn's h11 protocol with a deadline on each request head and a cap per client host;
     pass it as ``uvicorn.Config(http=...)``."""
 
+    quiet = _OnceAWhile(LOG_INTERVAL_SECONDS)  # shared by the server's connections
+
     class GuardedH11Protocol(H11Protocol):
         _deadline: asyncio.TimerHandle | None = None
         _awaited_after: Any = None  # the cycle in place when the deadline was armed
@@ -81,7 +86,13 @@ def guarded_protocol(head_timeout: float, per_host: int) -> type[asyncio.Protoco
             super().connection_made(transport)
             host = self.client[0] if self.client else None
             if host is not None and _open_from(self.connections, host) > per_host:
-                log.warning("HTTP connection from %s closed: %d already open", host, per_host)
+                if (repeats := quiet.allow(host)) is not None:
+                    log.warning(
+                        "HTTP connection from %s closed: %d already open%s",
+                        host,
+                        per_host,
+                        f" ({repeats} more closed since the last line)" if repeats else "",
+                    )
                 transport.close()
                 return
             self._await_head()
@@ -111,15 +122,38 @@ def guarded_protocol(head_timeout: float, per_host: int) -> type[asyncio.Protoco
         def _head_too_slow(self) -> None:
             self._deadline = None
             if not self.transport.is_closing():
-                where = f"{self.client[0]}:{self.client[1]}" if self.client else "a client"
-                log.warning(
-                    "HTTP connection from %s closed: no whole request head in %gs",
-                    where,
-                    head_timeout,
-                )
+                host = self.client[0] if self.client else "a client"
+                if (repeats := quiet.allow(host)) is not None:
+                    log.warning(
+                        "HTTP connection from %s closed: no whole request head in %gs%s",
+                        host,
+                        head_timeout,
+                        f" ({repeats} more closed since the last line)" if repeats else "",
+                    )
                 self.transport.close()
 
     return GuardedH11Protocol
+
+
+class _OnceAWhile:
+    """One log line per host per interval, counting those left out: a host opening
+    connections as fast as it can must not flood the journal."""
+
+    def __init__(self, interval: float) -> None:
+        self.interval = interval
+        self._last: dict[str, tuple[float, int]] = {}  # host -> (logged at, left out since)
+
+    def allow(self, host: str) -> int | None:
+        """None to stay quiet; else how many were left out since the last line."""
+        now = time.monotonic()
+        logged, left_out = self._last.get(host, (-self.interval, 0))
+        if now - logged < self.interval:
+            self._last[host] = (logged, left_out + 1)
+            return None
+        if len(self._last) >= MAX_REMEMBERED_HOSTS:
+            self._last.clear()  # bounded memory; at worst one more line per host
+        self._last[host] = (now, 0)
+        return left_out
 
 
 def _open_from(connections: set[Any], host: str) -> int:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import String, Table, func, select
+from sqlalchemy import Column, String, Table, func, select
 
 from ledger.exports import to_item
 from ledger.records import InstanceRecord, ItemRecord, TaskRecord
@@ -176,32 +176,14 @@ class Dashboard:
             for chunk in chunked(task_ids)
             for row in self.ledger.read(select(TASKS).where(TASKS.c.id.in_(chunk)))
         ]
-        timeline = [
-            Story(at, f"instance {instance_id}", source, target, reason)
-            for chunk in chunked(ids)
-            for instance_id, source, target, at, reason in self.ledger.read(
-                select(
-                    EVENTS.c.instance_id,
-                    EVENTS.c.from_state,
-                    EVENTS.c.to_state,
-                    EVENTS.c.at,
-                    EVENTS.c.reason,
-                ).where(EVENTS.c.instance_id.in_(chunk))
-            )
-        ]
         nouns = {task.id: task.noun for task in tasks}
+        timeline = [
+            Story(at, f"instance {subject}", source, target, reason)
+            for subject, source, target, at, reason in self._events(EVENTS.c.instance_id, ids)
+        ]
         timeline += [
-            Story(at, f"{nouns[task_id]} {task_id}", source, target, reason)
-            for chunk in chunked(task_ids)
-            for task_id, source, target, at, reason in self.ledger.read(
-                select(
-                    TASK_EVENTS.c.task_id,
-                    TASK_EVENTS.c.from_state,
-                    TASK_EVENTS.c.to_state,
-                    TASK_EVENTS.c.at,
-                    TASK_EVENTS.c.reason,
-                ).where(TASK_EVENTS.c.task_id.in_(chunk))
-            )
+            Story(at, f"{nouns[subject]} {subject}", source, target, reason)
+            for subject, source, target, at, reason in self._events(TASK_EVENTS.c.task_id, task_ids)
         ]
         timeline.sort(key=lambda story: story.at)
         return StudyDetail(instances, sorted(tasks, key=lambda task: task.id), timeline)
@@ -211,3 +193,14 @@ class Dashboard:
         its id descending)."""
         query = select(table).where(table.c.state == state).order_by(table.c.id.desc())
         return self.ledger.read(query.limit(LISTED))
+
+    def _events(self, subject: Column[int], ids: list[int]) -> list[Any]:
+        """(subject id, from, to, at, reason) of every event of these instances or tasks;
+        ``subject`` is the events table's column naming them."""
+        table = subject.table
+        columns = [subject, *(table.c[name] for name in ("from_state", "to_state", "at", "reason"))]
+        return [
+            row
+            for chunk in chunked(ids)
+            for row in self.ledger.read(select(*columns).where(subject.in_(chunk)))
+        ]

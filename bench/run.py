@@ -317,14 +317,24 @@ def _wait_all(procs: list[subprocess.Popen[bytes]], timeout: float) -> None:
                 proc.wait()
 
 
-def send(port: int, ae: str, files: list[Path], timeout: float, assocs: int = 1) -> float:
+def send(
+    port: int,
+    ae: str,
+    files: list[Path],
+    timeout: float,
+    assocs: int = 1,
+    sender_cpus: str | None = None,
+) -> float:
     """Send ``files`` with ``assocs`` storescu processes at once; return the wall time.
 
     The files are dealt out in turn (file i goes to sender i mod ``assocs``) so
     every sender gets the same mix. Timed from the first start to the last exit.
+    With ``sender_cpus`` (``taskset -c`` syntax) the senders run on those CPUs
+    only, so that on a small machine they do not take the receiver's core.
     """
     parts = [part for part in (files[i::assocs] for i in range(assocs)) if part]
-    cmd = [tool("storescu"), "-aec", ae, HOST, str(port)]  # looked up outside the timing
+    pinned = [tool("taskset"), "-c", sender_cpus] if sender_cpus else []
+    cmd = [*pinned, tool("storescu"), "-aec", ae, HOST, str(port)]  # looked up outside the timing
     with contextlib.ExitStack() as stack:
         logs = [stack.enter_context(tempfile.TemporaryFile()) for _ in parts]
         start = time.perf_counter()
@@ -378,7 +388,9 @@ def measure_ledger(ledger: Engine, work: Path, count: int, result: Result) -> No
     result.lag_p99s.append(lag.percentile(lags, 0.99))
 
 
-def _repetition(kind: str, files: list[Path], workdir: Path, result: Result) -> None:
+def _repetition(
+    kind: str, files: list[Path], workdir: Path, result: Result, sender_cpus: str | None
+) -> None:
     """One fresh receiver, one timed send, then the checks; untimed start and stop."""
     # generous: 1 MB/s floor plus a fixed allowance
     timeout = 120 + result.size / 1e6
@@ -390,7 +402,9 @@ def _repetition(kind: str, files: list[Path], workdir: Path, result: Result) -> 
             ledger = lag.reader(started.ledger_url)
             stack.callback(ledger.dispose)
             ledger_count(ledger)  # connected before the timing starts, for the drain's polls
-        result.times.append(send(started.port, started.ae_title, files, timeout, result.assocs))
+        result.times.append(
+            send(started.port, started.ae_title, files, timeout, result.assocs, sender_cpus)
+        )
         if ledger is not None:
             measure_ledger(ledger, work, len(files), result)
         got = kept(started, work)
@@ -399,12 +413,18 @@ def _repetition(kind: str, files: list[Path], workdir: Path, result: Result) -> 
 
 
 def bench_one(
-    name: str, files: list[Path], kind: str, repeat: int, workdir: Path, assocs: int = 1
+    name: str,
+    files: list[Path],
+    kind: str,
+    repeat: int,
+    workdir: Path,
+    assocs: int = 1,
+    sender_cpus: str | None = None,
 ) -> Result:
     """``repeat`` runs of one receiver on one corpus with ``assocs`` senders."""
     result = Result(name, kind, assocs, len(files), sum(f.stat().st_size for f in files))
     for rep in range(repeat):
-        _repetition(kind, files, workdir, result)
+        _repetition(kind, files, workdir, result, sender_cpus)
         print(f"  {name:6} x{assocs} {kind:15} run {rep + 1}/{repeat}: {result.last()}", flush=True)
     return result
 
@@ -437,6 +457,10 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument(
         "--assocs", default="1,4", help="concurrent associations, a comma list (default 1,4)"
     )
+    parser.add_argument(
+        "--sender-cpus",
+        help="run the storescu senders on these CPUs only (taskset -c, e.g. 0); default: any",
+    )
     corpus_mod.add_workdir(parser)
     args = parser.parse_args()
     args.kinds = _kinds(args.receivers, parser)
@@ -461,7 +485,11 @@ def run_all(args: argparse.Namespace, results: list[Result]) -> None:
         print(f"{name}: {len(files)} files from {folder}", flush=True)
         for assocs in args.assoc_counts:
             for kind in args.kinds:
-                results.append(bench_one(name, files, kind, args.repeat, args.workdir, assocs))
+                results.append(
+                    bench_one(
+                        name, files, kind, args.repeat, args.workdir, assocs, args.sender_cpus
+                    )
+                )
 
 
 def main() -> int:
@@ -478,6 +506,8 @@ def main() -> int:
     finally:
         POSTGRES.close()
     print()
+    if args.sender_cpus:
+        print(f"Senders pinned to CPU {args.sender_cpus} (taskset); receivers run anywhere.")
     print(table(results))
     return 0
 

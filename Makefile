@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 CONFIG ?= config.ini
 
-.PHONY: run test fuzz invariant soak bench bench-export bench-memory bench-ledger bench-claims bench-reconcile bench-stow bench-page bench-check install install-test install-service lint clean
+.PHONY: run test fuzz invariant soak bench bench-export bench-memory bench-ledger bench-claims bench-reconcile bench-stow bench-cpu bench-page bench-check install install-test install-service lint clean
 
 # setuptools warns on every editable install that folders in the working
 # directory may shadow the package: true of every checkout, so not shown.
@@ -60,6 +60,10 @@ install-service:
 ## Receive benchmark: the adapter (SQLite and PostgreSQL ledgers) against DCMTK storescp, minimal pynetdicom receivers and Orthanc (minutes; see bench/README.md).
 bench: install-test
 	$(BIN)/python bench/run.py --corpus var/bench-corpus
+
+## CPU per received instance, small x4: the adapter's SCP process, intake, watcher and SQLite against Orthanc and storescu, with the SCP's profile (py-spy; ~1 minute; see bench/cpu.py).
+bench-cpu: install-test
+	$(BIN)/python bench/cpu.py --corpus var/bench-corpus --profile 20
 
 ## STOW-RS receive rate (dicomweb-client, curl) against DIMSE (storescu), the same files into the adapter, 200 CT and 1000 small (~3 minutes; see bench/stow.py).
 bench-stow: install-test

@@ -67,14 +67,21 @@ class HeaderValues:
         return element_text(convert_raw_data_element(raw, encoding=self._encodings).value)
 
 
-def read_values(handle: BinaryIO, size: int, wanted: Collection[int]) -> HeaderValues:
+def read_values(
+    handle: BinaryIO,
+    size: int,
+    wanted: Collection[int],
+    dataset: tuple[int, str] | None = None,
+) -> HeaderValues:
     """Walk the ``size`` bytes of ``handle``, keeping the top-level elements in ``wanted``.
 
-    The file meta elements are always kept.
+    The file meta elements are kept too, unless ``dataset`` gives the data
+    set's offset and Transfer Syntax UID (a meta group the caller wrote).
 
     Raises
     ------
     Malformed
         The structure walk refused the file (a one-line reason).
     """
-    return HeaderValues(survey(handle, size, frozenset(wanted) | {SPECIFIC_CHARACTER_SET}))
+    wanted = frozenset(wanted) | {SPECIFIC_CHARACTER_SET}
+    return HeaderValues(survey(handle, size, wanted, dataset))

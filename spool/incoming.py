@@ -99,6 +99,7 @@ class IncomingFile:
         self.size = 0  # bytes received for the file
         self._length_at: int | None = None  # where the meta's received length goes
         self._dataset_at = 0  # where the data set starts
+        self._syntax = ""  # its Transfer Syntax UID, as our file meta says
         self._fd: int | None = None
         self._pending = bytearray()  # received, not yet written
         self._spilled = False  # some bytes are in the file, not all in memory
@@ -139,11 +140,19 @@ class IncomingFile:
         self.write(meta)
         self._length_at = self.size - _LENGTH_BYTES
         self._dataset_at = self.size
+        self._syntax = uids.transfer_syntax_uid
 
     def write_header(self, uids: MetaUids) -> None:
         """Preamble, ``DICM`` and the file meta group: what pynetdicom writes first."""
         self.write(bytes(PREAMBLE) + b"DICM")
         self.write_meta(uids)
+
+    @property
+    def dataset(self) -> tuple[int, str] | None:
+        """(offset, Transfer Syntax UID) of the data set behind our file meta; None
+        before :meth:`write_meta`.  The SCP's walk starts there: walking the meta it
+        wrote itself was a tenth of its Python time per small instance."""
+        return None if self._length_at is None else (self._dataset_at, self._syntax)
 
     def flush(self) -> None:
         """pynetdicom flushes after every fragment: the buffer decides instead."""

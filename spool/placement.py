@@ -25,4 +25,4 @@ def read_identity(incoming: IncomingFile) -> Identity:
         Writing the received bytes failed (the disk is full, say).
     """
     with incoming.reading() as (handle, size):
-        return identity_of(read_values(handle, size, IDENTITY_TAGS))
+        return identity_of(read_values(handle, size, IDENTITY_TAGS, incoming.dataset))

@@ -84,11 +84,18 @@ class Structure:
     elements: dict[int, RawElement] = field(default_factory=dict)
 
 
-def survey(handle: BinaryIO, size: int, wanted: Collection[int] = frozenset()) -> Structure:
+def survey(
+    handle: BinaryIO,
+    size: int,
+    wanted: Collection[int] = frozenset(),
+    dataset: tuple[int, str] | None = None,
+) -> Structure:
     """Check ``handle`` (``size`` bytes) up to its Pixel Data; see the module docstring.
 
     The values of the top-level elements tagged in ``wanted`` are kept on
-    the way, so callers need no second parse.
+    the way, so callers need no second parse.  ``dataset``: (offset, Transfer
+    Syntax UID) of a file whose meta group the caller wrote itself; the walk
+    then starts at the data set and keeps no meta elements.
 
     Raises
     ------
@@ -98,7 +105,7 @@ def survey(handle: BinaryIO, size: int, wanted: Collection[int] = frozenset()) -
     """
     window = FileWindow(handle, size)
     elements: dict[int, RawElement] = {}
-    offset, syntax = _walk_meta(window, size, elements)
+    offset, syntax = dataset if dataset is not None else _walk_meta(window, size, elements)
     if offset >= size:
         raise Malformed("truncated after the file meta: the file has no dataset")
     deflated = syntax == _DEFLATED

@@ -73,6 +73,14 @@ def test_values_match_pydicom(
     assert values.has(0x00280010) and not values.has(0x00181150)
     assert values.text(0x00020010) == syntax
     assert values.structure.stopped_at == 0x7FE00010
+    # The SCP walks from the data set on, past the meta it wrote: the same values.
+    start = (values.structure.dataset_offset, syntax)
+    with open(path, "rb") as handle:
+        from_data = read_values(handle, path.stat().st_size, COMPARED, start)
+    assert {tag: from_data.text(tag) for tag in COMPARED} == {
+        tag: values.text(tag) for tag in COMPARED
+    }
+    assert not from_data.has(0x00020010) and from_data.structure.stopped_at == 0x7FE00010
 
 
 def test_only_top_level_elements_are_kept(tmp_path: Path) -> None:

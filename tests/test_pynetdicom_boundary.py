@@ -35,6 +35,7 @@ ROOT = Path(__file__).resolve().parent.parent
 # Written by hand, apart from the registry: a hook added or removed must be listed here too.
 EXPECTED_HOOKS = {
     "wake_on_events",
+    "no_zero_sleep",
     "fsm_events",
     "close_left_open",
     "stop_waiting_for_request",

@@ -22,6 +22,14 @@ It touches: the DUL and DIMSE classes (swapped), ``_is_transport_event``
 
 One 1 ms sleep per served message remains, hard-coded in
 ``Association._run_reactor``; it overlaps with the response going out.
+
+With ``_run_loop_delay`` 0 the DUL loop still calls ``time.sleep(0)`` after
+every turn that queued no event, about four times per small instance: a
+system call that hands the GIL to another association's thread each time,
+under load a context switch and several futex calls.  Hook
+``no_zero_sleep`` gives ``pynetdicom.dul`` a ``time`` whose ``sleep(0)``
+returns at once on a woken DUL's own thread (which blocks in ``select()``
+when idle); anywhere else it sleeps as before.
 """
 
 from __future__ import annotations
@@ -31,9 +39,11 @@ import os
 import queue
 import select
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
+from pynetdicom import dul as dul_module
 from pynetdicom import evt
 from pynetdicom.dimse import DIMSEServiceProvider
 from pynetdicom.dul import DULServiceProvider
@@ -62,6 +72,13 @@ _woken = register(
     Requirement("threading:Thread.__init__", uses="_target"),
     Requirement("threading:Thread.run", uses="_target"),
 )
+_no_zero_sleep = register(
+    "no_zero_sleep",
+    "a woken DUL's loop does not call sleep(0) (a GIL hand-over) after each turn",
+    Requirement(f"{_DUL}.run_reactor", uses="time"),
+    Requirement(f"{_DUL}.run_reactor", uses="sleep"),
+    Requirement("pynetdicom.dul:time"),
+)
 _fsm_events = register(
     "fsm_events",
     "the direct path tells the state machine a read failed (Evt17) or a PDU broke (Evt19)",
@@ -82,6 +99,27 @@ _unblocked = register(
     Requirement("pynetdicom.association:Association.run_reactor", uses="receive_pdu"),
     Requirement(f"{_DUL}.receive_pdu", uses="to_user_queue"),
 )
+
+
+_on_woken_dul = threading.local()  # .active: this thread runs a woken DUL's reactor
+
+
+class _DulTime:
+    """``pynetdicom.dul``'s ``time`` module, but ``sleep(0)`` on a woken DUL's thread
+    returns without a system call."""
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(time, name)
+
+    @staticmethod
+    def sleep(seconds: float) -> None:
+        if seconds == 0 and getattr(_on_woken_dul, "active", False):
+            _no_zero_sleep()
+            return
+        time.sleep(seconds)
+
+
+_DUL_TIME = _DulTime()
 
 
 class _SignallingQueue(queue.Queue):  # type: ignore[type-arg]
@@ -184,6 +222,7 @@ def wake_on_events(assoc: Any, serve: Serve | None = None) -> None:
     assoc.bind(evt.EVT_CONN_CLOSE, lambda _event: signalled.append(True))
 
     def run_then_close() -> None:
+        _on_woken_dul.active = True
         try:
             reactor()
         finally:
@@ -193,6 +232,7 @@ def wake_on_events(assoc: Any, serve: Serve | None = None) -> None:
             _stop_waiting_for_request(dul)
 
     dul._target = run_then_close
+    dul_module.time = _DUL_TIME  # type: ignore[assignment]  # idempotent: one shared instance
     dul.to_user_queue = _SignallingQueue(attention.set)
     dimse.__class__ = _WakefulDIMSE
     dimse._attention = attention

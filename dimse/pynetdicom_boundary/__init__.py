@@ -14,7 +14,8 @@ importing: a hook acts only when called.
 The hooks (module: name):
 
 - threads: ``wake_on_events`` (event-driven DUL and DIMSE threads),
-  ``no_zero_sleep`` (no ``sleep(0)`` per turn of their DUL loops), ``fsm_events`` (the direct path's Evt17/Evt19), ``close_left_open``,
+  ``no_zero_sleep`` (no ``sleep(0)`` per turn of their DUL loops),
+  ``fsm_events`` (the direct path's Evt17/Evt19), ``close_left_open``,
   ``stop_waiting_for_request`` (two pynetdicom acceptor workarounds);
 - sockets: ``read_through`` (an association's reads go through our reader);
 - server: ``stream_to_files`` (chunked C-STORE receive into our files),

@@ -55,10 +55,11 @@ class SpoolWriter:
         return free >= self.min_free.required_bytes(stats.f_blocks * stats.f_frsize)
 
     def open_incoming(self, provenance: Provenance) -> IncomingFile:
-        """A new temporary file for one C-STORE; already failed if there is no room.
+        """A new temporary file for one C-STORE or STOW-RS part.
 
-        It asks again before each write it makes, so a data set arriving when
-        there was room stops before it takes free space under ``min_free``.
+        It asks :meth:`has_room` before each write it makes (a small data set
+        is written once, at the end), so a data set arriving when there was
+        room stops before it takes free space under ``min_free``.
         """
         return IncomingFile(
             self.layout.tmp, provenance, room=self.has_room, max_size=self.max_instance_size

@@ -17,6 +17,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from pynetdicom import events as evt
+from pynetdicom.pdu_primitives import A_RELEASE
 
 from scp.admission import REJECTION_NAMES, is_health_check
 
@@ -29,6 +30,7 @@ class _Tally:
     stored: int = 0
     refused: int = 0
     bytes: int = 0
+    released: bool = False  # we answered the peer's A-RELEASE-RQ
 
 
 class AssociationLog:
@@ -70,6 +72,20 @@ class AssociationLog:
             tally.stored += 1
             tally.bytes += size
 
+    def acse_sent(self, event: evt.Event) -> None:
+        """EVT_ACSE_SENT: an A-RELEASE-RP on its way marks the association released.
+
+        pynetdicom sets ``is_released`` only after queueing the response; the
+        peer may get it and close the connection (EVT_CONN_CLOSE, on the DUL
+        thread) before the association thread gets that far.
+        """
+        primitive = event.primitive
+        if isinstance(primitive, A_RELEASE) and primitive.result == "affirmative":
+            with self._lock:
+                tally = self._tallies.get(event.assoc)
+                if tally is not None:
+                    tally.released = True
+
     def refused(self, assoc: object) -> None:
         with self._lock:
             self._tallies.setdefault(assoc, _Tally()).refused += 1
@@ -82,7 +98,8 @@ class AssociationLog:
         if tally is None:
             return  # rejected or never associated: logged by admission
         request = assoc.requestor.primitive
-        result = "released" if assoc.is_released else "aborted" if assoc.is_aborted else "closed"
+        released = assoc.is_released or tally.released
+        result = "released" if released else "aborted" if assoc.is_aborted else "closed"
         calling = str(request.calling_ae_title).strip()
         quiet = is_health_check(calling, assoc.requestor.address) and not tally.stored
         log.log(

@@ -139,6 +139,7 @@ class StoreServer:
             (evt.EVT_C_ECHO, handle_echo),
             (evt.EVT_C_STORE, handle_store, [self.receiving, self.tally]),
             (evt.EVT_ESTABLISHED, self.tally.opened),
+            (evt.EVT_ACSE_SENT, self.tally.acse_sent),
             (evt.EVT_CONN_CLOSE, self.tally.closed),
             (evt.EVT_CONN_CLOSE, self.unrequested.closed),
             (evt.EVT_REJECTED, self.tally.refused_by_pynetdicom),

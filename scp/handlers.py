@@ -87,7 +87,7 @@ def handle_conn_open(
     reader = limit_reads(assoc, dicom.network_timeout, dicom.maximum_pdu_size)
 
     def store_received(assoc: Any, incoming: IncomingFile, sop_class: str, sop: str) -> int:
-        return store(assoc, receiving, tally, receiving.take(assoc, incoming.path), sop_class, sop)
+        return store(assoc, receiving, tally, receiving.take(assoc, incoming.name), sop_class, sop)
 
     direct = DirectPath(assoc, reader, receiving.open_for, store_received)
     wake_on_events(assoc, direct.serve)

@@ -15,6 +15,7 @@ knows the association and so the provenance.
 
 from __future__ import annotations
 
+import os
 import threading
 import weakref
 from pathlib import Path
@@ -62,11 +63,12 @@ class Receiving:
     def uninstall(self) -> None:
         stop_streaming()
 
-    def take(self, assoc: Any, path: Path) -> IncomingFile | None:
+    def take(self, assoc: Any, path: str | Path) -> IncomingFile | None:
         """The incoming file pynetdicom wrote ``path`` through; the handler's from now on."""
+        name = os.fspath(path)
         with self._lock:
-            self._unfinished.get(assoc, {}).pop(str(path), None)
-        return self._files.get(str(path))
+            self._unfinished.get(assoc, {}).pop(name, None)
+        return self._files.get(name)
 
     def open_for(self, assoc: Any) -> IncomingFile:
         """A new incoming file for ``assoc``, removed if its connection closes first."""

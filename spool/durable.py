@@ -15,7 +15,7 @@ _LIBC = ctypes.CDLL(None, use_errno=True)
 _RENAMEAT2 = getattr(_LIBC, "renameat2", None)  # glibc 2.28+
 
 
-def fsync_dir(folder: Path) -> None:
+def fsync_dir(folder: str | Path) -> None:
     """Flush a directory's entries (new names, renames) to disk."""
     fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
     try:
@@ -81,7 +81,7 @@ def move_no_replace(source: Path, target: Path) -> bool:
     return True
 
 
-def rename_no_replace(source: Path, target: Path) -> None:
+def rename_no_replace(source: str | Path, target: str | Path) -> None:
     """Rename ``source`` to ``target`` unless ``target`` exists: FileExistsError then.
 
     ``os.rename`` replaces a file already there, and checking first leaves a

@@ -80,15 +80,18 @@ class SpoolWriter:
         try:
             if incoming.failed is not None:
                 raise incoming.failed
-            folder = self.layout.series_folder(incoming.provenance.called_ae, study_uid, series_uid)
+            folder = self.layout.series_dir(incoming.provenance.called_ae, study_uid, series_uid)
             self.layout.instance_name(sop_instance_uid)  # validate before any change
             incoming.sync()
             # Closed before the rename: the close event then fires in .tmp/,
             # which the watcher ignores, not on the published file, which
             # would ring intake a second time for the same instance.
             incoming.close()
-            make_dirs_durable(folder, self.layout.root)
-            final = self._rename_into(incoming.path, folder, sop_instance_uid)
+            try:
+                final = self._rename_into(incoming.name, folder, sop_instance_uid)
+            except FileNotFoundError:  # a new series: its folders first (no stat per instance)
+                make_dirs_durable(Path(folder), self.layout.root)
+                final = self._rename_into(incoming.name, folder, sop_instance_uid)
             incoming.published = True
             fsync_dir(folder)
         except BaseException as exc:
@@ -97,18 +100,19 @@ class SpoolWriter:
             if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
                 raise SpoolFull(exc.errno, exc.strerror or str(exc)) from exc
             raise
+        published = Path(final)
         if self.announce is not None:
-            self.announce(final)
-        return final
+            self.announce(published)
+        return published
 
-    def _rename_into(self, temporary: Path, folder: Path, sop_instance_uid: str) -> Path:
+    def _rename_into(self, temporary: str, folder: str, sop_instance_uid: str) -> str:
         """Rename without ever replacing a copy already there, whoever wrote it (another
         writer, another node): the next free copy name.  The lock spares our own threads
         a race for the same names."""
         with self._naming:
             copy = 0
             while True:
-                final = folder / self.layout.instance_name(sop_instance_uid, copy)
+                final = f"{folder}/{self.layout.instance_name(sop_instance_uid, copy)}"
                 try:
                     rename_no_replace(temporary, final)
                 except FileExistsError:

@@ -64,7 +64,7 @@ def test_any_text_stays_under_the_spool_or_is_refused(
 ) -> None:
     layout = SpoolLayout(Path("/srv/spool"))
     try:
-        path = layout.series_folder(ae, study, series) / layout.instance_name(sop)
+        path = Path(layout.series_dir(ae, study, series)) / layout.instance_name(sop)
     except UnsafeName:
         return
     resolved = path.resolve()
@@ -81,6 +81,6 @@ def test_a_symlinked_folder_in_the_spool_is_refused(tmp_path: Path) -> None:
     elsewhere.mkdir()
     (layout.root / "AE" / "1.2.3").symlink_to(elsewhere, target_is_directory=True)
     with pytest.raises(UnsafeName, match="symlink"):
-        layout.series_folder("AE", "1.2.3", "1.2.3.4")
+        layout.series_dir("AE", "1.2.3", "1.2.3.4")
     (layout.root / "AE" / "1.2.5").mkdir()
-    assert layout.series_folder("AE", "1.2.5", "1.2.5.6") == layout.root / "AE/1.2.5/1.2.5.6"
+    assert Path(layout.series_dir("AE", "1.2.5", "1.2.5.6")) == layout.root / "AE/1.2.5/1.2.5.6"

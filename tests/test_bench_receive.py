@@ -1,13 +1,13 @@
 """bench/run.py runs end to end on a tiny corpus (a benchmark, so no speed asserts)."""
 
 import importlib.util
-import subprocess
 import sys
 from pathlib import Path
 from types import ModuleType
 
 import pytest
 
+from tests.bench_scripts import cells, run_bench, table_lines
 from tests.conftest import require_tool
 from tests.postgres import require_postgres
 
@@ -15,30 +15,20 @@ ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "bench" / "run.py"
 
 
-def _cells(line: str) -> list[str]:
-    return [cell.strip() for cell in line.strip().strip("|").split("|")]
-
-
 def _bench(tmp_path: Path, receivers: str) -> list[dict[str, str]]:
     """Run the bench on 5 CT and 10 small instances, once each; its table's rows."""
-    done = subprocess.run(
-        [
-            *(sys.executable, str(SCRIPT), "--corpus", str(tmp_path / "corpus")),
-            *("--workdir", str(tmp_path / "work"), "--ct", "5", "--small", "10", "--repeat", "1"),
-            *("--receivers", receivers),
-        ],
-        capture_output=True,
-        text=True,
+    output = run_bench(
+        "run.py",
+        tmp_path,
+        *("--ct", "5", "--small", "10", "--repeat", "1", "--receivers", receivers),
         timeout=180,
-        cwd=tmp_path,
     )
-    assert done.returncode == 0, done.stdout + done.stderr
-    lines = [line for line in done.stdout.splitlines() if line.startswith("| ")]  # no |---|
-    header = _cells(lines[0])
+    lines = table_lines(output)
+    header = cells(lines[0])
     assert header[:3] == ["corpus", "assocs", "receiver"]
     assert header[-3:] == ["lag ms median", "lag ms p99", "drain ms"]
     assert not list((tmp_path / "work").iterdir())  # every scratch folder removed
-    return [dict(zip(header, _cells(line), strict=True)) for line in lines[1:]]
+    return [dict(zip(header, cells(line), strict=True)) for line in lines[1:]]
 
 
 def test_receive_bench_prints_both_modes_with_ratios_and_lag(tmp_path: Path) -> None:
